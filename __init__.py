@@ -1,0 +1,8 @@
+"""WanFlow: ComfyUI nodes for Wan 2.1/2.2 video generation.
+
+ComfyUI imports this folder by path (module named after the folder); pip installs it as the
+package ``wanflow``. Everything inside the pack is imported relatively so both work.
+"""
+from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

@@ -1,0 +1,1 @@
+"""Headless runner: executes WanFlow JSON workflows without the ComfyUI server."""

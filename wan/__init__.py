@@ -1,0 +1,1 @@
+"""Wan 2.1/2.2 architectures in plain torch. Never imports ComfyUI."""
