@@ -1,0 +1,88 @@
+"""Reading LoRA files from disk: safetensors (preferred) or weights-only torch pickles.
+
+Also reads PEFT's ``adapter_config.json`` when it sits next to the weights, because PEFT keeps
+``lora_alpha`` there and not in the tensors (a bare PEFT file otherwise loads at scale 1).
+"""
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import re
+from dataclasses import dataclass
+from typing import Literal, Optional, Union
+
+import torch
+
+PathLike = Union[str, pathlib.Path]
+Expert = Literal["high", "low"]
+
+
+@dataclass
+class LoraFile:
+    """The raw tensors of one LoRA file, plus the alpha its PEFT config implies (if any)."""
+
+    path: pathlib.Path
+    state_dict: dict[str, torch.Tensor]
+    default_alpha: Optional[float] = None
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+
+def read_lora_file(path: PathLike) -> LoraFile:
+    """Load a LoRA's tensors to CPU; clear errors for missing, empty or unreadable files."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"LoRA file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        from safetensors.torch import load_file
+        try:
+            state_dict = load_file(str(path), device="cpu")
+        except Exception as err:  # safetensors raises its own error types
+            raise ValueError(f"LoRA file {path} is not a readable safetensors file: {err}") from err
+    elif suffix in (".pt", ".pth", ".ckpt", ".bin"):
+        loaded = torch.load(str(path), map_location="cpu", weights_only=True)
+        state_dict = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else None
+        if not isinstance(state_dict, dict):
+            raise ValueError(f"LoRA file {path}: expected a dict of tensors, found {type(loaded).__name__}")
+    else:
+        raise ValueError(f"LoRA file {path}: unsupported extension {suffix!r}; "
+                         "expected .safetensors (or .pt/.pth/.ckpt/.bin)")
+    tensors = {k: v for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise ValueError(f"LoRA file {path} holds no tensors")
+    return LoraFile(path=path, state_dict=tensors, default_alpha=peft_alpha(path.parent))
+
+
+def peft_alpha(folder: pathlib.Path) -> Optional[float]:
+    """``lora_alpha`` from a PEFT ``adapter_config.json`` in ``folder``, as a plain alpha.
+
+    rsLoRA (``use_rslora``) scales by ``alpha / sqrt(r)``; returned as ``alpha · sqrt(r)`` so the
+    usual ``alpha / rank`` rule gives the same scale.
+    """
+    config_path = folder / "adapter_config.json"
+    if not config_path.is_file():
+        return None
+    config = json.loads(config_path.read_text())
+    alpha = config.get("lora_alpha")
+    if alpha is None:
+        return None
+    if config.get("use_rslora") and config.get("r"):
+        return float(alpha) * math.sqrt(float(config["r"]))
+    return float(alpha)
+
+
+_HIGH = re.compile(r"(^|[^a-z])(high[_-]?noise|high)([^a-z]|$)", re.IGNORECASE)
+_LOW = re.compile(r"(^|[^a-z])(low[_-]?noise|low)([^a-z]|$)", re.IGNORECASE)
+
+
+def guess_expert(path: PathLike) -> Optional[Expert]:
+    """Which Wan 2.2 A14B expert a file name says it is for (``…high_noise…``, ``HIGH``), or None."""
+    text = str(pathlib.Path(path).with_suffix(""))
+    high, low = bool(_HIGH.search(text)), bool(_LOW.search(text))
+    if high == low:
+        return None
+    return "high" if high else "low"

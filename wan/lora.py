@@ -1,0 +1,479 @@
+"""Applying LoRA stacks to a live Wan model, unmerged (run-time adapters) or merged.
+
+* **Unmerged** (default): each patched ``ops.Linear`` gets a callable in ``Linear.adapters``
+  that adds ``strength · scale · up(down(x))`` to its output. The base weight is never copied
+  or touched, so it works on bf16, fp8 and scaled-fp8 weights alike, and a strength change is
+  read at the next call.
+* **Merged**: the deltas are added into the stored weights (dequantised to fp32, patched,
+  stored back in the weight's own dtype; fp8 is re-quantised with round-to-nearest, growing
+  ``scale_weight`` if a patched value would leave the fp8 range). The original tensors are
+  backed up (on CPU by default) and restored bit-exactly by :meth:`AppliedLoras.remove`.
+
+Targets that are not ``ops.Linear`` (norms, ``modulation`` parameters, convs) are always baked
+with a backup, in both modes; they are small.
+
+A :class:`LoraStack` holds any number of LoRAs, each with a strength for the Wan 2.2 high-noise
+expert and one for the low-noise expert (single-expert models use the ``"high"`` slot). Changing
+a strength with :meth:`LoraStack.set_strength` updates every model the stack is applied to,
+without reloading anything.
+
+Every application reports, per LoRA, how many of its file keys matched this model. No match at
+all raises :class:`LoraMismatchError` saying why; a partial match logs a warning listing the
+keys that were not applied.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Literal, Mapping, Optional, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import ops
+from ..model_loaders.lora_formats import (FullDiff, LowRank, ParsedLora, TargetPatch, WeightPatch,
+                                          describe_foreign, lora_width, parse_lora, width_name)
+
+log = logging.getLogger(__name__)
+
+Expert = Literal["high", "low"]
+Mode = Literal["unmerged", "merged"]
+EXPERTS: tuple[Expert, ...] = ("high", "low")
+LoraSource = Union[ParsedLora, Mapping[str, torch.Tensor]]
+
+# Modules that exist only in the Wan 2.1 CLIP image branch (absent from Wan 2.2 and T2V models).
+_CLIP_BRANCH = re.compile(r"(cross_attn\.(k_img|v_img|norm_k_img)|^img_emb\.)")
+
+
+class LoraMismatchError(ValueError):
+    """A LoRA that matches no module of the model it is applied to."""
+
+
+# --------------------------------------------------------------------------------------------
+# Matching a parsed LoRA against a model
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class MatchReport:
+    """How much of one LoRA file applies to one model."""
+
+    name: str
+    matched_keys: int
+    total_keys: int
+    matched_targets: list[str]
+    unmatched: dict[str, str]  # file key -> reason
+
+    def __str__(self) -> str:
+        return (f"LoRA {self.name!r}: {self.matched_keys}/{self.total_keys} keys matched "
+                f"({len(self.matched_targets)} modules)")
+
+
+def target_names(model: nn.Module) -> list[str]:
+    """Every module and parameter path of ``model``: what a LoRA key may name."""
+    return [n for n, _ in model.named_modules() if n] + [n for n, _ in model.named_parameters()]
+
+
+@dataclass
+class _Slot:
+    """One stored tensor a patch changes: ``getattr(owner, attr)``."""
+
+    owner: nn.Module
+    attr: str
+
+    @property
+    def tensor(self) -> torch.Tensor:
+        return getattr(self.owner, self.attr)
+
+
+def _resolve(model: nn.Module, target: str) -> tuple[Optional[nn.Module], Optional[_Slot]]:
+    """``(module, None)`` for a module path, ``(None, slot)`` for a bare parameter path."""
+    try:
+        return model.get_submodule(target), None
+    except AttributeError:
+        pass
+    owner_path, _, attr = target.rpartition(".")
+    try:
+        owner = model.get_submodule(owner_path) if owner_path else model
+    except AttributeError:
+        return None, None
+    if isinstance(getattr(owner, attr, None), torch.Tensor):
+        return None, _Slot(owner, attr)
+    return None, None
+
+
+def _weight_mismatch(patch: WeightPatch, stored: torch.Tensor) -> Optional[str]:
+    if tuple(patch.shape) == tuple(stored.shape):
+        return None
+    if isinstance(patch, FullDiff) and patch.diff.numel() == stored.numel():
+        return None
+    return f"shape {tuple(patch.shape)} does not fit this model's {tuple(stored.shape)}"
+
+
+def _check(model: nn.Module, target: str, patch: TargetPatch) -> Optional[str]:
+    """Why ``patch`` cannot apply to ``target`` of ``model``, or None when it can."""
+    module, slot = _resolve(model, target)
+    if module is None and slot is None:
+        return f"this model has no module {target!r}"
+    if slot is not None:
+        if patch.bias is not None:
+            return f"{target!r} is a parameter; it has no bias to patch"
+        return _weight_mismatch(patch.weight, slot.tensor)
+    if patch.weight is not None:
+        weight = getattr(module, "weight", None)
+        if not isinstance(weight, torch.Tensor):
+            return f"module {target!r} has no weight"
+        reason = _weight_mismatch(patch.weight, weight)
+        if reason:
+            return f"{target}: {reason}"
+    if patch.bias is not None:
+        bias = getattr(module, "bias", None)
+        if not isinstance(bias, torch.Tensor):
+            return f"module {target!r} has no bias"
+        if bias.numel() != patch.bias.numel():
+            return f"{target}: bias delta of {patch.bias.numel()} values, the bias has {bias.numel()}"
+    return None
+
+
+def _model_width(model: nn.Module) -> Optional[int]:
+    dim = getattr(getattr(model, "config", None), "dim", None)
+    if dim is None:
+        for name, module in model.named_modules():
+            if name.endswith("self_attn.q") and hasattr(module, "weight"):
+                return module.weight.shape[1]
+    return dim
+
+
+def _explain_no_match(model: nn.Module, name: str, parsed: ParsedLora,
+                      unmatched: Mapping[str, str]) -> str:
+    head = f"LoRA {name!r}: none of its {parsed.total_keys} keys apply to this model"
+    foreign = describe_foreign(unmatched)
+    if foreign:
+        return f"{head}: {foreign}."
+    made_for, model_dim = lora_width(parsed), _model_width(model)
+    if made_for and model_dim and made_for != model_dim:
+        return f"{head}: it was made for a {width_name(made_for)} model; this model is {width_name(model_dim)}."
+    if parsed.patches and all(_CLIP_BRANCH.search(t) for t in parsed.patches):
+        return (f"{head}: it only patches the Wan 2.1 CLIP image branch (k_img/v_img/img_emb), "
+                "which this model does not have.")
+    sample = ", ".join(list(unmatched)[:5])
+    reasons = sorted(set(unmatched.values()))[:3]
+    return (f"{head}. Dialects seen: {', '.join(sorted(parsed.dialects))}. First keys: {sample}. "
+            f"Reasons: {'; '.join(reasons)}.")
+
+
+def match_lora(model: nn.Module, parsed: ParsedLora, name: str) -> tuple[dict[str, TargetPatch], MatchReport]:
+    """The patches of ``parsed`` that fit ``model``, and the report; raises when none fit."""
+    matched: dict[str, TargetPatch] = {}
+    unmatched: dict[str, str] = dict(parsed.unparsed)
+    for target, patch in parsed.patches.items():
+        reason = _check(model, target, patch)
+        if reason is None:
+            matched[target] = patch
+        else:
+            unmatched.update({key: reason for key in patch.keys})
+    if not matched:
+        raise LoraMismatchError(_explain_no_match(model, name, parsed, unmatched))
+    report = MatchReport(name=name, matched_keys=sum(len(p.keys) for p in matched.values()),
+                         total_keys=parsed.total_keys, matched_targets=sorted(matched),
+                         unmatched=unmatched)
+    if unmatched:
+        log.warning("%s; not applied:\n%s%s", report, _list_unmatched(unmatched),
+                    _clip_branch_note(unmatched))
+    else:
+        log.info("%s", report)
+    return matched, report
+
+
+def _list_unmatched(unmatched: Mapping[str, str], limit: int = 40) -> str:
+    lines = [f"  {key}: {reason}" for key, reason in list(unmatched.items())[:limit]]
+    if len(unmatched) > limit:
+        lines.append(f"  ... and {len(unmatched) - limit} more")
+    return "\n".join(lines)
+
+
+def _clip_branch_note(unmatched: Mapping[str, str]) -> str:
+    if any(_CLIP_BRANCH.search(k) for k in unmatched):
+        return ("\n  (k_img/v_img/norm_k_img/img_emb keys belong to the Wan 2.1 CLIP image branch; "
+                "missing on Wan 2.2 and T2V models, so expected when using a Wan 2.1 I2V LoRA there)")
+    return ""
+
+
+# --------------------------------------------------------------------------------------------
+# Run-time adapters (unmerged mode)
+# --------------------------------------------------------------------------------------------
+
+Strength = Callable[[], float]
+
+
+class LowRankAdapter:
+    """``x -> strength · scale · up(down(x))``; holds only the LoRA's own factors."""
+
+    def __init__(self, patch: LowRank, strength: Strength, device: torch.device) -> None:
+        self.down = patch.down.to(device).flatten(1)
+        self.up = patch.up.to(device).flatten(1)
+        self.scale = patch.scale
+        self.strength = strength
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.strength() * self.scale
+        if s == 0:
+            return x.new_zeros(())
+        h = F.linear(x, self.down.to(x.device, x.dtype)) * s
+        return F.linear(h, self.up.to(x.device, x.dtype))
+
+
+class DenseAdapter:
+    """``x -> strength · x @ ΔWᵀ`` for LoHa, LoKr and full ``.diff`` patches on a Linear."""
+
+    def __init__(self, patch: WeightPatch, strength: Strength, device: torch.device) -> None:
+        self.patch = patch
+        self.device = device
+        self.strength = strength
+        self.shape: Optional[tuple[int, ...]] = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.strength()
+        if s == 0:
+            return x.new_zeros(())
+        delta = self.patch.delta().to(x.device)
+        return F.linear(x, (delta.reshape(delta.shape[0], -1) * s).to(x.dtype))
+
+
+class BiasAdapter:
+    """``x -> strength · diff_b``: a bias delta, added to a Linear's output."""
+
+    def __init__(self, diff_b: torch.Tensor, strength: Strength, device: torch.device) -> None:
+        self.diff_b = diff_b.to(device).flatten()
+        self.strength = strength
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.strength()
+        if s == 0:
+            return x.new_zeros(())
+        return self.diff_b.to(x.device, x.dtype) * s
+
+
+def _make_adapter(patch: WeightPatch, strength: Strength, device: torch.device):
+    if isinstance(patch, LowRank) and patch.down.dim() == 2:
+        return LowRankAdapter(patch, strength, device)
+    return DenseAdapter(patch, strength, device)
+
+
+# --------------------------------------------------------------------------------------------
+# Baking deltas into stored tensors (merged mode, and non-Linear targets in both modes)
+# --------------------------------------------------------------------------------------------
+
+Delta = tuple[Strength, Callable[[], torch.Tensor]]  # (strength, fp32 delta without strength)
+
+
+@dataclass
+class _Baked:
+    """A stored tensor with deltas baked in, and what restores it exactly."""
+
+    slot: _Slot
+    deltas: list[Delta]
+    original: torch.Tensor  # backup of the stored tensor
+    original_scale: Optional[torch.Tensor]  # backup of ops' scaled-fp8 ``scale_weight``
+
+
+def _scale_of(slot: _Slot) -> Optional[torch.Tensor]:
+    if slot.attr == "weight" and isinstance(slot.owner, ops.CastWeights):
+        return getattr(slot.owner, "scale_weight", None)
+    return None
+
+
+def _store(slot: _Slot, value: torch.Tensor, scale: Optional[torch.Tensor]) -> None:
+    """Write fp32 ``value`` into the slot in its storage dtype (re-quantising fp8)."""
+    param = slot.tensor
+    dtype = param.dtype
+    if dtype in ops.FP8_DTYPES:
+        fp8_max = torch.finfo(dtype).max
+        if scale is not None:
+            needed = value.abs().amax() / fp8_max
+            if scale.numel() == 1 and bool(needed > scale):
+                scale = needed.reshape(scale.shape).to(scale.dtype)
+                slot.owner.set_scale_weight(scale)
+            value = value / scale.to(value.device)
+        value = value.clamp(-fp8_max, fp8_max)
+    param.data = value.to(dtype)
+
+
+def _bake(baked: _Baked) -> None:
+    """Recompute the slot from its backup plus the current strength-weighted deltas."""
+    slot, param = baked.slot, baked.slot.tensor
+    device = param.device
+    active = [(s, d) for strength, d in baked.deltas if (s := strength()) != 0]
+    _restore(baked)
+    if not active:
+        return
+    value = ops.dequantize(baked.original.to(device), torch.float32, baked.original_scale)
+    for s, delta in active:
+        value = value + s * delta().to(device).reshape(value.shape)
+    _store(slot, value, None if baked.original_scale is None else baked.original_scale.to(device))
+
+
+def _restore(baked: _Baked) -> None:
+    param = baked.slot.tensor
+    param.data = baked.original.to(param.device, copy=True)
+    if baked.original_scale is not None:
+        baked.slot.owner.set_scale_weight(baked.original_scale.to(param.device))
+
+
+# --------------------------------------------------------------------------------------------
+# Stacks and their applications
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class StackedLora:
+    """One LoRA in a stack: its patches for each expert and a strength for each."""
+
+    name: str
+    high: Optional[LoraSource]
+    low: Optional[LoraSource]
+    strength_high: float = 1.0
+    strength_low: float = 1.0
+    default_alpha: Optional[float] = None
+
+    def source(self, expert: Expert) -> Optional[LoraSource]:
+        return self.high if expert == "high" else self.low
+
+    def strength(self, expert: Expert) -> float:
+        return self.strength_high if expert == "high" else self.strength_low
+
+
+class LoraStack:
+    """Any number of LoRAs, each with a high-noise and a low-noise strength.
+
+    ``add(name, high=sd, low=sd)`` takes one file for both experts (the same object twice), a
+    high/low pair, or only one of them (the other expert gets nothing).
+    """
+
+    def __init__(self) -> None:
+        self.loras: list[StackedLora] = []
+        self._applied: list[AppliedLoras] = []
+
+    def add(self, name: str, *, high: Optional[LoraSource], low: Optional[LoraSource],
+            strength_high: float = 1.0, strength_low: float = 1.0,
+            default_alpha: Optional[float] = None) -> StackedLora:
+        if high is None and low is None:
+            raise ValueError(f"LoRA {name!r}: give a LoRA for the high expert, the low expert or both")
+        if any(entry.name == name for entry in self.loras):
+            raise ValueError(f"LoRA {name!r} is already in the stack; names must be unique")
+        entry = StackedLora(name, high, low, float(strength_high), float(strength_low), default_alpha)
+        self.loras.append(entry)
+        return entry
+
+    def set_strength(self, name: str, *, high: Optional[float] = None, low: Optional[float] = None) -> None:
+        """Change strengths in place; every live application picks them up without reloading."""
+        entry = self._entry(name)
+        if high is not None:
+            entry.strength_high = float(high)
+        if low is not None:
+            entry.strength_low = float(low)
+        for applied in self._applied:
+            applied.refresh()
+
+    def _entry(self, name: str) -> StackedLora:
+        for entry in self.loras:
+            if entry.name == name:
+                return entry
+        raise KeyError(f"no LoRA named {name!r} in the stack; have {[e.name for e in self.loras]}")
+
+    def apply(self, model: nn.Module, expert: Expert = "high", mode: Mode = "unmerged",
+              backup_device: Union[str, torch.device] = "cpu") -> AppliedLoras:
+        """Patch ``model`` (the DiT of ``expert``) with every LoRA of the stack."""
+        if expert not in EXPERTS:
+            raise ValueError(f"expert must be one of {EXPERTS}, got {expert!r}")
+        if mode not in ("unmerged", "merged"):
+            raise ValueError(f"mode must be 'unmerged' or 'merged', got {mode!r}")
+        if any(applied.model is model for applied in self._applied):
+            raise RuntimeError("this stack is already applied to this model; remove() it first")
+        applied = AppliedLoras(self, model, expert, mode, torch.device(backup_device))
+        self._applied.append(applied)
+        return applied
+
+
+class AppliedLoras:
+    """A stack applied to one model; :meth:`remove` undoes it exactly."""
+
+    def __init__(self, stack: LoraStack, model: nn.Module, expert: Expert, mode: Mode,
+                 backup_device: torch.device) -> None:
+        self.stack, self.model, self.expert, self.mode = stack, model, expert, mode
+        self.reports: list[MatchReport] = []
+        self._adapters: list[tuple[ops.Linear, Callable]] = []
+        self._baked: dict[tuple[int, str], _Baked] = {}
+        self._backup_device = backup_device
+        names: Optional[list[str]] = None
+        try:
+            for entry in stack.loras:
+                source = entry.source(expert)
+                if source is None:
+                    continue
+                if not isinstance(source, ParsedLora):
+                    names = names or target_names(model)
+                    source = parse_lora(source, names, entry.default_alpha)
+                patches, report = match_lora(model, source, entry.name)
+                self.reports.append(report)
+                strength = (lambda e=entry: e.strength(expert))
+                for target, patch in patches.items():
+                    self._install(target, patch, strength)
+            for baked in self._baked.values():
+                _bake(baked)
+        except Exception:
+            self.remove()
+            raise
+
+    def _install(self, target: str, patch: TargetPatch, strength: Strength) -> None:
+        module, slot = _resolve(self.model, target)
+        if slot is not None:  # a bare parameter such as blocks.N.modulation
+            self._add_delta(slot, strength, patch.weight.delta)
+            return
+        as_adapter = self.mode == "unmerged" and isinstance(module, ops.Linear)
+        device = module.weight.device
+        if patch.weight is not None:
+            if as_adapter:
+                self._add_adapter(module, _make_adapter(patch.weight, strength, device))
+            else:
+                self._add_delta(_Slot(module, "weight"), strength, patch.weight.delta)
+        if patch.bias is not None:
+            if as_adapter:
+                self._add_adapter(module, BiasAdapter(patch.bias, strength, device))
+            else:
+                self._add_delta(_Slot(module, "bias"), strength, patch.bias.float)
+
+    def _add_adapter(self, module: ops.Linear, adapter: Callable) -> None:
+        module.adapters.append(adapter)
+        self._adapters.append((module, adapter))
+
+    def _add_delta(self, slot: _Slot, strength: Strength, delta: Callable[[], torch.Tensor]) -> None:
+        key = (id(slot.owner), slot.attr)
+        if key not in self._baked:
+            scale = _scale_of(slot)
+            self._baked[key] = _Baked(
+                slot, [], slot.tensor.detach().to(self._backup_device, copy=True),
+                None if scale is None else scale.detach().to(self._backup_device, copy=True))
+        self._baked[key].deltas.append((strength, delta))
+
+    def refresh(self) -> None:
+        """Re-read the stack's strengths (adapters read them per call; baked tensors are redone)."""
+        for baked in self._baked.values():
+            _bake(baked)
+
+    def remove(self) -> None:
+        """Take every adapter out and restore every baked tensor bit-exactly."""
+        for module, adapter in self._adapters:
+            module.adapters[:] = [a for a in module.adapters if a is not adapter]
+        self._adapters.clear()
+        for baked in self._baked.values():
+            _restore(baked)
+        self._baked.clear()
+        if self in self.stack._applied:
+            self.stack._applied.remove(self)
+
+    def __enter__(self) -> AppliedLoras:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
