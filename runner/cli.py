@@ -1,0 +1,83 @@
+"""``wanflow``: run ComfyUI workflows (UI or API format) from a shell, without the server.
+
+    wanflow run WORKFLOW.json [--models DIR] [--input DIR] [--output DIR] [--set NODE.INPUT=VALUE ...]
+    wanflow demo [--output DIR]
+
+Exit codes are listed in :mod:`runner.errors` (0 ok, 2 usage, 3 invalid workflow, 4 missing
+file, 5 a node failed, 130 interrupted, 1 internal error).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from ..nodes import comfy_adapter
+from . import errors, execute, registry, workflow
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wanflow", description="Run WanFlow / ComfyUI workflows headless.",
+                                     epilog="exit codes: 0 ok, 1 internal error, 2 usage, 3 invalid workflow, "
+                                            "4 missing file, 5 a node failed, 130 interrupted")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a workflow JSON (UI or API format)")
+    run.add_argument("workflow", type=Path, help="workflow file saved by ComfyUI (UI or API format)")
+    run.add_argument("--models", type=Path, help="ComfyUI-style models folder (diffusion_models/, vae/, "
+                     "text_encoders/, clip_vision/, loras/)")
+    run.add_argument("--input", type=Path, default=Path("input"), help="folder with input images (default ./input)")
+    run.add_argument("--output", type=Path, default=Path("output"), help="folder for results (default ./output)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="NODE.INPUT=VALUE",
+                     help="override an input; NODE is a node id or unique title, VALUE is JSON or text "
+                          "(e.g. --set 3.seed=42 --set 6.text='a cat')")
+    run.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo = sub.add_parser("demo", help="render the T2V template on a built-in tiny model (no files needed)")
+    demo.add_argument("--output", type=Path, default=Path("output"), help="folder for the video (default ./output)")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def run_workflow(path: Path, models: Optional[Path], input_dir: Path, output_dir: Path,
+                 overrides: Sequence[str] = (), device: Optional[str] = None) -> execute.RunResult:
+    """Load, check and run one workflow file; raises a RunnerError subclass on failure."""
+    try:
+        comfy_adapter.configure_headless(models, input_dir, output_dir, device)
+    except comfy_adapter.MissingFile as exc:
+        raise errors.UsageError(str(exc)) from exc
+    classes = registry.node_classes()
+    flow = workflow.load_workflow(workflow.read_json(path), classes, str(path))
+    workflow.apply_overrides(flow.prompt, list(overrides), classes)
+    return execute.run(flow, classes)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="wanflow: %(message)s")
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on bad usage, 0 on --help
+        return int(exc.code or 0)
+    comfy_adapter.set_headless_progress(not args.quiet)
+    try:
+        if args.command == "run":
+            result = run_workflow(args.workflow, args.models, args.input, args.output, args.overrides, args.device)
+        else:
+            from . import demo
+
+            result = demo.run_demo(args.output)
+    except errors.RunnerError as exc:
+        print(f"wanflow: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("wanflow: interrupted", file=sys.stderr)
+        return errors.EXIT_INTERRUPTED
+    for path in result.files:
+        print(path)
+    print(f"wanflow: done in {result.seconds:.1f} s, {len(result.files)} file(s) written", file=sys.stderr)
+    return errors.EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
