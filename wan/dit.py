@@ -1,0 +1,569 @@
+"""The Wan 2.1 / 2.2 diffusion transformer (DiT), one configurable model for every variant.
+
+One class, :class:`WanDiT`, covers
+
+* Wan 2.1 T2V (1.3B, 14B) and the 2.2 T2V-A14B experts,
+* Wan 2.1 I2V / FLF2V with CLIP image tokens (``img_emb``, ``k_img``/``v_img`` per block),
+* the 2.2 I2V-A14B experts (channel-concat condition, no CLIP),
+* TI2V-5B (48-channel latents, per-token timesteps),
+* VACE (a side stream of ``vace_blocks`` whose hints are added to the main blocks).
+
+State-dict keys are exactly the official Wan names (``blocks.N.self_attn.q.weight`` ...), so
+official and ComfyUI files load directly; diffusers files go through ``model_loaders/dit_keys.py``.
+
+Numerics follow the official code: the residual stream, time embedding, modulation, norms, RoPE
+and the output head run in float32; the Linear layers, the patch embedding and attention run in
+the *compute dtype*, which is the dtype of the latent ``x`` given by the caller (pass bf16 latents
+to compute in bf16, fp32 latents for reference runs). The output is always float32.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import ops
+from .attention import attention
+
+MODEL_TYPES = ("t2v", "i2v", "flf2v", "vace", "ti2v")
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class WanDiTConfig:
+    """Architecture hyper-parameters; names follow the official ``WanModel`` arguments."""
+
+    dim: int
+    ffn_dim: int
+    num_heads: int
+    num_layers: int
+    in_dim: int = 16
+    out_dim: int = 16
+    text_dim: int = 4096
+    freq_dim: int = 256
+    text_len: int = 512
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    eps: float = 1e-6
+    model_type: str = "t2v"
+    has_image_input: bool = False       # Wan 2.1 I2V / FLF2V CLIP branch (img_emb, k_img, v_img)
+    clip_dim: int = 1280                # width of the CLIP vision tokens fed to img_emb
+    flf_pos_len: Optional[int] = None   # FLF2V learned position table length (514)
+    vace_layers: tuple[int, ...] = ()   # main blocks that receive VACE hints (VACE only)
+    vace_in_dim: int = 96
+    rope_theta: float = 10000.0
+
+    def __post_init__(self) -> None:
+        def bad(what: str) -> ValueError:
+            return ValueError(f"WanDiTConfig: {what}")
+
+        if self.model_type not in MODEL_TYPES:
+            raise bad(f"model_type={self.model_type!r}; expected one of {MODEL_TYPES}")
+        if self.dim % self.num_heads:
+            raise bad(f"dim={self.dim} is not divisible by num_heads={self.num_heads}")
+        head_dim = self.dim // self.num_heads
+        if head_dim % 2 or head_dim // 6 < 1:
+            raise bad(f"head_dim={head_dim} must be even and >= 6 for the 3-axis RoPE split")
+        if len(self.patch_size) != 3:
+            raise bad(f"patch_size={self.patch_size}; expected 3 values (t, h, w)")
+        if self.flf_pos_len is not None and not self.has_image_input:
+            raise bad("flf_pos_len needs has_image_input=True (FLF2V has the CLIP branch)")
+        if self.model_type == "flf2v" and self.flf_pos_len is None:
+            raise bad("model_type='flf2v' needs flf_pos_len (514 for the official model)")
+        if (self.model_type == "vace") != bool(self.vace_layers):
+            raise bad(f"vace_layers={self.vace_layers} must be non-empty exactly when "
+                      f"model_type='vace' (got model_type={self.model_type!r})")
+        layers = list(self.vace_layers)
+        if layers and (layers != sorted(set(layers)) or layers[0] < 0
+                       or layers[-1] >= self.num_layers):
+            raise bad(f"vace_layers={self.vace_layers} must be strictly increasing block "
+                      f"indices in [0, {self.num_layers})")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    @property
+    def rope_axes(self) -> tuple[int, int, int]:
+        """Channels per head given to the (frame, height, width) RoPE axes: 44/42/42 for 128."""
+        d = self.head_dim
+        return d - 4 * (d // 6), 2 * (d // 6), 2 * (d // 6)
+
+
+_14B = dict(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40)
+_1_3B = dict(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30)
+
+WAN21_T2V_1_3B = WanDiTConfig(**_1_3B, model_type="t2v")
+WAN21_T2V_14B = WanDiTConfig(**_14B, model_type="t2v")
+WAN21_I2V_14B = WanDiTConfig(**_14B, in_dim=36, model_type="i2v", has_image_input=True)
+WAN21_FLF2V_14B = WanDiTConfig(**_14B, in_dim=36, model_type="flf2v", has_image_input=True,
+                               flf_pos_len=514)
+WAN21_VACE_1_3B = WanDiTConfig(**_1_3B, model_type="vace", vace_layers=tuple(range(0, 30, 2)))
+WAN21_VACE_14B = WanDiTConfig(**_14B, model_type="vace", vace_layers=tuple(range(0, 40, 5)))
+WAN22_T2V_A14B = WanDiTConfig(**_14B, model_type="t2v")              # each of the two experts
+WAN22_I2V_A14B = WanDiTConfig(**_14B, in_dim=36, model_type="i2v")   # no CLIP branch
+WAN22_TI2V_5B = WanDiTConfig(dim=3072, ffn_dim=14336, num_heads=24, num_layers=30,
+                             in_dim=48, out_dim=48, model_type="ti2v")
+
+PRESETS: dict[str, WanDiTConfig] = {
+    "wan2.1-t2v-1.3b": WAN21_T2V_1_3B,
+    "wan2.1-t2v-14b": WAN21_T2V_14B,
+    "wan2.1-i2v-14b": WAN21_I2V_14B,
+    "wan2.1-flf2v-14b": WAN21_FLF2V_14B,
+    "wan2.1-vace-1.3b": WAN21_VACE_1_3B,
+    "wan2.1-vace-14b": WAN21_VACE_14B,
+    "wan2.2-t2v-a14b": WAN22_T2V_A14B,
+    "wan2.2-i2v-a14b": WAN22_I2V_A14B,
+    "wan2.2-ti2v-5b": WAN22_TI2V_5B,
+}
+
+# Tiny random-weight versions of every variant for tests and CPU smoke runs (head_dim 12: RoPE
+# axes 4/4/4). text_len stays 512 because diffusers hard-codes "last 512 context tokens = text".
+_TINY = dict(dim=48, ffn_dim=64, num_heads=4, num_layers=3, text_dim=32, clip_dim=40)
+TINY_PRESETS: dict[str, WanDiTConfig] = {
+    "t2v": WanDiTConfig(**_TINY, model_type="t2v"),
+    "i2v": WanDiTConfig(**_TINY, in_dim=36, model_type="i2v", has_image_input=True),
+    "flf2v": WanDiTConfig(**_TINY, in_dim=36, model_type="flf2v", has_image_input=True,
+                          flf_pos_len=10),
+    "i2v-2.2": WanDiTConfig(**_TINY, in_dim=36, model_type="i2v"),
+    "ti2v": WanDiTConfig(**_TINY, in_dim=48, out_dim=48, model_type="ti2v"),
+    "vace": WanDiTConfig(**_TINY, model_type="vace", vace_layers=(0, 2), vace_in_dim=24),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Embeddings: timestep sinusoid and 3-axis RoPE
+# --------------------------------------------------------------------------------------------
+
+def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """``[cos(t*f_k), sin(t*f_k)]`` with ``f_k = 10000^(-k/(dim/2))``; float64 like the original,
+    returned as float32. ``t`` has any shape; the result has one more axis of size ``dim``."""
+    half = dim // 2
+    freqs = torch.pow(10000.0, -torch.arange(half, dtype=torch.float64, device=t.device) / half)
+    angles = t.to(torch.float64).unsqueeze(-1) * freqs
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1).float()
+
+
+def rope_tables(grid: tuple[int, int, int], axes: tuple[int, int, int], theta: float,
+                device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables ``[L, head_dim/2]`` for tokens on a (frames, height, width) grid.
+
+    Each axis ``a`` with ``D_a`` channels rotates ``D_a/2`` channel pairs at frequencies
+    ``theta^(-2i/D_a)`` times the token's integer position on that axis. Built in float64 from the
+    grid on every call (a few kB per frame; cheaper than a cache keyed by size).
+    """
+    angles = []
+    for size, axis_dim in zip(grid, axes):
+        freqs = 1.0 / theta ** (torch.arange(0, axis_dim, 2, dtype=torch.float64, device=device)
+                                / axis_dim)
+        angles.append(torch.outer(torch.arange(size, dtype=torch.float64, device=device), freqs))
+    f, h, w = grid
+    table = torch.cat([
+        angles[0][:, None, None, :].expand(f, h, w, -1),
+        angles[1][None, :, None, :].expand(f, h, w, -1),
+        angles[2][None, None, :, :].expand(f, h, w, -1),
+    ], dim=-1).reshape(f * h * w, -1)
+    return torch.cos(table).float(), torch.sin(table).float()
+
+
+def apply_rope(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Rotate consecutive channel pairs ``(x[2i], x[2i+1])`` of ``x [B, L, H, D]`` in float32."""
+    cos, sin = (r[None, :, None, :] for r in rope)
+    pairs = x.float().unflatten(-1, (-1, 2))
+    x0, x1 = pairs[..., 0], pairs[..., 1]
+    rotated = torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1)
+    return rotated.flatten(-2).to(x.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Norms (float32 compute, storage-dtype parameters)
+# --------------------------------------------------------------------------------------------
+
+class RMSNorm(nn.Module):
+    """RMS norm over the last axis with a learned scale (``norm_q`` / ``norm_k``), in float32."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (xf * self.weight.float()).to(x.dtype)
+
+
+class LayerNorm32(nn.LayerNorm):
+    """LayerNorm computed in float32 (returns float32) whatever the input and parameter dtype."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = None if self.weight is None else self.weight.float()
+        bias = None if self.bias is None else self.bias.float()
+        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps)
+
+
+# --------------------------------------------------------------------------------------------
+# Attention layers
+# --------------------------------------------------------------------------------------------
+
+class SelfAttention(nn.Module):
+    """Self-attention with RMS qk-norm over the full width and 3-D RoPE on q and k."""
+
+    def __init__(self, dim: int, num_heads: int, eps: float) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.q = ops.Linear(dim, dim)
+        self.k = ops.Linear(dim, dim)
+        self.v = ops.Linear(dim, dim)
+        self.o = ops.Linear(dim, dim)
+        self.norm_q = RMSNorm(dim, eps)
+        self.norm_k = RMSNorm(dim, eps)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        heads = (self.num_heads, -1)
+        q = apply_rope(self.norm_q(self.q(x)).unflatten(-1, heads), rope)
+        k = apply_rope(self.norm_k(self.k(x)).unflatten(-1, heads), rope)
+        v = self.v(x).unflatten(-1, heads)
+        return self.o(attention(q, k, v).flatten(-2))
+
+
+class CrossAttention(nn.Module):
+    """Attention from the video tokens to the text tokens.
+
+    With ``with_image`` (Wan 2.1 I2V / FLF2V) the same queries also attend to the CLIP image
+    tokens through their own ``k_img`` / ``v_img``; both results are summed before ``o``.
+    No key mask: padded text positions take part, as in the original.
+    """
+
+    def __init__(self, dim: int, num_heads: int, eps: float, with_image: bool) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.q = ops.Linear(dim, dim)
+        self.k = ops.Linear(dim, dim)
+        self.v = ops.Linear(dim, dim)
+        self.o = ops.Linear(dim, dim)
+        self.norm_q = RMSNorm(dim, eps)
+        self.norm_k = RMSNorm(dim, eps)
+        if with_image:
+            self.k_img = ops.Linear(dim, dim)
+            self.v_img = ops.Linear(dim, dim)
+            self.norm_k_img = RMSNorm(dim, eps)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor,
+                context_img: Optional[torch.Tensor]) -> torch.Tensor:
+        heads = (self.num_heads, -1)
+        q = self.norm_q(self.q(x)).unflatten(-1, heads)
+        k = self.norm_k(self.k(context)).unflatten(-1, heads)
+        v = self.v(context).unflatten(-1, heads)
+        out = attention(q, k, v)
+        if context_img is not None:
+            k_img = self.norm_k_img(self.k_img(context_img)).unflatten(-1, heads)
+            v_img = self.v_img(context_img).unflatten(-1, heads)
+            out = out + attention(q, k_img, v_img)
+        return self.o(out.flatten(-2))
+
+
+# --------------------------------------------------------------------------------------------
+# Blocks
+# --------------------------------------------------------------------------------------------
+
+def _feed_forward(dim: int, ffn_dim: int) -> nn.Sequential:
+    """``ffn.0`` / ``ffn.2`` in the official key names."""
+    return nn.Sequential(ops.Linear(dim, ffn_dim), nn.GELU(approximate="tanh"),
+                         ops.Linear(ffn_dim, dim))
+
+
+class WanBlock(nn.Module):
+    """One transformer block: modulated self-attention, plain cross-attention, modulated FFN.
+
+    ``x`` is the float32 residual stream ``[B, L, dim]``; ``e0`` the float32 time projection
+    ``[B, 1 or L, 6, dim]`` (one row per sample, or per token for TI2V).
+    """
+
+    def __init__(self, cfg: WanDiTConfig) -> None:
+        super().__init__()
+        dim = cfg.dim
+        self.norm1 = LayerNorm32(dim, eps=cfg.eps, elementwise_affine=False)
+        self.self_attn = SelfAttention(dim, cfg.num_heads, cfg.eps)
+        self.norm3 = LayerNorm32(dim, eps=cfg.eps, elementwise_affine=True)
+        self.cross_attn = CrossAttention(dim, cfg.num_heads, cfg.eps, cfg.has_image_input)
+        self.norm2 = LayerNorm32(dim, eps=cfg.eps, elementwise_affine=False)
+        self.ffn = _feed_forward(dim, cfg.ffn_dim)
+        self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim ** 0.5)
+
+    def forward(self, x: torch.Tensor, e0: torch.Tensor, context: torch.Tensor,
+                context_img: Optional[torch.Tensor], rope: tuple[torch.Tensor, torch.Tensor],
+                dtype: torch.dtype) -> torch.Tensor:
+        mod = self.modulation.float().unsqueeze(0) + e0
+        shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = mod.unbind(dim=2)
+
+        y = self.self_attn((self.norm1(x) * (1 + scale_sa) + shift_sa).to(dtype), rope)
+        x = x + y.float() * gate_sa
+        x = x + self.cross_attn(self.norm3(x).to(dtype), context, context_img).float()
+        y = self.ffn((self.norm2(x) * (1 + scale_ff) + shift_ff).to(dtype))
+        return x + y.float() * gate_ff
+
+
+class VaceBlock(WanBlock):
+    """A VACE side-stream block: a full Wan block plus ``after_proj`` producing the hint.
+
+    The first VACE block also owns ``before_proj``, which mixes the embedded VACE context with
+    the embedded noisy latent before the stream starts.
+    """
+
+    def __init__(self, cfg: WanDiTConfig, first: bool) -> None:
+        super().__init__(cfg)
+        self.before_proj = ops.Linear(cfg.dim, cfg.dim) if first else None
+        self.after_proj = ops.Linear(cfg.dim, cfg.dim)
+
+    def start(self, c: torch.Tensor, x0: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Initial stream state ``before_proj(c) + x0`` (first block only), float32."""
+        if self.before_proj is None:
+            raise RuntimeError("VaceBlock.start() is only defined for the first VACE block")
+        return self.before_proj(c.to(dtype)).float() + x0
+
+    def hint(self, c: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return self.after_proj(c.to(dtype)).float()
+
+
+class Head(nn.Module):
+    """Output head: time-modulated LayerNorm then a Linear to ``prod(patch) * out_dim``, fp32."""
+
+    def __init__(self, cfg: WanDiTConfig) -> None:
+        super().__init__()
+        self.norm = LayerNorm32(cfg.dim, eps=cfg.eps, elementwise_affine=False)
+        self.head = ops.Linear(cfg.dim, math.prod(cfg.patch_size) * cfg.out_dim)
+        self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim ** 0.5)
+
+    def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        shift, scale = (self.modulation.float().unsqueeze(0) + e.unsqueeze(2)).unbind(dim=2)
+        return self.head(self.norm(x) * (1 + scale) + shift)
+
+
+class ImageEmbedding(nn.Module):
+    """``img_emb``: CLIP tokens -> model width (LN, Linear, GELU, Linear, LN), official MLPProj.
+
+    FLF2V adds the learned ``emb_pos`` to the 2x257 first/last-frame tokens first.
+    """
+
+    def __init__(self, clip_dim: int, dim: int, pos_len: Optional[int]) -> None:
+        super().__init__()
+        self.proj = nn.Sequential(LayerNorm32(clip_dim), ops.Linear(clip_dim, clip_dim),
+                                  nn.GELU(), ops.Linear(clip_dim, dim), LayerNorm32(dim))
+        self.emb_pos = (nn.Parameter(torch.zeros(1, pos_len, clip_dim))
+                        if pos_len is not None else None)
+
+    def forward(self, clip_fea: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        x = clip_fea.float()
+        if self.emb_pos is not None:
+            x = x + self.emb_pos.float()
+        norm_in, fc1, act, fc2, norm_out = self.proj
+        x = fc2(act(fc1(norm_in(x).to(dtype))))
+        return norm_out(x).to(dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------------
+
+VaceContext = Union[torch.Tensor, Sequence[torch.Tensor], None]
+VaceScale = Union[float, Sequence[float]]
+
+
+class WanDiT(nn.Module):
+    """Wan 2.1 / 2.2 DiT. See the module docstring and docs/DEVELOPING.md for the contract.
+
+    Construction allocates no data-dependent state, so ``with torch.device("meta"):
+    WanDiT(cfg)`` followed by ``load_state_dict(sd, assign=True)`` never holds two copies.
+    """
+
+    def __init__(self, config: WanDiTConfig) -> None:
+        super().__init__()
+        self.config = cfg = config
+        dim = cfg.dim
+        self.patch_embedding = ops.Conv3d(cfg.in_dim, dim, kernel_size=cfg.patch_size,
+                                          stride=cfg.patch_size)
+        self.text_embedding = nn.Sequential(ops.Linear(cfg.text_dim, dim),
+                                            nn.GELU(approximate="tanh"), ops.Linear(dim, dim))
+        self.time_embedding = nn.Sequential(ops.Linear(cfg.freq_dim, dim), nn.SiLU(),
+                                            ops.Linear(dim, dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), ops.Linear(dim, 6 * dim))
+        self.blocks = nn.ModuleList(WanBlock(cfg) for _ in range(cfg.num_layers))
+        self.head = Head(cfg)
+        if cfg.has_image_input:
+            self.img_emb = ImageEmbedding(cfg.clip_dim, dim, cfg.flf_pos_len)
+        if cfg.vace_layers:
+            self.vace_patch_embedding = ops.Conv3d(cfg.vace_in_dim, dim,
+                                                   kernel_size=cfg.patch_size,
+                                                   stride=cfg.patch_size)
+            self.vace_blocks = nn.ModuleList(VaceBlock(cfg, first=(j == 0))
+                                             for j in range(len(cfg.vace_layers)))
+        # main block index -> VACE block index
+        self._vace_after = {layer: j for j, layer in enumerate(cfg.vace_layers)}
+
+    # ---- forward -------------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, *,
+                y: Optional[torch.Tensor] = None, clip_fea: Optional[torch.Tensor] = None,
+                vace_context: VaceContext = None, vace_scale: VaceScale = 1.0) -> torch.Tensor:
+        """Predict the flow velocity ``[B, out_dim, F, H, W]`` (float32).
+
+        ``x`` [B, C, F, H, W] latent (its dtype is the compute dtype); ``t`` [B] or per-token
+        [B, seq_len] timesteps in 0..1000; ``context`` [B, L, text_dim] text embeddings (zero-
+        padded to ``text_len`` here when shorter); ``y`` channel-concat condition; ``clip_fea``
+        [B, N, clip_dim] CLIP tokens (2.1 I2V/FLF2V); ``vace_context`` one [B, vace_in_dim, F', H,
+        W] tensor or a list of them, each with its strength in ``vace_scale``.
+        """
+        cfg = self.config
+        dtype = x.dtype
+        self._check_inputs(x, context, y, clip_fea)
+        if y is not None:
+            x = torch.cat([x, y.to(dtype)], dim=1)
+        batch = x.shape[0]
+        grid = self._grid(x)
+        seq_len = math.prod(grid)
+
+        tokens = self.patch_embedding(x).flatten(2).transpose(1, 2)   # [B, L, dim]
+        e, e0 = self._embed_time(t, batch, seq_len)
+        context = self._embed_text(context.to(dtype))
+        context_img = self.img_emb(clip_fea, dtype) if cfg.has_image_input else None
+        rope = rope_tables(grid, cfg.rope_axes, cfg.rope_theta, x.device)
+
+        x0 = tokens.float()
+        vace = self._vace_streams(vace_context, vace_scale, x0, grid, dtype)
+        h = x0
+        for i, block in enumerate(self.blocks):
+            h = block(h, e0, context, context_img, rope, dtype)
+            j = self._vace_after.get(i)
+            if j is not None and vace:
+                h = self._add_vace_hints(h, j, vace, e0, context, context_img, rope, dtype)
+
+        return self._unpatchify(self.head(h, e), grid)
+
+    # ---- pieces of forward ---------------------------------------------------------------
+
+    def _check_inputs(self, x: torch.Tensor, context: torch.Tensor, y: Optional[torch.Tensor],
+                      clip_fea: Optional[torch.Tensor]) -> None:
+        cfg = self.config
+        if x.ndim != 5:
+            raise ValueError(f"WanDiT: x must be [B, C, F, H, W]; got shape {tuple(x.shape)}")
+        channels = x.shape[1] + (0 if y is None else y.shape[1])
+        if channels != cfg.in_dim:
+            raise ValueError(
+                f"WanDiT: x has {x.shape[1]} channels and y has "
+                f"{0 if y is None else y.shape[1]}; this {cfg.model_type} model expects "
+                f"in_dim={cfg.in_dim} in total (I2V models need y with {cfg.in_dim - cfg.out_dim} "
+                f"condition channels)")
+        if y is not None and (y.shape[0], *y.shape[2:]) != (x.shape[0], *x.shape[2:]):
+            raise ValueError(f"WanDiT: y shape {tuple(y.shape)} does not match x shape "
+                             f"{tuple(x.shape)} outside the channel axis")
+        if context.ndim != 3 or context.shape[0] != x.shape[0] or context.shape[2] != cfg.text_dim:
+            raise ValueError(f"WanDiT: context must be [B={x.shape[0]}, L, {cfg.text_dim}]; got "
+                             f"{tuple(context.shape)}")
+        if cfg.has_image_input:
+            if clip_fea is None:
+                raise ValueError(f"WanDiT: this {cfg.model_type} model has a CLIP branch and "
+                                 f"needs clip_fea [B, N, {cfg.clip_dim}]")
+            expected_n = cfg.flf_pos_len
+            if (clip_fea.ndim != 3 or clip_fea.shape[0] != x.shape[0]
+                    or clip_fea.shape[2] != cfg.clip_dim
+                    or (expected_n is not None and clip_fea.shape[1] != expected_n)):
+                raise ValueError(
+                    f"WanDiT: clip_fea must be [B={x.shape[0]}, "
+                    f"{expected_n if expected_n else 'N'}, {cfg.clip_dim}]; got "
+                    f"{tuple(clip_fea.shape)}")
+        elif clip_fea is not None:
+            raise ValueError(f"WanDiT: clip_fea was given but this {cfg.model_type} model has no "
+                             "CLIP branch (img_emb); Wan 2.2 models take the image through y only")
+
+    def _grid(self, x: torch.Tensor) -> tuple[int, int, int]:
+        sizes = x.shape[2:]
+        if any(s % p for s, p in zip(sizes, self.config.patch_size)):
+            raise ValueError(f"WanDiT: latent size (F, H, W)={tuple(sizes)} is not divisible by "
+                             f"patch_size={self.config.patch_size}")
+        return tuple(s // p for s, p in zip(sizes, self.config.patch_size))  # type: ignore
+
+    def _embed_time(self, t: torch.Tensor, batch: int,
+                    seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``e`` [B, 1|L, dim] for the head and ``e0`` [B, 1|L, 6, dim] for the blocks, fp32."""
+        t = torch.as_tensor(t)
+        if t.ndim == 0 or (t.ndim == 1 and t.shape[0] == 1):
+            t = t.reshape(1).expand(batch)
+        if t.ndim == 1 and t.shape[0] == batch:
+            t = t[:, None]
+        elif not (t.ndim == 2 and t.shape == (batch, seq_len)):
+            raise ValueError(f"WanDiT: t must be [B={batch}] or per-token [B, seq_len={seq_len}]; "
+                             f"got {tuple(t.shape)}")
+        sinusoid = sinusoidal_embedding(t, self.config.freq_dim)
+        e = self.time_embedding(sinusoid)
+        e0 = self.time_projection(e).unflatten(-1, (6, self.config.dim))
+        return e, e0
+
+    def _embed_text(self, context: torch.Tensor) -> torch.Tensor:
+        """Zero-pad to ``text_len`` tokens (as the original does) and project to model width."""
+        pad = self.config.text_len - context.shape[1]
+        if pad > 0:
+            context = F.pad(context, (0, 0, 0, pad))
+        return self.text_embedding(context)
+
+    def _vace_streams(self, vace_context: VaceContext, vace_scale: VaceScale, x0: torch.Tensor,
+                      grid: tuple[int, int, int], dtype: torch.dtype) -> list[list]:
+        """One ``[state, strength]`` pair per VACE context; the state is the float32 stream."""
+        if vace_context is None:
+            return []
+        if not self.config.vace_layers:
+            raise ValueError(f"WanDiT: vace_context was given but this {self.config.model_type} "
+                             "model has no VACE blocks")
+        contexts = [vace_context] if torch.is_tensor(vace_context) else list(vace_context)
+        scales = ([float(vace_scale)] * len(contexts) if isinstance(vace_scale, (int, float))
+                  else [float(s) for s in vace_scale])
+        if len(scales) != len(contexts):
+            raise ValueError(f"WanDiT: {len(contexts)} VACE contexts but {len(scales)} entries "
+                             "in vace_scale")
+        streams = []
+        for n, c in enumerate(contexts):
+            expected = (x0.shape[0], self.config.vace_in_dim)
+            if c.ndim != 5 or tuple(c.shape[:2]) != expected or c.shape[3:] != self._latent_hw(grid):
+                raise ValueError(
+                    f"WanDiT: vace_context[{n}] must be [B={expected[0]}, {expected[1]}, F'<=F, "
+                    f"{', '.join(map(str, self._latent_hw(grid)))}]; got {tuple(c.shape)}")
+            tokens = self.vace_patch_embedding(c.to(dtype)).flatten(2).transpose(1, 2)
+            if tokens.shape[1] > x0.shape[1]:
+                raise ValueError(f"WanDiT: vace_context[{n}] has more frames ({c.shape[2]}) "
+                                 "than the latent")
+            tokens = F.pad(tokens, (0, 0, 0, x0.shape[1] - tokens.shape[1]))  # zero tokens
+            streams.append([self.vace_blocks[0].start(tokens, x0, dtype), scales[n]])
+        return streams
+
+    def _latent_hw(self, grid: tuple[int, int, int]) -> torch.Size:
+        return torch.Size((grid[1] * self.config.patch_size[1], grid[2] * self.config.patch_size[2]))
+
+    def _add_vace_hints(self, h: torch.Tensor, j: int, streams: list[list], e0: torch.Tensor,
+                        context: torch.Tensor, context_img: Optional[torch.Tensor],
+                        rope: tuple[torch.Tensor, torch.Tensor],
+                        dtype: torch.dtype) -> torch.Tensor:
+        """Advance every VACE stream through ``vace_blocks[j]`` and add its scaled hint.
+
+        Running VACE block j right after main block ``vace_layers[j]`` equals the original
+        "all hints first" order (the stream never reads the main ``h``) but keeps one state per
+        context in memory instead of every hint.
+        """
+        block = self.vace_blocks[j]
+        for stream in streams:
+            stream[0] = block(stream[0], e0, context, context_img, rope, dtype)
+            h = h + block.hint(stream[0], dtype) * stream[1]
+        return h
+
+    def _unpatchify(self, out: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        """Tokens ``[B, L, pt*ph*pw*C]`` (C fastest) -> ``[B, C, F, H, W]`` float32."""
+        pt, ph, pw = self.config.patch_size
+        f, h, w = grid
+        out = out.reshape(out.shape[0], f, h, w, pt, ph, pw, self.config.out_dim)
+        out = out.permute(0, 7, 1, 4, 2, 5, 3, 6)
+        return out.reshape(out.shape[0], self.config.out_dim, f * pt, h * ph, w * pw).float()
