@@ -1,0 +1,199 @@
+"""Headless runner: UI and API workflows, UI-only nodes, modes, --set, errors and exit codes."""
+import copy
+import json
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from wanflow.nodes import comfy_adapter as ca
+from wanflow.runner import cli, errors, execute, workflow
+from wanflow.runner.registry import node_classes
+
+
+def ui_node(node_id, kind, widgets=(), inputs=(), outputs=(), mode=0, title=None):
+    node = {"id": node_id, "type": kind, "pos": [0, 0], "size": [200, 100], "flags": {}, "order": node_id,
+            "mode": mode, "inputs": list(inputs), "outputs": list(outputs), "properties": {},
+            "widgets_values": list(widgets)}
+    if title:
+        node["title"] = title
+    return node
+
+
+def load_save_ui(image="frames.webp", fmt="webp", prefix="clip"):
+    """LoadImage -> (Reroute) -> SaveVideo, plus a note: the smallest real pack workflow."""
+    return {
+        "last_node_id": 4, "last_link_id": 2, "version": 0.4, "config": {}, "extra": {}, "groups": [],
+        "nodes": [
+            ui_node(1, "LoadImage", [image, "image"],
+                    outputs=[{"name": "IMAGE", "type": "IMAGE", "links": [1]},
+                             {"name": "MASK", "type": "MASK", "links": None}]),
+            ui_node(2, "Reroute", inputs=[{"name": "", "type": "*", "link": 1}],
+                    outputs=[{"name": "", "type": "IMAGE", "links": [2]}]),
+            ui_node(3, "WanFlowSaveVideo", [prefix, fmt, 16.0, 90],
+                    inputs=[{"name": "images", "type": "IMAGE", "link": 2}], title="Save"),
+            ui_node(4, "Note", ["Put frames.webp in the input folder."]),
+        ],
+        "links": [[1, 1, 0, 2, 0, "IMAGE"], [2, 2, 0, 3, 0, "IMAGE"]],
+    }
+
+
+@pytest.fixture()
+def dirs(tmp_path):
+    inp, out = tmp_path / "input", tmp_path / "output"
+    inp.mkdir()
+    frames = [Image.fromarray(np.full((24, 40, 3), 40 * i, np.uint8)) for i in range(5)]
+    frames[0].save(inp / "frames.webp", save_all=True, append_images=frames[1:], lossless=True)
+    frames[0].save(inp / "still.png")
+    yield tmp_path
+    ca.configure_headless(None, None, None)
+
+
+def run_cli(dirs, flow, *extra):
+    path = dirs / "flow.json"
+    path.write_text(json.dumps(flow))
+    return cli.main(["run", str(path), "--input", str(dirs / "input"), "--output", str(dirs / "output"),
+                     "--quiet", *extra])
+
+
+def outputs(dirs):
+    out = dirs / "output"
+    return sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) if out.exists() else []
+
+
+def test_ui_workflow_runs_and_embeds_graph(dirs):
+    flow = load_save_ui()
+    assert run_cli(dirs, flow) == errors.EXIT_OK
+    assert outputs(dirs) == ["clip_00001_.webp"]
+    with Image.open(dirs / "output" / "clip_00001_.webp") as image:
+        assert image.n_frames == 5 and image.size == (40, 24)
+    from wanflow.nodes.video_files import read_video_metadata
+
+    meta = read_video_metadata(dirs / "output" / "clip_00001_.webp")
+    assert meta["workflow"] == flow
+    assert meta["prompt"]["3"]["inputs"]["images"] == ["1", 0]  # the reroute is gone
+
+
+def test_api_workflow_and_set_override(dirs):
+    api = {"1": {"class_type": "LoadImage", "inputs": {"image": "still.png"}},
+           "9": {"class_type": "WanFlowSaveVideo", "_meta": {"title": "Save"},
+                 "inputs": {"images": ["1", 0], "filename_prefix": "a", "format": "png", "fps": 8.0, "quality": 90}}}
+    assert run_cli(dirs, api, "--set", "Save.filename_prefix=sub/b", "--set", "9.format=mp4") == 0
+    assert outputs(dirs) == ["sub/b_00001_.mp4"]
+    with av.open(str(dirs / "output" / "sub" / "b_00001_.mp4")) as container:
+        assert container.streams.video[0].frames in (0, 1)
+        assert len(list(container.decode(video=0))) == 1
+
+
+def test_muted_and_bypassed_nodes(dirs):
+    flow = load_save_ui()
+    # A bypassed node between LoadImage and the reroute passes its IMAGE input through.
+    flow["nodes"].append(ui_node(5, "WanFlowSaveVideo", ["x", "png", 16.0, 90], mode=4,
+                                 inputs=[{"name": "images", "type": "IMAGE", "link": 3}],
+                                 outputs=[]))
+    flow["links"].append([3, 1, 0, 5, 0, "IMAGE"])
+    flow["nodes"][0]["outputs"][0]["links"] = [1, 3]
+    prompt = workflow.ui_to_prompt(flow, node_classes())
+    assert set(prompt) == {"1", "3"}
+    # Muting the loader leaves the save node without its required input: a clear error, exit 3.
+    flow["nodes"][0]["mode"] = 2
+    assert run_cli(dirs, flow) == errors.EXIT_INVALID
+    assert outputs(dirs) == []
+
+
+def test_primitive_node_value_feeds_widget(dirs):
+    flow = load_save_ui()
+    flow["nodes"].append(ui_node(6, "PrimitiveNode", ["from_primitive"],
+                                 outputs=[{"name": "STRING", "type": "STRING", "links": [4],
+                                           "widget": {"name": "filename_prefix"}}]))
+    flow["nodes"][2]["inputs"].append({"name": "filename_prefix", "type": "STRING", "link": 4,
+                                       "widget": {"name": "filename_prefix"}})
+    flow["links"].append([4, 6, 0, 3, 1, "STRING"])
+    assert run_cli(dirs, flow) == 0
+    assert outputs(dirs) == ["from_primitive_00001_.webp"]
+
+
+@pytest.mark.parametrize("breakage, code, message", [
+    (lambda f: f["nodes"].append(ui_node(7, "NoSuchNode")), errors.EXIT_INVALID, "unknown node type 'NoSuchNode'"),
+    (lambda f: f["nodes"][0]["widgets_values"].__setitem__(0, "missing.png"), errors.EXIT_MISSING_FILE,
+     "'missing.png' not found"),
+    (lambda f: f["nodes"][0]["widgets_values"].__setitem__(0, "../input/still.png"), errors.EXIT_INVALID, "'..'"),
+    (lambda f: f["nodes"][0]["widgets_values"].__setitem__(0, "/etc/passwd"), errors.EXIT_INVALID, "absolute path"),
+    (lambda f: f["nodes"][2]["widgets_values"].__setitem__(0, "../out"), errors.EXIT_INVALID, "filename_prefix"),
+    (lambda f: f["links"].__setitem__(0, [1, 1, 1, 2, 0, "MASK"]), errors.EXIT_INVALID,
+     "wrong link type: input 'images' expects IMAGE, but node 1 (LoadImage) output 1 gives MASK"),
+    (lambda f: f["nodes"][2]["widgets_values"].__setitem__(1, "gif"), errors.EXIT_INVALID, "'gif' is not one of"),
+    (lambda f: f["nodes"][2]["widgets_values"].__setitem__(2, 0), errors.EXIT_INVALID, "outside [1.0, 120.0]"),
+    (lambda f: f["nodes"][2]["widgets_values"].pop(), errors.EXIT_INVALID, "widgets_values has 3 entries, expected 4"),
+    (lambda f: f["nodes"].pop(2), errors.EXIT_INVALID, "no output node"),
+])
+def test_bad_workflows_fail_clearly_and_write_nothing(dirs, capsys, breakage, code, message):
+    flow = load_save_ui()
+    breakage(flow)
+    assert run_cli(dirs, flow) == code
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert outputs(dirs) == []
+
+
+def test_node_failure_at_run_time_writes_nothing(dirs, capsys):
+    (dirs / "input" / "broken.png").write_bytes(b"not an image")
+    flow = load_save_ui("broken.png")
+    assert run_cli(dirs, flow) == errors.EXIT_NODE_FAILED
+    assert "node 1 (LoadImage)" in capsys.readouterr().err
+    assert outputs(dirs) == []
+
+
+def test_failure_after_a_save_discards_it(dirs):
+    """Two outputs: the first writes, the second fails; nothing may remain."""
+    api = {"1": {"class_type": "LoadImage", "inputs": {"image": "still.png"}},
+           "2": {"class_type": "LoadImage", "inputs": {"image": "still.png"}},
+           "3": {"class_type": "WanFlowSaveVideo",
+                 "inputs": {"images": ["1", 0], "filename_prefix": "ok", "format": "png", "fps": 8.0, "quality": 90}},
+           "4": {"class_type": "WanFlowSaveVideo",
+                 "inputs": {"images": ["2", 0], "filename_prefix": "bad", "format": "mp4", "fps": 8.0, "quality": 90}}}
+    (dirs / "input" / "still.png").write_bytes(b"corrupt after validation")  # exists, so validation passes
+    api["1"]["inputs"]["image"] = "frames.webp"
+    assert run_cli(dirs, api) == errors.EXIT_NODE_FAILED
+    assert outputs(dirs) == []
+    assert not any(p.name.startswith(".wanflow-staging") for p in (dirs / "output").iterdir())
+
+
+def test_usage_errors(dirs, capsys):
+    assert cli.main(["run", str(dirs / "nope.json"), "--quiet"]) == errors.EXIT_USAGE
+    (dirs / "bad.json").write_text("{not json")
+    assert cli.main(["run", str(dirs / "bad.json"), "--quiet"]) == errors.EXIT_USAGE
+    assert run_cli(dirs, load_save_ui(), "--set", "99.x=1") == errors.EXIT_USAGE
+    assert run_cli(dirs, load_save_ui(), "--set", "3.nope=1") == errors.EXIT_USAGE
+    assert "WanFlowSaveVideo has no input 'nope'" in capsys.readouterr().err
+    assert cli.main(["frobnicate"]) == errors.EXIT_USAGE
+    assert outputs(dirs) == []
+
+
+def test_cycle_is_reported():
+    class Passthrough:
+        RETURN_TYPES = ("IMAGE",)
+        FUNCTION = "go"
+        OUTPUT_NODE = True
+
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {"images": ("IMAGE",)}}
+
+    prompt = {"1": {"class_type": "P", "inputs": {"images": ["2", 0]}},
+              "2": {"class_type": "P", "inputs": {"images": ["1", 0]}}}
+    with pytest.raises(errors.InvalidWorkflow, match="cycle"):
+        execute.validate(prompt, {"P": Passthrough})
+
+
+def test_link_consistency_checked():
+    flow = load_save_ui()
+    bad = copy.deepcopy(flow)
+    bad["links"][1] = [2, 2, 0, 3, 5, "IMAGE"]
+    with pytest.raises(errors.InvalidWorkflow, match="link 2 says it ends at node 3 slot 5"):
+        workflow.ui_to_prompt(bad, node_classes())
+    bad = copy.deepcopy(flow)
+    bad["nodes"][2]["inputs"][0]["link"] = 77
+    with pytest.raises(errors.InvalidWorkflow, match="link 77"):
+        workflow.ui_to_prompt(bad, node_classes())
