@@ -1,0 +1,193 @@
+"""What the sampler hands to the DiT besides the noisy latent, for every Wan task.
+
+:class:`WanConditioning` carries the inputs of the DiT forward contract (docs/DEVELOPING.md):
+
+| Task            | Fields used                                                        |
+|-----------------|--------------------------------------------------------------------|
+| T2V             | ``context`` (+ ``negative_context`` for CFG)                       |
+| 2.1 I2V / FLF2V | ``y`` (4 mask + 16 image-latent channels) and ``clip_fea``         |
+| 2.2 I2V         | ``y`` only (no CLIP)                                               |
+| TI2V-5B I2V     | ``first_frame``: clean first-frame latent; per-token timesteps     |
+| VACE            | ``vace_context``, ``vace_strength``, ``vace_trim_frames``          |
+
+All latents are in the sampler's normalised latent space (``(z − mean)/std``); converting
+ComfyUI's raw LATENT is the caller's job (``wan/latent_stats.py``).
+
+The builders below (:func:`i2v_mask`, :func:`i2v_pixel_video`, :func:`i2v_condition`) produce
+the I2V concat condition the way the official code does; the VAE encode in between belongs to the
+caller, so this module does not depend on a VAE implementation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+VAE_TEMPORAL_STRIDE = 4
+
+
+@dataclass
+class WanConditioning:
+    """Model inputs shared by every step; see the module docstring for which task uses what."""
+
+    context: torch.Tensor
+    negative_context: Optional[torch.Tensor] = None
+    y: Optional[torch.Tensor] = None
+    clip_fea: Optional[torch.Tensor] = None
+    vace_context: Optional[torch.Tensor] = None
+    vace_strength: float = 1.0
+    vace_trim_frames: int = 0
+    first_frame: Optional[torch.Tensor] = None
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+
+    def validate(self, latent: torch.Tensor) -> None:
+        """Fail early, naming the field, when a condition does not fit the latent ``[B,C,F,H,W]``."""
+        if latent.ndim != 5:
+            raise ValueError(f"latent must be [B, C, F, H, W], got shape {tuple(latent.shape)}")
+        batch, _, frames, height, width = latent.shape
+        _expect_ndim("context", self.context, 3)
+        _expect_batch("context", self.context, batch)
+        if self.negative_context is not None:
+            _expect_ndim("negative_context", self.negative_context, 3)
+            _expect_batch("negative_context", self.negative_context, batch)
+            if self.negative_context.shape[2] != self.context.shape[2]:
+                raise ValueError(f"negative_context width {self.negative_context.shape[2]} != "
+                                 f"context width {self.context.shape[2]}")
+        for name in ("y", "vace_context"):
+            value = getattr(self, name)
+            if value is not None:
+                _expect_ndim(name, value, 5)
+                _expect_batch(name, value, batch)
+                if tuple(value.shape[-3:]) != (frames, height, width):
+                    raise ValueError(f"{name} has frames/height/width {tuple(value.shape[-3:])}, "
+                                     f"expected the latent's {(frames, height, width)}")
+        if self.clip_fea is not None:
+            _expect_ndim("clip_fea", self.clip_fea, 3)
+            _expect_batch("clip_fea", self.clip_fea, batch)
+        if self.first_frame is not None:
+            _expect_ndim("first_frame", self.first_frame, 5)
+            expected = (latent.shape[1], 1, height, width)
+            if tuple(self.first_frame.shape[1:]) != expected:
+                raise ValueError(f"first_frame must be [B, C, 1, H, W] = [B, {expected}], got "
+                                 f"{tuple(self.first_frame.shape)}")
+        if not 0 <= self.vace_trim_frames < frames:
+            raise ValueError(f"vace_trim_frames must be in [0, {frames}), got {self.vace_trim_frames}")
+        if self.vace_trim_frames and self.vace_context is None:
+            raise ValueError("vace_trim_frames is set but vace_context is None")
+
+    def to(self, device: torch.device | str) -> "WanConditioning":
+        """A copy with every tensor on ``device`` (dtypes kept)."""
+        moved = {name: (value.to(device) if isinstance(value, torch.Tensor) else value)
+                 for name, value in self.__dict__.items()}
+        return WanConditioning(**moved)
+
+    def model_extras(self) -> dict:
+        """Keyword inputs of the DiT call shared by cond and uncond passes (None = not used)."""
+        extras: dict = {}
+        if self.y is not None:
+            extras["y"] = self.y
+        if self.clip_fea is not None:
+            extras["clip_fea"] = self.clip_fea
+        if self.vace_context is not None:
+            extras["vace_context"] = self.vace_context
+            extras["vace_scale"] = self.vace_strength
+        return extras
+
+    # --- TI2V-5B: clean first frame with per-token timesteps --------------------------------
+
+    def frame_mask(self, latent: torch.Tensor) -> torch.Tensor:
+        """``[1, 1, F, H, W]``: 0 on the known first latent frame, 1 where the model denoises."""
+        mask = torch.ones(1, 1, *latent.shape[2:], dtype=latent.dtype, device=latent.device)
+        mask[:, :, 0] = 0
+        return mask
+
+    def impose_first_frame(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` with its first latent frame replaced by the clean ``first_frame`` (TI2V)."""
+        if self.first_frame is None:
+            return x
+        mask = self.frame_mask(x)
+        clean = self.first_frame.to(device=x.device, dtype=x.dtype)
+        return (1 - mask) * clean + mask * x
+
+    def model_timestep(self, t: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+        """The DiT's ``t``: ``[B]``, or ``[B, seq_len]`` per token with t = 0 on the first frame."""
+        batch = latent.shape[0]
+        if self.first_frame is None:
+            return t.reshape(1).expand(batch).to(latent.device)
+        _, ph, pw = self.patch_size
+        tokens = self.frame_mask(latent)[0, 0][:, ::ph, ::pw]
+        per_token = (tokens * t.to(latent.device)).flatten()
+        return per_token.unsqueeze(0).expand(batch, -1)
+
+    def trim(self, latent: torch.Tensor) -> torch.Tensor:
+        """Drop the VACE reference frames prepended in time (``vace_trim_frames``)."""
+        return latent[:, :, self.vace_trim_frames:] if self.vace_trim_frames else latent
+
+
+def _expect_ndim(name: str, value: torch.Tensor, ndim: int) -> None:
+    if not isinstance(value, torch.Tensor) or value.ndim != ndim:
+        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ValueError(f"{name} must be a {ndim}-D tensor, got {shape}")
+
+
+def _expect_batch(name: str, value: torch.Tensor, batch: int) -> None:
+    if value.shape[0] != batch:
+        raise ValueError(f"{name} has batch {value.shape[0]}, expected the latent's batch {batch}")
+
+
+# --- I2V concat condition (official Wan 2.1 / 2.2 I2V and FLF2V) ------------------------------
+
+def i2v_mask(num_frames: int, latent_height: int, latent_width: int, *, batch: int = 1,
+             last_frame: bool = False) -> torch.Tensor:
+    """The 4-channel "known frame" mask ``[B, 4, T_lat, h, w]`` of the I2V condition (1 = known).
+
+    Pixel frame 0 (and the last one for FLF2V) is known; frame 0 is repeated to 4 so the pixel
+    mask folds into 4 channels per latent frame: latent frame 0 is all ones.
+    """
+    if num_frames < 1 or (num_frames - 1) % VAE_TEMPORAL_STRIDE:
+        raise ValueError(f"i2v_mask: num_frames must be 4n+1, got {num_frames}")
+    mask = torch.zeros(batch, 1, num_frames, latent_height, latent_width)
+    mask[:, :, 0] = 1
+    if last_frame:
+        mask[:, :, -1] = 1
+    first = mask[:, :, :1].repeat_interleave(VAE_TEMPORAL_STRIDE, dim=2)
+    mask = torch.cat([first, mask[:, :, 1:]], dim=2)
+    mask = mask.view(batch, -1, VAE_TEMPORAL_STRIDE, latent_height, latent_width)
+    return mask.transpose(1, 2)
+
+
+def i2v_pixel_video(image: torch.Tensor, num_frames: int,
+                    last_image: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The pixel clip the VAE encodes for I2V: the image, then zeros (mid-grey), ``[B,3,F,H,W]``.
+
+    ``image`` is ``[B, 3, H, W]`` in [−1, 1], already at the output size. With ``last_image``
+    (FLF2V) the last frame is that image.
+    """
+    if image.ndim != 4 or image.shape[1] != 3:
+        raise ValueError(f"i2v_pixel_video: image must be [B, 3, H, W], got {tuple(image.shape)}")
+    frames = [image.unsqueeze(2)]
+    blanks = num_frames - 1 - (last_image is not None)
+    if blanks < 0:
+        raise ValueError(f"i2v_pixel_video: num_frames {num_frames} too small")
+    frames.append(image.new_zeros(image.shape[0], 3, blanks, *image.shape[2:]))
+    if last_image is not None:
+        if last_image.shape != image.shape:
+            raise ValueError(f"i2v_pixel_video: last_image {tuple(last_image.shape)} must match "
+                             f"image {tuple(image.shape)}")
+        frames.append(last_image.unsqueeze(2))
+    return torch.cat(frames, dim=2)
+
+
+def i2v_condition(image_latent: torch.Tensor, num_frames: int, *,
+                  last_frame: bool = False) -> torch.Tensor:
+    """``y = [mask(4) | image latent]`` for the DiT (``[B, 4 + C, T_lat, h, w]``).
+
+    ``image_latent`` is the normalised VAE latent of :func:`i2v_pixel_video`.
+    """
+    batch, _, frames, height, width = image_latent.shape
+    mask = i2v_mask(num_frames, height, width, batch=batch, last_frame=last_frame)
+    if mask.shape[2] != frames:
+        raise ValueError(f"i2v_condition: image latent has {frames} frames, {num_frames} pixel "
+                         f"frames give {mask.shape[2]}")
+    return torch.cat([mask.to(image_latent), image_latent], dim=1)

@@ -1,0 +1,166 @@
+"""One sampler for Wan: a high-noise expert, an optional low-noise expert, one solver run.
+
+Wan 2.2 A14B splits denoising between two experts. The official rule: at each step the
+high-noise expert runs while the step's model timestep ``t ≥ boundary·1000``, the low-noise
+expert afterwards (boundary 0.875 for T2V, 0.900 for I2V). Here that switch happens inside one
+solver run, so the solver's history (UniPC / DPM++ multistep state) and the latent carry straight
+across it, exactly like the official pipeline and diffusers' ``WanPipeline(transformer_2=…)``.
+With only a high expert the same sampler runs a single model (Wan 2.1, TI2V-5B).
+
+Latent space: the sampler works on normalised latents (``(z − mean)/std``), the space the DiT
+expects. ComfyUI LATENTs hold raw VAE latents; nodes convert with ``wan/latent_stats.py``
+before and after calling :meth:`MoESampler.sample`.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Union
+
+import torch
+import torch.nn as nn
+
+from .conditioning import WanConditioning
+from .expert_residency import ExpertResidency, module_device
+from .guidance import CfgSchedule, cfg_at, guided_velocity
+from .noise import noised_start
+from .schedules import Schedule, switch_step_for_boundary
+from .solvers import get_solver
+
+logger = logging.getLogger(__name__)
+
+# Official boundaries (Wan2.2 configs): T2V-A14B 0.875, I2V-A14B 0.900.
+DEFAULT_BOUNDARY = {"t2v": 0.875, "i2v": 0.900}
+
+HIGH, LOW = "high", "low"
+
+
+class SamplingInterrupted(RuntimeError):
+    """Raised when the interrupt hook asks to stop; the models stay intact and reusable."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(f"sampling interrupted before step {step}")
+        self.step = step
+
+
+@dataclass
+class SamplerHooks:
+    """Optional callbacks, each called once per step.
+
+    ``progress(done, total)`` after a step; ``preview(step, x0)`` with the current clean-latent
+    prediction (normalised space); ``interrupt()`` before each model call: return True (or raise
+    your own exception) to stop within one step.
+    """
+
+    progress: Optional[Callable[[int, int], None]] = None
+    preview: Optional[Callable[[int, torch.Tensor], None]] = None
+    interrupt: Optional[Callable[[], bool]] = None
+
+
+@dataclass
+class SamplingResult:
+    """Final latent (normalised, VACE reference frames trimmed) and how the steps were split."""
+
+    latent: torch.Tensor
+    switch_step: int
+    steps_per_expert: dict[str, int] = field(default_factory=dict)
+
+
+def resolve_switch_step(schedule: Schedule, *, has_low: bool, boundary: Optional[float],
+                        switch_step: Optional[int]) -> int:
+    """First step of the low-noise expert: explicit ``switch_step`` wins over ``boundary``.
+
+    Without a low expert every step belongs to the high (single) model.
+    """
+    if not has_low:
+        return schedule.steps
+    if switch_step is not None:
+        if not 0 <= switch_step <= schedule.steps:
+            raise ValueError(f"switch_step must be in [0, {schedule.steps}], got {switch_step}")
+        return int(switch_step)
+    if boundary is None:
+        raise ValueError("a low-noise expert needs a boundary or a switch_step")
+    return switch_step_for_boundary(schedule, boundary)
+
+
+class MoESampler:
+    """Samples with one or two Wan experts; only the active one sits on ``device``.
+
+    ``high`` / ``low`` are DiTs (or any callable with the DiT forward signature
+    ``model(x, t, context, *, y=None, clip_fea=None, vace_context=None, vace_scale=1.0)`` returning
+    the velocity). ``device`` is where compute happens (default: where ``high`` is).
+    ``batched_cfg=False`` runs cond and uncond as two forwards to save memory.
+    """
+
+    def __init__(self, high: nn.Module, low: Optional[nn.Module] = None, *,
+                 device: Union[str, torch.device, None] = None,
+                 offload_device: Union[str, torch.device] = "cpu",
+                 batched_cfg: bool = True) -> None:
+        experts = {HIGH: high} if low is None else {HIGH: high, LOW: low}
+        if device is None:
+            device = (module_device(high) if isinstance(high, nn.Module) else None) or "cpu"
+        self.device = torch.device(device)
+        self.residency = ExpertResidency(experts, self.device, offload_device)
+        self.has_low = low is not None
+        self.batched_cfg = batched_cfg
+
+    def sample(self, noise: torch.Tensor, schedule: Schedule, cond: WanConditioning, *,
+               latent: Optional[torch.Tensor] = None, solver: str = "unipc",
+               cfg_high: CfgSchedule = 5.0, cfg_low: Optional[CfgSchedule] = None,
+               boundary: Optional[float] = None, switch_step: Optional[int] = None,
+               hooks: Optional[SamplerHooks] = None,
+               generator: Optional[torch.Generator] = None,
+               offload_when_done: bool = False) -> SamplingResult:
+        """Denoise ``noise`` (``[B,C,F,H,W]``, normalised space) over ``schedule``.
+
+        ``latent``: start video-to-video from this latent at ``schedule.sigmas[0]`` (use a
+        schedule built with ``denoise < 1``). ``cfg_high`` / ``cfg_low``: per-expert guidance,
+        each a float or a per-step list indexed by the global step (``cfg_low`` defaults to
+        ``cfg_high``). ``boundary``: defaults to 0.900 when ``cond.y`` is set (I2V), else 0.875.
+        ``generator``: fresh-noise re-noising for the "distilled" solver only.
+        """
+        hooks = hooks or SamplerHooks()
+        cond.validate(noise)
+        if generator is not None and solver != "distilled":
+            raise ValueError(f"generator is only used by the 'distilled' solver, not {solver!r}")
+        step_fn = get_solver(solver)
+        if boundary is None:
+            boundary = DEFAULT_BOUNDARY["i2v" if cond.y is not None else "t2v"]
+        switch = resolve_switch_step(schedule, has_low=self.has_low, boundary=boundary,
+                                     switch_step=switch_step)
+        split = {HIGH: switch, LOW: schedule.steps - switch} if self.has_low else {HIGH: switch}
+        logger.info("sampling %d steps with %s: %s", schedule.steps, solver, split)
+
+        cond = cond.to(self.device)
+        sigmas = schedule.sigmas.to(self.device)
+        cfg = {HIGH: cfg_high, LOW: cfg_high if cfg_low is None else cfg_low}
+        extras = cond.model_extras()
+        x = noised_start(noise.to(self.device, torch.float32), float(schedule.sigmas[0]),
+                         None if latent is None else latent.to(self.device, torch.float32))
+
+        def denoise(x_t: torch.Tensor, step: int) -> torch.Tensor:
+            if hooks.interrupt is not None and hooks.interrupt():
+                raise SamplingInterrupted(step)
+            name = HIGH if step < switch else LOW
+            model = self.residency.activate(name)
+            t = cond.model_timestep(schedule.timesteps[step], x_t)
+            scale = cfg_at(cfg[name], step, where=f"cfg_{name}")
+            velocity = guided_velocity(model, cond.impose_first_frame(x_t), t, cond.context,
+                                       cond.negative_context, scale, batched=self.batched_cfg,
+                                       extras=extras)
+            return x_t - sigmas[step] * velocity.to(x_t.dtype)
+
+        def after_step(step: int, x_next: torch.Tensor, x0: torch.Tensor) -> None:
+            if hooks.progress is not None:
+                hooks.progress(step + 1, schedule.steps)
+            if hooks.preview is not None:
+                hooks.preview(step, cond.impose_first_frame(x0))
+
+        kwargs = {"generator": generator} if generator is not None else {}
+        try:
+            x = step_fn(denoise, x, sigmas, after_step, **kwargs)
+        finally:
+            if offload_when_done:
+                self.residency.offload_all()
+        x = cond.impose_first_frame(x)
+        return SamplingResult(cond.trim(x), switch, split)
