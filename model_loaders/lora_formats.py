@@ -26,6 +26,8 @@ from typing import Collection, Iterable, Mapping, Optional, Union
 
 import torch
 
+from . import dit_keys
+
 
 
 # --------------------------------------------------------------------------------------------
@@ -241,12 +243,16 @@ def flat_index(target_names: Iterable[str]) -> dict[str, str]:
 def _diffusers_to_official_module(name: str) -> str:
     """A diffusers module path (``blocks.0.attn1.to_q``) as its official path (``blocks.0.self_attn.q``).
 
-    Uses the DiT key table of ``dit_keys`` on a one-key state dict, so both stay in step.
+    Uses the DiT key table of ``dit_keys`` on a one-key state dict, so both stay in step. Names
+    the table does not know are returned unchanged (they then match nothing and are reported).
     """
-    from . import dit_keys  # the DiT key table is the one source of diffusers names
-
     probe = f"{name}.weight"
-    converted = dit_keys.diffusers_to_official({probe: torch.empty(0)})
+    try:
+        converted = dit_keys.diffusers_to_official({probe: None})
+    except KeyError:
+        return name
+    if len(converted) != 1:  # a key diffusers itself ignores (norm_added_q)
+        return name
     (official,) = converted.keys()
     return official[: -len(".weight")] if official.endswith(".weight") else official
 
