@@ -119,10 +119,22 @@ def test_ti2v_per_token_timesteps_match_diffusers(twins, shape):
         out_shared_t = ours(x, t, context)
     assert _max_diff(out, _diffusers(ref, x, t_tokens, context)) <= TOL
     assert _max_diff(out_shared_t, _diffusers(ref, x, t, context)) <= TOL
-    if frames > 1:   # the per-token form with equal timesteps is the plain form
-        with torch.no_grad():
-            same = ours(x, t[:, None].repeat(1, frames * per_frame), context)
-        assert _max_diff(same, out_shared_t) <= 1e-5
+    with torch.no_grad():   # the same timesteps given per frame (ComfyUI style) or shared
+        per_frame_t = t[:, None].repeat(1, frames)
+        per_frame_t[:, 0] = 0.0
+        assert _max_diff(ours(x, per_frame_t, context), out) <= 1e-5
+        same = ours(x, t[:, None].repeat(1, frames * per_frame), context)
+    assert _max_diff(same, out_shared_t) <= 1e-5
+
+
+def test_ti2v_arbitrary_per_token_timesteps_match_diffusers(twins):
+    """Timesteps that vary inside a frame take the general per-token path."""
+    ours, ref = twins("ti2v")
+    x, _, context, gen = _latent_and_text(ours.config, (2, 6, 4))
+    t_tokens = torch.rand(BATCH, 2 * 3 * 2, generator=gen) * 1000
+    with torch.no_grad():
+        out = ours(x, t_tokens, context)
+    assert _max_diff(out, _diffusers(ref, x, t_tokens, context)) <= TOL
 
 
 @pytest.mark.parametrize("shape", SHAPES)

@@ -182,6 +182,26 @@ def apply_rope(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torc
 
 
 # --------------------------------------------------------------------------------------------
+# Time modulation over groups of tokens
+# --------------------------------------------------------------------------------------------
+# Time-dependent vectors have shape [B, G, dim]: G = 1 (one t per sample), G = frames (TI2V:
+# one t per latent frame) or G = L (one t per token). Tokens are frame-major, so group g is the
+# contiguous run of L/G tokens; the vectors are broadcast over it without being repeated.
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``x * (1 + scale) + shift`` with ``x`` [B, L, dim] and shift/scale [B, G, dim]."""
+    groups = x.unflatten(1, (shift.shape[1], -1))
+    return (groups * (1 + scale[:, :, None]) + shift[:, :, None]).flatten(1, 2)
+
+
+def add_gated(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """``x + y * gate`` in float32 with ``x``, ``y`` [B, L, dim] and ``gate`` [B, G, dim]."""
+    groups = gate.shape[1]
+    out = x.unflatten(1, (groups, -1)) + y.float().unflatten(1, (groups, -1)) * gate[:, :, None]
+    return out.flatten(1, 2)
+
+
+# --------------------------------------------------------------------------------------------
 # Norms (float32 compute, storage-dtype parameters)
 # --------------------------------------------------------------------------------------------
 
@@ -283,7 +303,7 @@ class WanBlock(nn.Module):
     """One transformer block: modulated self-attention, plain cross-attention, modulated FFN.
 
     ``x`` is the float32 residual stream ``[B, L, dim]``; ``e0`` the float32 time projection
-    ``[B, 1 or L, 6, dim]`` (one row per sample, or per token for TI2V).
+    ``[B, G, 6, dim]`` for G groups of tokens (see :func:`modulate`).
     """
 
     def __init__(self, cfg: WanDiTConfig) -> None:
@@ -303,11 +323,11 @@ class WanBlock(nn.Module):
         mod = self.modulation.float().unsqueeze(0) + e0
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = mod.unbind(dim=2)
 
-        y = self.self_attn((self.norm1(x) * (1 + scale_sa) + shift_sa).to(dtype), rope)
-        x = x + y.float() * gate_sa
+        y = self.self_attn(modulate(self.norm1(x), shift_sa, scale_sa).to(dtype), rope)
+        x = add_gated(x, y, gate_sa)
         x = x + self.cross_attn(self.norm3(x).to(dtype), context, context_img).float()
-        y = self.ffn((self.norm2(x) * (1 + scale_ff) + shift_ff).to(dtype))
-        return x + y.float() * gate_ff
+        y = self.ffn(modulate(self.norm2(x), shift_ff, scale_ff).to(dtype))
+        return add_gated(x, y, gate_ff)
 
 
 class VaceBlock(WanBlock):
@@ -343,7 +363,7 @@ class Head(nn.Module):
 
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         shift, scale = (self.modulation.float().unsqueeze(0) + e.unsqueeze(2)).unbind(dim=2)
-        return self.head(self.norm(x) * (1 + scale) + shift)
+        return self.head(modulate(self.norm(x), shift, scale))
 
 
 class ImageEmbedding(nn.Module):
@@ -371,6 +391,29 @@ class ImageEmbedding(nn.Module):
 # --------------------------------------------------------------------------------------------
 # The model
 # --------------------------------------------------------------------------------------------
+
+def group_timesteps(t: torch.Tensor, batch: int, grid: tuple[int, int, int]) -> torch.Tensor:
+    """Timesteps as ``[B, G]`` over G equal, contiguous token groups (see :func:`modulate`).
+
+    Accepts ``[B]`` (or a scalar / ``[1]``), per-frame ``[B, frames]`` (ComfyUI style) and per-token
+    ``[B, seq_len]`` (official TI2V). Per-token timesteps that are constant within each latent
+    frame, as TI2V's always are, become per-frame, so no ``[B, L, 6, dim]`` tensor is built.
+    """
+    frames, seq_len = grid[0], math.prod(grid)
+    if t.ndim == 0 or t.shape == (1,):
+        t = t.reshape(1).expand(batch)
+    if t.shape == (batch,):
+        return t[:, None]
+    if t.shape == (batch, frames):
+        return t
+    if t.shape == (batch, seq_len):
+        per_frame = t.unflatten(1, (frames, -1))
+        if torch.equal(per_frame, per_frame[:, :, :1].expand_as(per_frame)):
+            return per_frame[:, :, 0]
+        return t
+    raise ValueError(f"WanDiT: t must be [B={batch}], per-frame [B, {frames}] or per-token "
+                     f"[B, seq_len={seq_len}]; got {tuple(t.shape)}")
+
 
 VaceContext = Union[torch.Tensor, Sequence[torch.Tensor], None]
 VaceScale = Union[float, Sequence[float]]
@@ -414,8 +457,8 @@ class WanDiT(nn.Module):
                 vace_context: VaceContext = None, vace_scale: VaceScale = 1.0) -> torch.Tensor:
         """Predict the flow velocity ``[B, out_dim, F, H, W]`` (float32).
 
-        ``x`` [B, C, F, H, W] latent (its dtype is the compute dtype); ``t`` [B] or per-token
-        [B, seq_len] timesteps in 0..1000; ``context`` [B, L, text_dim] text embeddings (zero-
+        ``x`` [B, C, F, H, W] latent (its dtype is the compute dtype); ``t`` timesteps in
+        0..1000 as [B], per-frame [B, F] or per-token [B, seq_len] (TI2V); ``context`` [B, L, text_dim] text embeddings (zero-
         padded to ``text_len`` here when shorter); ``y`` channel-concat condition; ``clip_fea``
         [B, N, clip_dim] CLIP tokens (2.1 I2V/FLF2V); ``vace_context`` one [B, vace_in_dim, F', H,
         W] tensor or a list of them, each with its strength in ``vace_scale``.
@@ -427,10 +470,9 @@ class WanDiT(nn.Module):
             x = torch.cat([x, y.to(dtype)], dim=1)
         batch = x.shape[0]
         grid = self._grid(x)
-        seq_len = math.prod(grid)
 
         tokens = self.patch_embedding(x).flatten(2).transpose(1, 2)   # [B, L, dim]
-        e, e0 = self._embed_time(t, batch, seq_len)
+        e, e0 = self._embed_time(t, batch, grid)
         context = self._embed_text(context.to(dtype))
         context_img = self.img_emb(clip_fea, dtype) if cfg.has_image_input else None
         rope = rope_tables(grid, cfg.rope_axes, cfg.rope_theta, x.device)
@@ -490,16 +532,9 @@ class WanDiT(nn.Module):
         return tuple(s // p for s, p in zip(sizes, self.config.patch_size))  # type: ignore
 
     def _embed_time(self, t: torch.Tensor, batch: int,
-                    seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``e`` [B, 1|L, dim] for the head and ``e0`` [B, 1|L, 6, dim] for the blocks, fp32."""
-        t = torch.as_tensor(t)
-        if t.ndim == 0 or (t.ndim == 1 and t.shape[0] == 1):
-            t = t.reshape(1).expand(batch)
-        if t.ndim == 1 and t.shape[0] == batch:
-            t = t[:, None]
-        elif not (t.ndim == 2 and t.shape == (batch, seq_len)):
-            raise ValueError(f"WanDiT: t must be [B={batch}] or per-token [B, seq_len={seq_len}]; "
-                             f"got {tuple(t.shape)}")
+                    grid: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``e`` [B, G, dim] for the head and ``e0`` [B, G, 6, dim] for the blocks, float32."""
+        t = group_timesteps(torch.as_tensor(t), batch, grid)
         sinusoid = sinusoidal_embedding(t, self.config.freq_dim)
         e = self.time_embedding(sinusoid)
         e0 = self.time_projection(e).unflatten(-1, (6, self.config.dim))
