@@ -155,3 +155,23 @@ def test_bad_prompts_and_lengths(spiece):
 ])
 def test_clean_prompt(raw, cleaned):
     assert clean_prompt(raw) == cleaned
+
+
+def test_encode_prompts_end_to_end(spiece):
+    from wanflow.wan.umt5 import UMT5Config, UMT5Encoder, encode_prompts, text_context
+
+    tok = UMT5Tokenizer(spiece, max_length=MAX_LEN)
+    cfg = UMT5Config(vocab_size=tok.vocab_size, dim=16, num_heads=2, head_dim=8, ffn_dim=24,
+                     num_layers=2, num_buckets=8, max_distance=16, text_len=MAX_LEN)
+    torch.manual_seed(0)
+    encoder = UMT5Encoder(cfg).eval()
+    with torch.no_grad():
+        for p in encoder.parameters():
+            p.normal_()
+    prompts = PROMPTS[:3]
+    context = encode_prompts(encoder, tok, prompts)
+    tokens = tok(prompts)
+    assert context.shape == (3, MAX_LEN, 16)
+    assert torch.equal(context, text_context(encoder, tokens.ids, tokens.mask))
+    for row, n in zip(context, tokens.lengths.tolist()):
+        assert torch.count_nonzero(row[n:]) == 0 and torch.count_nonzero(row[:n]) == n * 16

@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Protocol, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from . import ops
+from .tokenizer import UMT5Tokenizer
 
 
 @dataclass(frozen=True)
@@ -276,18 +277,7 @@ def text_context(encoder: UMT5Encoder, ids: torch.Tensor, mask: torch.Tensor,
     return context
 
 
-class PromptTokenizer(Protocol):
-    """What :func:`encode_prompts` needs from a tokenizer (``wan.tokenizer.UMT5Tokenizer``)."""
-
-    def __call__(self, prompts: Union[str, Sequence[str]]) -> "TokenizedLike": ...
-
-
-class TokenizedLike(Protocol):
-    ids: torch.Tensor
-    mask: torch.Tensor
-
-
-def encode_prompts(encoder: UMT5Encoder, tokenizer: PromptTokenizer,
+def encode_prompts(encoder: UMT5Encoder, tokenizer: UMT5Tokenizer,
                    prompts: Union[str, Sequence[str]],
                    dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """Prompts -> DiT context ``[B, text_len, dim]`` float32 (tokenize, encode, trim, zero-pad)."""
