@@ -11,10 +11,11 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 
@@ -124,6 +125,28 @@ def text_encoder_device(on_cpu: bool = False) -> torch.device:
     if in_comfyui():
         return _comfy_module("comfy.model_management").text_encoder_device()
     return compute_device()
+
+
+@contextmanager
+def model_on_compute_device(module: torch.nn.Module) -> Iterator[torch.device]:
+    """Run a block with ``module`` on the compute device, then move it back to the offload device.
+
+    Frees memory first when the module does not fit; a no-op when both devices are the CPU.
+    """
+    device, offload = compute_device(), offload_device()
+    if device == offload:
+        yield device
+        return
+    size = sum(p.numel() * p.element_size() for p in module.parameters())
+    size += sum(b.numel() * b.element_size() for b in module.buffers())
+    if free_memory_bytes(device) < size:
+        free_memory(size, device)
+    module.to(device)
+    try:
+        yield device
+    finally:
+        module.to(offload)
+        free_memory(0, device)
 
 
 def free_memory(bytes_needed: int = 0, device: Optional[torch.device] = None) -> None:
