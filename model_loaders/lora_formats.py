@@ -5,9 +5,9 @@ diffusers/PEFT, DiffSynth, lightx2v distill deltas, LyCORIS LoHa/LoKr). They all
 same thing: for some module of the official Wan DiT, a change to its weight and/or bias. This
 module turns any of them into ``{official target path: TargetPatch}``, for example::
 
-    "blocks.3.self_attn.q" -> TargetPatch(weight=LowRank(down, up, alpha))
-    "blocks.3.norm3"       -> TargetPatch(weight=FullDiff(d), bias=db)
-    "blocks.3.modulation"  -> TargetPatch(weight=FullDiff(d_m))   # a parameter, not a module
+    "blocks.3.self_attn.q" -> TargetPatch(weights=[LowRank(down, up, alpha)])
+    "blocks.3.norm3"       -> TargetPatch(weights=[FullDiff(d)], bias=db)
+    "blocks.3.modulation"  -> TargetPatch(weights=[FullDiff(d_m)])   # a parameter, not a module
 
 A target path is an official Wan module path, or the path of a bare parameter such as
 ``blocks.N.modulation``. Nothing here knows about a live model except, for the kohya-style
@@ -153,7 +153,7 @@ WeightPatch = Union[LowRank, LoHa, LoKr, FullDiff]
 class TargetPatch:
     """Everything one LoRA file changes on one target (module or bare parameter)."""
 
-    weight: Optional[WeightPatch] = None
+    weights: list[WeightPatch] = field(default_factory=list)  # summed: e.g. a LoRA plus a .diff
     bias: Optional[torch.Tensor] = None  # ``.diff_b``: added to the target's bias
     keys: list[str] = field(default_factory=list)  # the file keys this patch was built from
 
@@ -345,36 +345,36 @@ def _assemble(slot: dict[str, tuple[str, torch.Tensor]], default_alpha: Optional
     kinds = [name for name, present in (
         ("low-rank", "up" in get or "down" in get),
         ("LoHa", any(p.startswith("hada_") for p in get)),
-        ("LoKr", any(p.startswith("lokr_") for p in get)),
-        ("diff", "diff" in get)) if present]
+        ("LoKr", any(p.startswith("lokr_") for p in get))) if present]
     if len(kinds) > 1:
         raise ValueError(f"conflicting weight patches for one target: {', '.join(kinds)}")
 
-    weight: Optional[WeightPatch] = None
+    weights: list[WeightPatch] = []
     if "up" in get or "down" in get:
         if "up" not in get or "down" not in get:
             raise ValueError("low-rank pair is incomplete (needs both down/A and up/B)")
         down, up = get["down"], get["up"]
         if up.shape[1] != down.shape[0]:
             raise ValueError(f"low-rank shapes do not chain: up {tuple(up.shape)} vs down {tuple(down.shape)}")
-        weight = LowRank(down=down, up=up, alpha=alpha)
+        weights.append(LowRank(down=down, up=up, alpha=alpha))
     elif any(p.startswith("hada_") for p in get):
         need = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
         missing = [p for p in need if p not in get]
         if missing:
             raise ValueError(f"LoHa patch is missing {', '.join(missing)}")
-        weight = LoHa(*(get[p] for p in need), alpha=alpha)
+        weights.append(LoHa(*(get[p] for p in need), alpha=alpha))
     elif any(p.startswith("lokr_") for p in get):
         for n in (1, 2):
             if f"lokr_w{n}" not in get and not {f"lokr_w{n}_a", f"lokr_w{n}_b"} <= get.keys():
                 raise ValueError(f"LoKr patch needs lokr_w{n} or both lokr_w{n}_a and lokr_w{n}_b")
-        weight = LoKr(**{p[len("lokr_"):]: t for p, t in get.items() if p.startswith("lokr_")}, alpha=alpha)
-    elif "diff" in get:
-        weight = FullDiff(get["diff"])
+        weights.append(LoKr(**{p[len("lokr_"):]: t for p, t in get.items() if p.startswith("lokr_")},
+                            alpha=alpha))
+    if "diff" in get:  # lightx2v files may carry a full diff next to a LoRA on the same module
+        weights.append(FullDiff(get["diff"]))
     bias = get.get("diff_b")
-    if weight is None and bias is None:
+    if not weights and bias is None:
         raise ValueError("only an alpha, no weight or bias delta")
-    return TargetPatch(weight=weight, bias=bias, keys=keys)
+    return TargetPatch(weights=weights, bias=bias, keys=keys)
 
 
 # --------------------------------------------------------------------------------------------
@@ -421,8 +421,8 @@ def lora_width(parsed: ParsedLora) -> Optional[int]:
     """The DiT width a LoRA was made for, read from its attention patches (in = out = dim)."""
     widths = []
     for target, patch in parsed.patches.items():
-        if re.search(r"(self_attn|cross_attn)\.[qo]$", target) and patch.weight is not None:
-            widths.append(patch.weight.shape[0])
+        if re.search(r"(self_attn|cross_attn)\.[qo]$", target):
+            widths.extend(w.shape[0] for w in patch.weights)
     if not widths:
         return None
     return max(set(widths), key=widths.count)

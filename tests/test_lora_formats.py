@@ -39,7 +39,8 @@ def test_every_dialect_reads_to_the_same_deltas(writer, model, spec):
     for target, expected in spec.items():
         patch = parsed.patches[target]
         assert patch.bias is None
-        torch.testing.assert_close(patch.weight.delta(), expected.delta, rtol=0, atol=1e-6)
+        (weight,) = patch.weights
+        torch.testing.assert_close(weight.delta(), expected.delta, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("key, module, part", [
@@ -84,12 +85,12 @@ def test_lightx2v_diffs_map_to_modules_and_modulation(model):
     }
     parsed = parse_lora(sd, target_names(model))
     assert parsed.unparsed == {} and parsed.dialects == {"lightx2v"}
-    assert isinstance(parsed.patches["blocks.1.modulation"].weight, FullDiff)
-    assert isinstance(parsed.patches["head.modulation"].weight, FullDiff)
+    assert isinstance(parsed.patches["blocks.1.modulation"].weights[0], FullDiff)
+    assert isinstance(parsed.patches["head.modulation"].weights[0], FullDiff)
     norm3 = parsed.patches["blocks.1.norm3"]
-    assert torch.equal(norm3.weight.diff, sd["diffusion_model.blocks.1.norm3.diff"])
+    assert torch.equal(norm3.weights[0].diff, sd["diffusion_model.blocks.1.norm3.diff"])
     assert torch.equal(norm3.bias, sd["diffusion_model.blocks.1.norm3.diff_b"])
-    assert parsed.patches["blocks.1.cross_attn.k"].weight is None
+    assert parsed.patches["blocks.1.cross_attn.k"].weights == []
 
 
 def test_diffusers_bias_and_modulation_names_convert(model):
@@ -128,9 +129,9 @@ def test_incomplete_and_unsupported_parts_are_reported_with_reasons(model):
 def test_default_alpha_applies_only_without_alpha_key(model):
     sd = {"base_model.model.blocks.0.ffn.0.lora_A.weight": torch.randn(4, 48),
           "base_model.model.blocks.0.ffn.0.lora_B.weight": torch.randn(64, 4)}
-    assert parse_lora(sd, default_alpha=2.0).patches["blocks.0.ffn.0"].weight.scale == 0.5
+    assert parse_lora(sd, default_alpha=2.0).patches["blocks.0.ffn.0"].weights[0].scale == 0.5
     sd["base_model.model.blocks.0.ffn.0.alpha"] = torch.tensor(8.0)
-    assert parse_lora(sd, default_alpha=2.0).patches["blocks.0.ffn.0"].weight.scale == 2.0
+    assert parse_lora(sd, default_alpha=2.0).patches["blocks.0.ffn.0"].weights[0].scale == 2.0
 
 
 def test_empty_lora_is_an_error():
@@ -189,3 +190,13 @@ def test_read_errors_name_the_file(tmp_path):
 ])
 def test_guess_expert(name, expert):
     assert guess_expert(name) == expert
+
+
+def test_a_lora_and_a_full_diff_on_one_module_are_both_kept(model):
+    sd = {"diffusion_model.head.head.lora_down.weight": torch.randn(2, 48),
+          "diffusion_model.head.head.lora_up.weight": torch.randn(64, 2),
+          "diffusion_model.head.head.diff": torch.randn(64, 48),
+          "diffusion_model.head.head.diff_b": torch.randn(64)}
+    patch = parse_lora(sd, target_names(model)).patches["head.head"]
+    assert [type(w) for w in patch.weights] == [LowRank, FullDiff]
+    assert patch.bias is not None and sorted(patch.keys) == sorted(sd)

@@ -119,14 +119,16 @@ def _check(model: nn.Module, target: str, patch: TargetPatch) -> Optional[str]:
     if slot is not None:
         if patch.bias is not None:
             return f"{target!r} is a parameter; it has no bias to patch"
-        return _weight_mismatch(patch.weight, slot.tensor)
-    if patch.weight is not None:
+        reasons = [_weight_mismatch(w, slot.tensor) for w in patch.weights]
+        return next((r for r in reasons if r), None)
+    if patch.weights:
         weight = getattr(module, "weight", None)
         if not isinstance(weight, torch.Tensor):
             return f"module {target!r} has no weight"
-        reason = _weight_mismatch(patch.weight, weight)
-        if reason:
-            return f"{target}: {reason}"
+        for w in patch.weights:
+            reason = _weight_mismatch(w, weight)
+            if reason:
+                return f"{target}: {reason}"
     if patch.bias is not None:
         bias = getattr(module, "bias", None)
         if not isinstance(bias, torch.Tensor):
@@ -428,15 +430,16 @@ class AppliedLoras:
     def _install(self, target: str, patch: TargetPatch, strength: Strength) -> None:
         module, slot = _resolve(self.model, target)
         if slot is not None:  # a bare parameter such as blocks.N.modulation
-            self._add_delta(slot, strength, patch.weight.delta)
+            for weight in patch.weights:
+                self._add_delta(slot, strength, weight.delta)
             return
         as_adapter = self.mode == "unmerged" and isinstance(module, ops.Linear)
         device = module.weight.device
-        if patch.weight is not None:
+        for weight in patch.weights:
             if as_adapter:
-                self._add_adapter(module, _make_adapter(patch.weight, strength, device))
+                self._add_adapter(module, _make_adapter(weight, strength, device))
             else:
-                self._add_delta(_Slot(module, "weight"), strength, patch.weight.delta)
+                self._add_delta(_Slot(module, "weight"), strength, weight.delta)
         if patch.bias is not None:
             if as_adapter:
                 self._add_adapter(module, BiasAdapter(patch.bias, strength, device))

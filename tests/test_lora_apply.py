@@ -1,0 +1,269 @@
+"""Applying LoRA stacks to a real (tiny) WanDiT: every format, merged/unmerged, stacking, fp8, errors.
+
+Tolerances: fp32 bases compare at 2e-5 absolute against a ground-truth copy whose weights had the
+delta added directly (the only difference is summation order). Merging into fp8 re-quantises the
+patched weights, so merged-vs-unmerged on fp8 is held to a relative output error (see the test).
+"""
+import logging
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from lora_fixtures import (WRITERS, add_to_copy, default_targets, dequantized_copy, dit_inputs,
+                           make_spec, patched_copy, random_dit, run, tiny_config, to_fp8,
+                           write_comfyui_ab, write_kohya, write_lightx2v_diffs)
+from wanflow.model_loaders.lora_files import read_lora_file
+from wanflow.wan.dit import WanDiT
+from wanflow.wan.lora import LoraMismatchError, LoraStack
+
+ATOL = 2e-5
+
+
+@pytest.fixture(scope="module")
+def model():
+    return random_dit("t2v")
+
+
+@pytest.fixture(scope="module")
+def inputs(model):
+    return dit_inputs(model.config)
+
+
+@pytest.fixture(scope="module")
+def spec(model):
+    return make_spec(model, default_targets(model.config), seed=2)
+
+
+@pytest.fixture(scope="module")
+def spec_b(model):
+    return make_spec(model, default_targets(model.config, blocks=[1]), rank=2, alpha=2.0, seed=5)
+
+
+@pytest.fixture(scope="module")
+def truth(model, spec, inputs):
+    return run(patched_copy(model, spec), inputs)
+
+
+def snapshot(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def assert_bit_equal(model, saved):
+    now = model.state_dict()
+    assert sorted(now) == sorted(saved)
+    for key, value in saved.items():
+        assert now[key].dtype == value.dtype and torch.equal(now[key].reshape(-1).view(torch.uint8), value.reshape(-1).view(torch.uint8)), key
+
+
+def one_lora_stack(sd, strength=1.0, name="lora"):
+    stack = LoraStack()
+    stack.add(name, high=sd, low=sd, strength_high=strength, strength_low=strength)
+    return stack
+
+
+@pytest.mark.parametrize("writer", sorted(WRITERS))
+def test_every_format_gives_the_same_output(writer, model, spec, inputs, truth, tmp_path):
+    path = tmp_path / f"{writer}.safetensors"
+    save_file({k: v.contiguous() for k, v in WRITERS[writer](spec).items()}, str(path))
+    lora = read_lora_file(path)
+    with one_lora_stack(lora.state_dict).apply(model, "high") as applied:
+        out = run(model, inputs)
+    report = applied.reports[0]
+    assert report.matched_keys == report.total_keys == len(lora.state_dict)
+    assert len(report.matched_targets) == len(spec)
+    torch.testing.assert_close(out, truth, rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("strength", [1.0, 0.6])
+def test_merged_equals_unmerged_and_restores_exactly(model, spec, inputs, strength):
+    before = snapshot(model)
+    stack = one_lora_stack(write_kohya(spec), strength)
+    with stack.apply(model, "high", mode="unmerged"):
+        unmerged = run(model, inputs)
+    assert_bit_equal(model, before)
+    with stack.apply(model, "high", mode="merged"):
+        merged = run(model, inputs)
+    assert_bit_equal(model, before)
+    torch.testing.assert_close(merged, unmerged, rtol=0, atol=ATOL)
+    torch.testing.assert_close(unmerged, run(patched_copy(model, spec, strength), inputs), rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("mode", ["unmerged", "merged"])
+def test_strength_zero_equals_no_lora(model, spec, inputs, mode):
+    base = run(model, inputs)
+    with one_lora_stack(write_comfyui_ab(spec), 0.0).apply(model, "high", mode=mode):
+        assert torch.equal(run(model, inputs), base)
+
+
+@pytest.mark.parametrize("mode", ["unmerged", "merged"])
+def test_two_stacked_loras_add_their_deltas(model, spec, spec_b, inputs, mode):
+    stack = LoraStack()
+    stack.add("a", high=write_comfyui_ab(spec), low=None, strength_high=0.7)
+    stack.add("b", high=WRITERS["diffusers"](spec_b), low=None, strength_high=-1.3)
+    truth = patched_copy(patched_copy(model, spec, 0.7), spec_b, -1.3)
+    with stack.apply(model, "high", mode=mode) as applied:
+        out = run(model, inputs)
+    assert [r.name for r in applied.reports] == ["a", "b"]
+    torch.testing.assert_close(out, run(truth, inputs), rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("mode", ["unmerged", "merged"])
+def test_changing_a_strength_needs_no_reload(model, spec, inputs, mode):
+    stack = one_lora_stack(write_comfyui_ab(spec), 1.0, name="style")
+    pointers = {n: p.data_ptr() for n, p in model.named_parameters()}
+    with stack.apply(model, "high", mode=mode):
+        stack.set_strength("style", high=0.25)
+        out = run(model, inputs)
+        if mode == "unmerged":  # base weights never touched
+            assert {n: p.data_ptr() for n, p in model.named_parameters()} == pointers
+    torch.testing.assert_close(out, run(patched_copy(model, spec, 0.25), inputs), rtol=0, atol=ATOL)
+
+
+def test_each_expert_gets_its_own_file_and_strength(spec, spec_b, inputs):
+    high_model, low_model = random_dit("t2v", seed=0), random_dit("t2v", seed=9)
+    stack = LoraStack()
+    stack.add("distill", high=write_comfyui_ab(spec), low=write_kohya(spec_b),
+              strength_high=3.0, strength_low=1.0)
+    stack.add("high-only", high=WRITERS["peft"](spec_b), low=None, strength_high=0.5)
+    with stack.apply(high_model, "high") as high, stack.apply(low_model, "low") as low:
+        assert [r.name for r in high.reports] == ["distill", "high-only"]
+        assert [r.name for r in low.reports] == ["distill"]
+        out_high, out_low = run(high_model, inputs), run(low_model, inputs)
+        stack.set_strength("distill", low=0.0)
+        assert torch.equal(run(low_model, inputs), run(random_dit("t2v", seed=9), inputs))
+    truth_high = patched_copy(patched_copy(high_model, spec, 3.0), spec_b, 0.5)
+    torch.testing.assert_close(out_high, run(truth_high, inputs), rtol=0, atol=1e-4)
+    torch.testing.assert_close(out_low, run(patched_copy(low_model, spec_b, 1.0), inputs), rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("mode", ["unmerged", "merged"])
+def test_lightx2v_full_diffs(model, spec, inputs, mode):
+    diffs, deltas = write_lightx2v_diffs(model)
+    sd = {**write_comfyui_ab(spec), **diffs}
+    before = snapshot(model)
+    truth = add_to_copy(patched_copy(model, spec, 0.5), deltas, 0.5)
+    with one_lora_stack(sd, 0.5).apply(model, "high", mode=mode) as applied:
+        out = run(model, inputs)
+    assert applied.reports[0].matched_keys == len(sd)
+    assert_bit_equal(model, before)
+    torch.testing.assert_close(out, run(truth, inputs), rtol=0, atol=ATOL)
+
+
+# ---- fp8 bases ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("scaled", [False, True], ids=["fp8", "scaled-fp8"])
+def test_fp8_base(spec, spec_b, inputs, scaled):
+    model = random_dit("t2v")
+    to_fp8(model, scaled)
+    assert model.blocks[0].self_attn.q.weight.dtype == torch.float8_e4m3fn
+    assert hasattr(model.blocks[0].self_attn.q, "scale_weight") == scaled
+    dequantized = dequantized_copy(model)
+    before = snapshot(model)
+    base = run(model, inputs)
+
+    with one_lora_stack(write_comfyui_ab(spec), 0.0).apply(model, "high"):
+        assert torch.equal(run(model, inputs), base)
+
+    stack = LoraStack()
+    stack.add("a", high=write_comfyui_ab(spec), low=None, strength_high=0.8)
+    stack.add("b", high=write_kohya(spec_b), low=None, strength_high=0.5)
+    truth = run(patched_copy(patched_copy(dequantized, spec, 0.8), spec_b, 0.5), inputs)
+    with stack.apply(model, "high", mode="unmerged"):
+        unmerged = run(model, inputs)
+        assert model.blocks[0].self_attn.q.weight.dtype == torch.float8_e4m3fn
+    assert_bit_equal(model, before)
+    torch.testing.assert_close(unmerged, truth, rtol=0, atol=ATOL)
+
+    with stack.apply(model, "high", mode="merged"):
+        merged = run(model, inputs)
+        assert model.blocks[0].self_attn.q.weight.dtype == torch.float8_e4m3fn
+    assert_bit_equal(model, before)
+    # Merging re-quantises each patched weight to fp8 (relative step 2^-3): the output may move
+    # by a few percent of its size, against a LoRA effect of order one.
+    effect = (unmerged - base).norm()
+    assert effect > 0.3 * base.norm()
+    assert (merged - unmerged).norm() < 0.05 * base.norm()
+    assert (merged - unmerged).norm() < 0.15 * effect
+
+
+# ---- reporting ------------------------------------------------------------------------------
+
+def test_lora_for_a_wider_model_is_refused_with_widths():
+    model = random_dit("t2v")
+    sd = {f"diffusion_model.blocks.{i}.self_attn.{p}.lora_{ab}.weight":
+          torch.zeros(1, 5120) if ab == "A" else torch.zeros(5120, 1)
+          for i in range(2) for p in "qkvo" for ab in "AB"}
+    with pytest.raises(LoraMismatchError, match=r"made for a 5120-wide \(Wan 14B.*this model is 48-wide"):
+        one_lora_stack(sd).apply(model, "high")
+    assert all(not m.adapters for m in model.modules() if hasattr(m, "adapters"))
+
+
+@pytest.mark.parametrize("key, words", [
+    ("decoder.upsamples.0.residual.2.lora_down.weight", "VAE LoRA"),
+    ("lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q.lora_down.weight", "Stable Diffusion"),
+])
+def test_foreign_loras_are_refused_with_what_they_are(key, words, model):
+    up = key.replace("lora_down", "lora_up")
+    with pytest.raises(LoraMismatchError, match=words):
+        one_lora_stack({key: torch.zeros(2, 8), up: torch.zeros(8, 2)}).apply(model, "high")
+
+
+def test_clip_branch_only_lora_on_a_model_without_it():
+    model = random_dit("i2v-2.2")
+    sd = {f"diffusion_model.blocks.0.cross_attn.k_img.lora_{ab}.weight": torch.zeros(2, 48) if ab == "A"
+          else torch.zeros(48, 2) for ab in "AB"}
+    with pytest.raises(LoraMismatchError, match="CLIP image branch"):
+        one_lora_stack(sd).apply(model, "high")
+
+
+def test_wan21_i2v_lora_on_wan22_warns_and_lists_unmatched(caplog):
+    i2v_21, i2v_22 = random_dit("i2v"), random_dit("i2v-2.2")
+    targets = default_targets(i2v_21.config, blocks=[0]) + ["blocks.0.cross_attn.k_img", "img_emb.proj.1"]
+    sd = write_comfyui_ab(make_spec(i2v_21, targets))
+    with caplog.at_level(logging.WARNING):
+        with one_lora_stack(sd).apply(i2v_22, "high") as applied:
+            pass
+    report = applied.reports[0]
+    assert report.total_keys == len(sd) and report.matched_keys == len(sd) - 6
+    assert sorted(report.unmatched) == sorted(k for k in sd if "k_img" in k or "img_emb" in k)
+    assert f"{len(sd) - 6}/{len(sd)} keys matched" in caplog.text
+    assert "diffusion_model.blocks.0.cross_attn.k_img.lora_A.weight" in caplog.text
+    assert "Wan 2.1 I2V LoRA" in caplog.text
+
+
+def test_unsupported_parts_count_as_unmatched(model, spec, caplog):
+    sd = write_comfyui_ab(spec)
+    sd["diffusion_model.blocks.0.self_attn.q.dora_scale"] = torch.ones(1, 48)
+    with caplog.at_level(logging.WARNING):
+        with one_lora_stack(sd).apply(model, "high") as applied:
+            pass
+    assert applied.reports[0].unmatched == {"diffusion_model.blocks.0.self_attn.q.dora_scale":
+                                            "DoRA (dora_scale) is not supported"}
+    assert "DoRA" in caplog.text
+
+
+def test_stack_misuse_is_refused(model, spec):
+    stack = one_lora_stack(write_comfyui_ab(spec), name="x")
+    with pytest.raises(ValueError, match="already in the stack"):
+        stack.add("x", high={}, low=None)
+    with pytest.raises(ValueError, match="high expert, the low expert or both"):
+        stack.add("y", high=None, low=None)
+    with pytest.raises(ValueError, match="expert must be"):
+        stack.apply(model, "middle")
+    with stack.apply(model, "high"):
+        with pytest.raises(RuntimeError, match="already applied"):
+            stack.apply(model, "high")
+    with pytest.raises(KeyError, match="no LoRA named"):
+        stack.set_strength("z", high=1.0)
+
+
+def test_meta_built_model_with_assigned_weights(spec, inputs):
+    """Loaders build on the meta device and assign real tensors; LoRAs follow the assigned weights."""
+    source = random_dit("t2v")
+    with torch.device("meta"):
+        model = WanDiT(tiny_config("t2v")).eval()
+    model.load_state_dict(source.state_dict(), assign=True)
+    with one_lora_stack(write_comfyui_ab(spec)).apply(model, "high"):
+        out = run(model, inputs)
+    torch.testing.assert_close(out, run(patched_copy(source, spec), inputs), rtol=0, atol=ATOL)
