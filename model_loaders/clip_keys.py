@@ -18,7 +18,8 @@ transformers 5 drops ``vision_model.`` in a bare ``CLIPVisionModel``, so both sp
     head                 [D, E]       visual_projection.weight [E, D]  (top level, transposed)
 
 ``embeddings.position_ids`` (a buffer some older HF files carry) is dropped. Unknown keys raise a
-ValueError naming them.
+ValueError naming them. Outputs own their storage where a tensor is split or transposed, so the
+result can be written with safetensors directly.
 """
 from __future__ import annotations
 
@@ -74,7 +75,7 @@ def hf_to_official(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     unknown = []
     for key, value in sd.items():
         if key == HF_PROJECTION:
-            out["head"] = value.t()
+            out["head"] = value.t().contiguous()
             continue
         name = key[len(HF_PREFIX):] if key.startswith(HF_PREFIX) else key
         if name in _DROPPED_HF_KEYS:
@@ -117,7 +118,7 @@ def official_to_hf(sd: Mapping[str, torch.Tensor], prefix: str = HF_PREFIX) -> d
     unknown = []
     for key, value in sd.items():
         if key == "head":
-            out[HF_PROJECTION] = value.t()
+            out[HF_PROJECTION] = value.t().contiguous()
         elif key == "cls_embedding":
             out[prefix + "embeddings.class_embedding"] = value.reshape(-1)
         elif key == "pos_embedding":
@@ -128,8 +129,9 @@ def official_to_hf(sd: Mapping[str, torch.Tensor], prefix: str = HF_PREFIX) -> d
             layer, module, tensor = match.groups()
             hf_block = f"{prefix}encoder.layers.{layer}"
             if module == "attn.to_qkv":
+                # clone: separate storage per part, so the dict can be saved with safetensors
                 for part, chunk in zip(_QKV, value.chunk(3, dim=0)):
-                    out[f"{hf_block}.self_attn.{part}.{tensor}"] = chunk
+                    out[f"{hf_block}.self_attn.{part}.{tensor}"] = chunk.clone()
             elif module in BLOCK_MODULES:
                 out[f"{hf_block}.{BLOCK_MODULES[module]}.{tensor}"] = value
             else:
