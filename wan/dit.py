@@ -458,10 +458,11 @@ class WanDiT(nn.Module):
         """Predict the flow velocity ``[B, out_dim, F, H, W]`` (float32).
 
         ``x`` [B, C, F, H, W] latent (its dtype is the compute dtype); ``t`` timesteps in
-        0..1000 as [B], per-frame [B, F] or per-token [B, seq_len] (TI2V); ``context`` [B, L, text_dim] text embeddings (zero-
-        padded to ``text_len`` here when shorter); ``y`` channel-concat condition; ``clip_fea``
-        [B, N, clip_dim] CLIP tokens (2.1 I2V/FLF2V); ``vace_context`` one [B, vace_in_dim, F', H,
-        W] tensor or a list of them, each with its strength in ``vace_scale``.
+        0..1000 as [B], per-frame [B, F] or per-token [B, seq_len] (TI2V); ``context``
+        [B, L, text_dim] text embeddings (zero-padded to ``text_len`` here when shorter); ``y``
+        channel-concat condition; ``clip_fea`` [B, N, clip_dim] CLIP tokens (2.1 I2V/FLF2V);
+        ``vace_context`` one [B, vace_in_dim, F', H, W] tensor or a list of them, each with its
+        strength in ``vace_scale``.
         """
         cfg = self.config
         dtype = x.dtype
@@ -471,15 +472,13 @@ class WanDiT(nn.Module):
         batch = x.shape[0]
         grid = self._grid(x)
 
-        tokens = self.patch_embedding(x).flatten(2).transpose(1, 2)   # [B, L, dim]
-        e, e0 = self._embed_time(t, batch, grid)
+        h = self.patch_embedding(x).flatten(2).transpose(1, 2).float()   # residual [B, L, dim]
+        e, e0 = self._embed_time(torch.as_tensor(t, device=x.device), batch, grid)
         context = self._embed_text(context.to(dtype))
         context_img = self.img_emb(clip_fea, dtype) if cfg.has_image_input else None
         rope = rope_tables(grid, cfg.rope_axes, cfg.rope_theta, x.device)
 
-        x0 = tokens.float()
-        vace = self._vace_streams(vace_context, vace_scale, x0, grid, dtype)
-        h = x0
+        vace = self._vace_streams(vace_context, vace_scale, h, grid, dtype)
         for i, block in enumerate(self.blocks):
             h = block(h, e0, context, context_img, rope, dtype)
             j = self._vace_after.get(i)
@@ -534,7 +533,7 @@ class WanDiT(nn.Module):
     def _embed_time(self, t: torch.Tensor, batch: int,
                     grid: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """``e`` [B, G, dim] for the head and ``e0`` [B, G, 6, dim] for the blocks, float32."""
-        t = group_timesteps(torch.as_tensor(t), batch, grid)
+        t = group_timesteps(t, batch, grid)
         sinusoid = sinusoidal_embedding(t, self.config.freq_dim)
         e = self.time_embedding(sinusoid)
         e0 = self.time_projection(e).unflatten(-1, (6, self.config.dim))
@@ -556,8 +555,10 @@ class WanDiT(nn.Module):
             raise ValueError(f"WanDiT: vace_context was given but this {self.config.model_type} "
                              "model has no VACE blocks")
         contexts = [vace_context] if torch.is_tensor(vace_context) else list(vace_context)
-        scales = ([float(vace_scale)] * len(contexts) if isinstance(vace_scale, (int, float))
-                  else [float(s) for s in vace_scale])
+        single = isinstance(vace_scale, (int, float)) or (torch.is_tensor(vace_scale)
+                                                           and vace_scale.ndim == 0)
+        scales = ([float(vace_scale)] * len(contexts) if single  # type: ignore[arg-type]
+                  else [float(s) for s in vace_scale])  # type: ignore[union-attr]
         if len(scales) != len(contexts):
             raise ValueError(f"WanDiT: {len(contexts)} VACE contexts but {len(scales)} entries "
                              "in vace_scale")
