@@ -51,8 +51,8 @@ class WanVAE22Config:
 WAN22_VAE = WanVAE22Config()
 """The released Wan 2.2 VAE (``Wan2.2_VAE.pth``)."""
 
-TINY_WAN22_VAE = WanVAE22Config(dim=8, decoder_dim=16)
-"""Same structure with 8 / 16 base channels: for tests."""
+TINY_WAN22_VAE = WanVAE22Config(dim=8, decoder_dim=12)
+"""Same structure with 8 / 12 base channels: for tests."""
 
 
 def patchify(x: torch.Tensor) -> torch.Tensor:
