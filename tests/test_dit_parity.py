@@ -2,6 +2,8 @@
 model_loaders/dit_keys.py, fp32, tiny sizes), plus key-map, preset and contract checks."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
@@ -25,7 +27,7 @@ def twins():
 
     def get(kind: str):
         if kind not in cache:
-            cache[kind] = diffusers_twin(TINY_PRESETS[kind], seed=len(cache))
+            cache[kind] = diffusers_twin(TINY_PRESETS[kind], seed=sorted(TINY_PRESETS).index(kind))
         return cache[kind]
 
     return get
@@ -294,6 +296,24 @@ def test_all_attention_goes_through_the_pluggable_function(twins):
         ours(x, t, context, y=y, clip_fea=clip_fea)
     # per block: self-attention over 6 tokens, text (512) and image (257) cross-attention
     assert sorted(calls) == sorted([6, 512, 257] * ours.config.num_layers)
+
+
+def test_bf16_storage_is_cast_per_call(twins):
+    """bf16-stored weights with fp32 latents compute exactly like fp32 weights rounded to bf16."""
+    ours, _ = twins("vace")
+    stored = copy.deepcopy(ours).to(torch.bfloat16)
+    rounded = copy.deepcopy(ours)
+    with torch.no_grad():
+        for p in rounded.parameters():
+            p.copy_(p.bfloat16().float())
+    assert all(p.dtype == torch.bfloat16 for p in stored.parameters())
+    x, t, context, gen = _latent_and_text(ours.config, (2, 4, 6))
+    vace = torch.randn(BATCH, ours.config.vace_in_dim, 2, 4, 6, generator=gen)
+    with torch.no_grad():
+        out = stored(x, t, context, vace_context=vace)
+        expected = rounded(x, t, context, vace_context=vace)
+    assert out.dtype == torch.float32
+    assert _max_diff(out, expected) <= 1e-5
 
 
 def test_lower_precision_compute_follows_the_latent_dtype(twins):
