@@ -352,3 +352,16 @@ def test_bad_inputs_raise_clear_errors(twins):
     with pytest.raises(ValueError, match="vace_layers"):
         type(cfg)(dim=48, ffn_dim=64, num_heads=4, num_layers=2, model_type="vace",
                   vace_layers=(2, 0))
+
+
+def test_bad_vace_inputs_raise_clear_errors(twins):
+    ours, _ = twins("vace")
+    cfg = ours.config
+    x, t, context, gen = _latent_and_text(cfg, (2, 4, 6))
+    vace = torch.randn(BATCH, cfg.vace_in_dim, 2, 4, 6, generator=gen)
+    with pytest.raises(ValueError, match=r"F'<=2"):
+        ours(x, t, context, vace_context=torch.cat([vace, vace], dim=2))
+    with pytest.raises(ValueError, match=r"vace_context\[1\] must be"):
+        ours(x, t, context, vace_context=[vace, vace[:, :8]], vace_scale=[1.0, 1.0])
+    with pytest.raises(ValueError, match="2 VACE contexts but 3"):
+        ours(x, t, context, vace_context=[vace, vace], vace_scale=[1.0, 0.5, 0.2])

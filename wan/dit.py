@@ -419,6 +419,14 @@ VaceContext = Union[torch.Tensor, Sequence[torch.Tensor], None]
 VaceScale = Union[float, Sequence[float]]
 
 
+@dataclass
+class VaceStream:
+    """The running state of one VACE context (float32 ``[B, L, dim]``) and its hint strength."""
+
+    state: torch.Tensor
+    strength: float
+
+
 class WanDiT(nn.Module):
     """Wan 2.1 / 2.2 DiT. See the module docstring and docs/DEVELOPING.md for the contract.
 
@@ -547,8 +555,8 @@ class WanDiT(nn.Module):
         return self.text_embedding(context)
 
     def _vace_streams(self, vace_context: VaceContext, vace_scale: VaceScale, x0: torch.Tensor,
-                      grid: tuple[int, int, int], dtype: torch.dtype) -> list[list]:
-        """One ``[state, strength]`` pair per VACE context; the state is the float32 stream."""
+                      grid: tuple[int, int, int], dtype: torch.dtype) -> list[VaceStream]:
+        """Start one VACE stream per context from the embedded latent ``x0`` (float32)."""
         if vace_context is None:
             return []
         if not self.config.vace_layers:
@@ -562,26 +570,24 @@ class WanDiT(nn.Module):
         if len(scales) != len(contexts):
             raise ValueError(f"WanDiT: {len(contexts)} VACE contexts but {len(scales)} entries "
                              "in vace_scale")
+        pt, ph, pw = self.config.patch_size
+        frames, height, width = grid[0] * pt, grid[1] * ph, grid[2] * pw
         streams = []
         for n, c in enumerate(contexts):
-            expected = (x0.shape[0], self.config.vace_in_dim)
-            if c.ndim != 5 or tuple(c.shape[:2]) != expected or c.shape[3:] != self._latent_hw(grid):
+            if (c.ndim != 5 or c.shape[:2] != (x0.shape[0], self.config.vace_in_dim)
+                    or c.shape[2] > frames or c.shape[3:] != (height, width)):
                 raise ValueError(
-                    f"WanDiT: vace_context[{n}] must be [B={expected[0]}, {expected[1]}, F'<=F, "
-                    f"{', '.join(map(str, self._latent_hw(grid)))}]; got {tuple(c.shape)}")
+                    f"WanDiT: vace_context[{n}] must be [B={x0.shape[0]}, "
+                    f"{self.config.vace_in_dim}, F'<={frames}, {height}, {width}]; got "
+                    f"{tuple(c.shape)}")
             tokens = self.vace_patch_embedding(c.to(dtype)).flatten(2).transpose(1, 2)
-            if tokens.shape[1] > x0.shape[1]:
-                raise ValueError(f"WanDiT: vace_context[{n}] has more frames ({c.shape[2]}) "
-                                 "than the latent")
-            tokens = F.pad(tokens, (0, 0, 0, x0.shape[1] - tokens.shape[1]))  # zero tokens
-            streams.append([self.vace_blocks[0].start(tokens, x0, dtype), scales[n]])
+            tokens = F.pad(tokens, (0, 0, 0, x0.shape[1] - tokens.shape[1]))  # missing frames: 0
+            streams.append(VaceStream(self.vace_blocks[0].start(tokens, x0, dtype), scales[n]))
         return streams
 
-    def _latent_hw(self, grid: tuple[int, int, int]) -> torch.Size:
-        return torch.Size((grid[1] * self.config.patch_size[1], grid[2] * self.config.patch_size[2]))
-
-    def _add_vace_hints(self, h: torch.Tensor, j: int, streams: list[list], e0: torch.Tensor,
-                        context: torch.Tensor, context_img: Optional[torch.Tensor],
+    def _add_vace_hints(self, h: torch.Tensor, j: int, streams: list[VaceStream],
+                        e0: torch.Tensor, context: torch.Tensor,
+                        context_img: Optional[torch.Tensor],
                         rope: tuple[torch.Tensor, torch.Tensor],
                         dtype: torch.dtype) -> torch.Tensor:
         """Advance every VACE stream through ``vace_blocks[j]`` and add its scaled hint.
@@ -592,8 +598,8 @@ class WanDiT(nn.Module):
         """
         block = self.vace_blocks[j]
         for stream in streams:
-            stream[0] = block(stream[0], e0, context, context_img, rope, dtype)
-            h = h + block.hint(stream[0], dtype) * stream[1]
+            stream.state = block(stream.state, e0, context, context_img, rope, dtype)
+            h = h + block.hint(stream.state, dtype) * stream.strength
         return h
 
     def _unpatchify(self, out: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
