@@ -3,18 +3,24 @@
 Every node lives in the "WanFlow" menu; ``NODE_CLASS_MAPPINGS`` is what ComfyUI reads.
 """
 from .latent_nodes import WanFlowEmptyVideoLatent
+from .lora_nodes import WanFlowLoraSelect
+from .sampler_nodes import WanFlowMoESampler
 from .save_video import WanFlowSaveVideo
 from .vae_nodes import WanFlowVAEDecode, WanFlowVAEEncode
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {
+    "WanFlowLoraSelect": WanFlowLoraSelect,
     "WanFlowEmptyVideoLatent": WanFlowEmptyVideoLatent,
+    "WanFlowMoESampler": WanFlowMoESampler,
     "WanFlowVAEDecode": WanFlowVAEDecode,
     "WanFlowVAEEncode": WanFlowVAEEncode,
     "WanFlowSaveVideo": WanFlowSaveVideo,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
+    "WanFlowLoraSelect": "WanFlow LoRA Select",
     "WanFlowEmptyVideoLatent": "WanFlow Empty Video Latent",
+    "WanFlowMoESampler": "WanFlow MoE Sampler",
     "WanFlowVAEDecode": "WanFlow VAE Decode",
     "WanFlowVAEEncode": "WanFlow VAE Encode",
     "WanFlowSaveVideo": "WanFlow Save Video",

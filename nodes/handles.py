@@ -1,0 +1,23 @@
+"""What travels on the WANFLOW_ sockets between nodes: loaded models plus what the UI chose."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn as nn
+
+from ..model_loaders.detect import WanVariant
+
+
+@dataclass
+class ModelHandle:
+    """WANFLOW_MODEL: a loaded Wan DiT, its detected variant and the attention backend to run it with."""
+
+    model: nn.Module
+    variant: WanVariant
+    attention: str = "sdpa"
+    file_format: str = ""
+    path: str = ""
+
+    def describe(self) -> str:
+        details = ", ".join(part for part in (self.file_format, f"attention {self.attention}") if part)
+        return f"{self.variant.name} ({details})"

@@ -1,0 +1,127 @@
+"""MoE sampler node: one or two Wan experts, the official switch rule, one solver run.
+
+LATENT in and out holds raw VAE latents (ComfyUI's convention); the sampler itself works in the
+normalised space, so this node converts with the VAE's latent statistics on the way in and out.
+"""
+from __future__ import annotations
+
+import dataclasses
+from contextlib import ExitStack
+from typing import Optional
+
+import torch
+
+from ..samplers.conditioning import WanConditioning
+from ..samplers.moe import MoESampler, SamplerHooks, SamplingInterrupted
+from ..samplers.noise import seeded_noise
+from ..samplers.schedules import SCHEDULES, build_schedule
+from ..samplers.solvers import SOLVERS
+from ..wan.attention import use_backend
+from ..wan.latent_stats import WAN21, WAN22, LatentStats
+from . import comfy_adapter
+from .handles import ModelHandle
+from .lora_nodes import build_lora_stack
+from .types import CATEGORY, CONDITIONING, LATENT, LORA_STACK, MODEL
+
+SCHEDULER_NAMES = sorted(SCHEDULES) + ["distilled"]
+STATS_BY_CHANNELS = {WAN21.channels: WAN21, WAN22.channels: WAN22}
+
+
+class WanFlowMoESampler:
+    DESCRIPTION = ("Denoise with a high-noise expert and an optional low-noise expert (Wan 2.2 A14B), switching at "
+                   "the official boundary; also runs single models (Wan 2.1, TI2V-5B).")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (LATENT,)
+    RETURN_NAMES = ("latent",)
+    FUNCTION = "sample"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "model_high": (MODEL, {"tooltip": "High-noise expert, or the only model for Wan 2.1 / TI2V-5B."}),
+                "conditioning": (CONDITIONING, {"tooltip": "From WanFlow Text Encode, Image to Video or Reference to Video."}),
+                "latent": (LATENT, {"tooltip": "Start latent (raw): from Empty Video Latent, Image to Video, "
+                                               "Reference to Video, or a VAE encode for video-to-video."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
+                                 "tooltip": "Noise seed; the same seed gives the same video as ComfyUI's samplers."}),
+                "steps": ("INT", {"default": 40, "min": 1, "max": 200, "tooltip":
+                          "Denoising steps (official: 40 for Wan 2.2 A14B, 50 for 2.1 and TI2V-5B; 4 with lightx2v)."}),
+                "shift": ("FLOAT", {"default": 12.0, "min": 0.1, "max": 100.0, "step": 0.1, "tooltip":
+                          "Sigma shift (official: 12 T2V-A14B, 5 I2V-A14B and TI2V-5B, 16 VACE)."}),
+                "solver": (sorted(SOLVERS), {"default": "unipc", "tooltip":
+                           "unipc (official default), dpm++, euler, or distilled (step-distilled LoRAs/models)."}),
+                "scheduler": (SCHEDULER_NAMES, {"default": "unipc", "tooltip":
+                              "Sigma schedule: the official unipc / dpm++ grids, ComfyUI's simple, or distilled."}),
+                "cfg_high": ("FLOAT", {"default": 4.0, "min": 0.0, "max": 30.0, "step": 0.1, "tooltip":
+                             "Guidance on the high-noise expert (official T2V-A14B: 4.0). 1.0 skips the negative pass."}),
+                "cfg_low": ("FLOAT", {"default": 3.0, "min": 0.0, "max": 30.0, "step": 0.1, "tooltip":
+                            "Guidance on the low-noise expert (official T2V-A14B: 3.0)."}),
+                "boundary": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.005, "tooltip":
+                             "Expert switch as a fraction of 1000 timesteps; 0 = automatic from the model "
+                             "(0.875 T2V, 0.900 I2V)."}),
+                "denoise": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01, "tooltip":
+                            "Below 1 starts from the input latent (video-to-video)."}),
+            },
+            "optional": {
+                "model_low": (MODEL, {"tooltip": "Low-noise expert of Wan 2.2 A14B; leave empty for single models."}),
+                "lora_stack": (LORA_STACK, {"tooltip": "LoRAs applied for this run only (high/low strengths)."}),
+            },
+        }
+
+    def sample(self, model_high: ModelHandle, conditioning: WanConditioning, latent: dict, seed: int, steps: int, shift: float,
+               solver: str, scheduler: str, cfg_high: float, cfg_low: float, boundary: float, denoise: float,
+               model_low: Optional[ModelHandle] = None, lora_stack: Optional[tuple] = None) -> tuple[dict]:
+        raw = latent["samples"]
+        stats = latent_stats_for(raw, model_high)
+        schedule = build_schedule(scheduler, steps, shift, denoise)
+        start = stats.normalize(raw.float()) if denoise < 1.0 else None
+        noise = seeded_noise(raw.shape, seed)
+        cond = _match_batch(conditioning, raw.shape[0])
+        device = comfy_adapter.compute_device()
+        sampler = MoESampler(model_high.model, model_low.model if model_low is not None else None,
+                             device=device, offload_device=comfy_adapter.offload_device())
+        auto_boundary = getattr(model_high.variant.defaults, "boundary", None)
+        with ExitStack() as cleanup, comfy_adapter.Progress(schedule.steps, "sampling") as bar:
+            cleanup.enter_context(use_backend(model_high.attention))
+            if lora_stack:
+                stack = build_lora_stack(lora_stack)
+                for expert, model in (("high", model_high), ("low", model_low)):
+                    if model is not None:
+                        cleanup.callback(stack.apply(model.model, expert).remove)
+            hooks = SamplerHooks(progress=lambda done, total: bar.update(done - bar.value),
+                                 interrupt=_interrupt_requested)
+            try:
+                result = sampler.sample(noise, schedule, cond, latent=start, solver=solver, cfg_high=cfg_high,
+                                        cfg_low=cfg_low, boundary=boundary or auto_boundary, hooks=hooks,
+                                        offload_when_done=True)
+            except SamplingInterrupted as exc:
+                raise comfy_adapter.Interrupted(str(exc)) from exc
+        out = stats.denormalize(result.latent.float()).to(comfy_adapter.offload_device())
+        return ({"samples": out},)
+
+
+def latent_stats_for(raw: torch.Tensor, model: ModelHandle) -> LatentStats:
+    """The VAE statistics that match the latent's channel count (16: VAE 2.1, 48: VAE 2.2)."""
+    if raw.ndim != 5 or raw.shape[1] not in STATS_BY_CHANNELS:
+        raise ValueError(f"MoE sampler: latent has shape {tuple(raw.shape)}; expected [batch, 16 or 48, frames, h, w]")
+    wanted = model.variant.config.out_dim
+    if wanted != raw.shape[1]:
+        raise ValueError(f"MoE sampler: the latent has {raw.shape[1]} channels but {model.variant.name} works on "
+                         f"{wanted} (TI2V-5B uses the Wan 2.2 VAE, every other model the Wan 2.1 VAE)")
+    return STATS_BY_CHANNELS[raw.shape[1]]
+
+
+def _match_batch(cond: WanConditioning, batch: int) -> WanConditioning:
+    """Repeat single-prompt conditioning over the latent batch."""
+    changes = {}
+    for field in dataclasses.fields(cond):
+        value = getattr(cond, field.name)
+        if isinstance(value, torch.Tensor) and value.ndim >= 3 and value.shape[0] == 1 and batch > 1:
+            changes[field.name] = value.expand(batch, *value.shape[1:])
+    return dataclasses.replace(cond, **changes) if changes else cond
+
+
+def _interrupt_requested() -> bool:
+    comfy_adapter.check_interrupted()  # raises ComfyUI's exception (or ours) when the user cancels
+    return False

@@ -1,0 +1,96 @@
+"""MoE sampler and LoRA select nodes on tiny random DiTs: raw LATENT in/out, experts, LoRAs, errors."""
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from wanflow.model_loaders.detect import WanVariant, official_defaults
+from wanflow.nodes import comfy_adapter as ca
+from wanflow.nodes.handles import ModelHandle
+from wanflow.nodes.lora_nodes import LoraChoice, WanFlowLoraSelect
+from wanflow.nodes.sampler_nodes import WanFlowMoESampler
+from wanflow.samplers.conditioning import WanConditioning
+from wanflow.wan.dit import TINY_PRESETS, WanDiT
+from wanflow.wan.latent_stats import WAN21
+
+
+def tiny_handle(task="t2v", expert=None, seed=0):
+    torch.manual_seed(seed)
+    config = TINY_PRESETS[task]
+    model = WanDiT(config).eval()
+    variant = WanVariant("2.2", "t2v", "tiny", expert, config, official_defaults("2.2", "t2v", "14B"))
+    return ModelHandle(model, variant)
+
+
+@pytest.fixture(scope="module")
+def experts():
+    return tiny_handle(expert="high", seed=1), tiny_handle(expert="low", seed=2)
+
+
+def conditioning(text_dim=32):
+    torch.manual_seed(5)
+    return WanConditioning(context=torch.randn(1, 8, text_dim), negative_context=torch.zeros(1, 8, text_dim))
+
+
+def run(high, low=None, latent=None, lora_stack=None, **overrides):
+    args = dict(seed=7, steps=4, shift=12.0, solver="unipc", scheduler="unipc", cfg_high=4.0, cfg_low=3.0,
+                boundary=0.0, denoise=1.0)
+    args.update(overrides)
+    latent = latent if latent is not None else {"samples": torch.zeros(1, 16, 2, 4, 4)}
+    (out,) = WanFlowMoESampler().sample(high, conditioning(), latent, model_low=low, lora_stack=lora_stack, **args)
+    return out["samples"]
+
+
+def test_two_experts_give_raw_latent_and_are_deterministic(experts):
+    high, low = experts
+    ca.set_headless_progress(False)
+    first = run(high, low)
+    assert first.shape == (1, 16, 2, 4, 4) and torch.isfinite(first).all()
+    torch.testing.assert_close(run(high, low), first)
+    # Output is raw VAE space: re-normalising gives the sampler's space, not the raw values.
+    assert not torch.allclose(WAN21.normalize(first), first)
+    assert not torch.allclose(run(high, low, seed=8), first)
+    assert not torch.allclose(run(high, None), first)  # the low expert is used after the switch
+
+
+def test_batch_repeats_single_prompt(experts):
+    out = run(experts[0], latent={"samples": torch.zeros(2, 16, 1, 4, 4)})
+    assert out.shape == (2, 16, 1, 4, 4)
+
+
+def test_wrong_latent_channels(experts):
+    with pytest.raises(ValueError, match="the latent has 48 channels but .* works on 16"):
+        run(experts[0], latent={"samples": torch.zeros(1, 48, 1, 4, 4)})
+
+
+def test_interrupt_stops_sampling(experts):
+    ca.configure_headless(None, None, None)
+    ca.request_interrupt()
+    with pytest.raises(ca.Interrupted):
+        run(experts[0])
+
+
+def test_lora_select_chains_and_sampler_applies_then_removes(experts, tmp_path):
+    high, low = experts
+    lora_dir = tmp_path / "models" / "loras"
+    lora_dir.mkdir(parents=True)
+    torch.manual_seed(3)
+    save_file({"diffusion_model.blocks.0.self_attn.q.lora_A.weight": torch.randn(2, 48) * 0.5,
+               "diffusion_model.blocks.0.self_attn.q.lora_B.weight": torch.randn(48, 2) * 0.5},
+              str(lora_dir / "style_high.safetensors"))
+    ca.configure_headless(tmp_path / "models", tmp_path / "in", tmp_path / "out")
+    (stack,) = WanFlowLoraSelect().select("style_high.safetensors", 1.0, "none", 1.0)
+    (stack,) = WanFlowLoraSelect().select("none", 1.0, "none", 1.0, lora_stack=stack)
+    assert stack == (LoraChoice("style_high.safetensors", None, 1.0, 1.0),)
+    assert WanFlowLoraSelect.VALIDATE_INPUTS("style_high.safetensors", "none") is True
+    with pytest.raises(ca.MissingFile):
+        WanFlowLoraSelect.VALIDATE_INPUTS("none", "nope.safetensors")
+    with pytest.raises(ca.UnsafeFileName):
+        WanFlowLoraSelect.VALIDATE_INPUTS("../x.safetensors", "none")
+    before = {k: v.clone() for k, v in high.model.state_dict().items()}
+    plain = run(high, low)
+    with_lora = run(high, low, lora_stack=stack)
+    assert not torch.allclose(with_lora, plain)
+    torch.testing.assert_close(run(high, low), plain)  # removed after the run
+    for key, value in high.model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    ca.configure_headless(None, None, None)
