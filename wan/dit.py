@@ -80,10 +80,11 @@ class WanDiTConfig:
             raise bad(f"vace_layers={self.vace_layers} must be non-empty exactly when "
                       f"model_type='vace' (got model_type={self.model_type!r})")
         layers = list(self.vace_layers)
-        if layers and (layers != sorted(set(layers)) or layers[0] < 0
+        if layers and (layers != sorted(set(layers)) or layers[0] != 0
                        or layers[-1] >= self.num_layers):
             raise bad(f"vace_layers={self.vace_layers} must be strictly increasing block "
-                      f"indices in [0, {self.num_layers})")
+                      f"indices in [0, {self.num_layers}) starting at 0 (the first VACE block "
+                      "owns before_proj)")
 
     @property
     def head_dim(self) -> int:
@@ -141,12 +142,18 @@ TINY_PRESETS: dict[str, WanDiTConfig] = {
 # Embeddings: timestep sinusoid and 3-axis RoPE
 # --------------------------------------------------------------------------------------------
 
+def _precise_dtype(device: torch.device) -> torch.dtype:
+    """float64 for the sinusoid/RoPE angles, as the original; float32 where there is none (MPS)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     """``[cos(t*f_k), sin(t*f_k)]`` with ``f_k = 10000^(-k/(dim/2))``; float64 like the original,
     returned as float32. ``t`` has any shape; the result has one more axis of size ``dim``."""
     half = dim // 2
-    freqs = torch.pow(10000.0, -torch.arange(half, dtype=torch.float64, device=t.device) / half)
-    angles = t.to(torch.float64).unsqueeze(-1) * freqs
+    precise = _precise_dtype(t.device)
+    freqs = torch.pow(10000.0, -torch.arange(half, dtype=precise, device=t.device) / half)
+    angles = t.to(precise).unsqueeze(-1) * freqs
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1).float()
 
 
@@ -156,13 +163,14 @@ def rope_tables(grid: tuple[int, int, int], axes: tuple[int, int, int], theta: f
 
     Each axis ``a`` with ``D_a`` channels rotates ``D_a/2`` channel pairs at frequencies
     ``theta^(-2i/D_a)`` times the token's integer position on that axis. Built in float64 from the
-    grid on every call (a few kB per frame; cheaper than a cache keyed by size).
+    grid on every forward (L x head_dim/2 values, negligible next to one attention call).
     """
+    precise = _precise_dtype(device)
     angles = []
     for size, axis_dim in zip(grid, axes):
-        freqs = 1.0 / theta ** (torch.arange(0, axis_dim, 2, dtype=torch.float64, device=device)
+        freqs = 1.0 / theta ** (torch.arange(0, axis_dim, 2, dtype=precise, device=device)
                                 / axis_dim)
-        angles.append(torch.outer(torch.arange(size, dtype=torch.float64, device=device), freqs))
+        angles.append(torch.outer(torch.arange(size, dtype=precise, device=device), freqs))
     f, h, w = grid
     table = torch.cat([
         angles[0][:, None, None, :].expand(f, h, w, -1),
