@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional, Union
 
+from ..wan.dit import WanDiTConfig
 from .errors import UnsupportedModelError, WrongModelError
 
 Shapes = Mapping[str, tuple[int, ...]]
@@ -180,25 +181,6 @@ HEAD_DIM = 128
 
 
 @dataclass(frozen=True)
-class DiTArchitecture:
-    """Everything needed to build the DiT, read from the weights' shapes."""
-
-    model_type: str               # t2v / i2v / flf2v / ti2v / vace (official model_type names)
-    dim: int
-    ffn_dim: int
-    num_heads: int
-    num_layers: int
-    in_dim: int
-    out_dim: int
-    text_dim: int
-    freq_dim: int
-    has_image_embedding: bool     # Wan 2.1 I2V/FLF2V CLIP branch (img_emb, k_img, v_img)
-    image_pos_len: Optional[int]  # FLF2V learned position table length (514)
-    vace_layers: Optional[tuple[int, ...]] = None
-    vace_in_dim: Optional[int] = None
-
-
-@dataclass(frozen=True)
 class WanVariant:
     """The detection result for one Wan DiT file."""
 
@@ -206,7 +188,7 @@ class WanVariant:
     task: str                   # "t2v" / "i2v" / "flf2v" / "ti2v" / "vace"
     size: str                   # "1.3B" / "5B" / "14B" (or "custom (dim N)")
     expert: Optional[str]       # "high" / "low" for a Wan 2.2 A14B expert named as such
-    architecture: DiTArchitecture
+    config: WanDiTConfig        # the architecture to build
     defaults: WanDefaults
     family_from: str = "weights"  # "weights", "file name", or "assumed" (ambiguous shapes)
     notes: tuple[str, ...] = field(default_factory=tuple)
@@ -235,9 +217,13 @@ def _count_blocks(keys: set[str], prefix: str) -> int:
     return len(indices)
 
 
-def read_architecture(shapes: Shapes, source: str = "the file",
-                      vace_layers: Optional[tuple[int, ...]] = None) -> DiTArchitecture:
-    """Derive the DiT architecture from official-key shapes (prefixes already stripped)."""
+def read_config(shapes: Shapes, source: str = "the file", num_heads: Optional[int] = None,
+                vace_layers: Optional[tuple[int, ...]] = None) -> WanDiTConfig:
+    """Derive the DiT architecture from official-key shapes (prefixes already stripped).
+
+    The head count cannot be read from shapes; it is ``dim / 128`` (every Wan model) unless a
+    config.json next to the weights says otherwise (``num_heads``).
+    """
     keys = set(shapes)
     if "head.modulation" not in keys or "patch_embedding.weight" not in keys:
         raise wrong_model_error(source, shapes, "a Wan diffusion model (DiT)")
@@ -247,10 +233,13 @@ def read_architecture(shapes: Shapes, source: str = "the file",
                                         "supports Wan T2V, I2V, FLF2V, TI2V and VACE models.")
     dim, in_dim = shapes["patch_embedding.weight"][:2]
     out_dim = shapes["head.head.weight"][0] // 4
-    if dim % HEAD_DIM:
-        raise WrongModelError(f"{source}: model width {dim} is not a multiple of Wan's head size "
-                              f"{HEAD_DIM}; expected a Wan DiT (widths 1536, 3072 or 5120).")
-    has_img = "img_emb.proj.0.weight" in keys or "img_emb.proj.1.weight" in keys
+    if num_heads is None:
+        if dim % HEAD_DIM:
+            raise WrongModelError(f"{source}: model width {dim} is not a multiple of Wan's head "
+                                  f"size {HEAD_DIM}; expected a Wan DiT (widths 1536, 3072 or "
+                                  "5120), or a config.json giving num_heads.")
+        num_heads = dim // HEAD_DIM
+    has_img = "img_emb.proj.0.weight" in keys
     pos = shapes.get("img_emb.emb_pos")
     vace_in = shapes.get("vace_patch_embedding.weight")
     num_layers = _count_blocks(keys, "blocks.")
@@ -270,6 +259,7 @@ def read_architecture(shapes: Shapes, source: str = "the file",
         raise UnsupportedModelError(f"{source}: a Wan DiT with {in_dim} input and {out_dim} output "
                                     "channels (a Fun control/inpaint variant?); expected 16 (T2V, "
                                     "VACE), 36 (I2V, FLF2V) or 48 (TI2V-5B).")
+    extra: dict = {}
     if model_type == "vace":
         n_vace = _count_blocks(keys, "vace_blocks.")
         if vace_layers is None:
@@ -278,13 +268,15 @@ def read_architecture(shapes: Shapes, source: str = "the file",
         elif len(vace_layers) != n_vace:
             raise WrongModelError(f"{source}: config lists {len(vace_layers)} VACE layers but the "
                                   f"weights hold {n_vace} vace_blocks")
-    return DiTArchitecture(
-        model_type=model_type, dim=dim, ffn_dim=shapes["blocks.0.ffn.0.weight"][0],
-        num_heads=dim // HEAD_DIM, num_layers=num_layers, in_dim=in_dim, out_dim=out_dim,
-        text_dim=shapes["text_embedding.0.weight"][1], freq_dim=shapes["time_embedding.0.weight"][1],
-        has_image_embedding=has_img, image_pos_len=pos[1] if pos is not None else None,
-        vace_layers=tuple(vace_layers) if model_type == "vace" else None,
-        vace_in_dim=vace_in[1] if vace_in is not None else None)
+        extra.update(vace_layers=tuple(vace_layers), vace_in_dim=vace_in[1])
+    if has_img:
+        extra.update(has_image_input=True, clip_dim=shapes["img_emb.proj.0.weight"][0],
+                     flf_pos_len=pos[1] if pos is not None else None)
+    return WanDiTConfig(dim=dim, ffn_dim=shapes["blocks.0.ffn.0.weight"][0], num_heads=num_heads,
+                        num_layers=num_layers, in_dim=in_dim, out_dim=out_dim,
+                        text_dim=shapes["text_embedding.0.weight"][1],
+                        freq_dim=shapes["time_embedding.0.weight"][1], model_type=model_type,
+                        **extra)
 
 
 # ---- file names: the only evidence for high/low experts and for 2.1 vs 2.2 T2V-14B
@@ -332,20 +324,28 @@ def family_from_name(path: Union[str, Path, None]) -> Optional[str]:
 
 
 def detect_dit_variant(shapes: Shapes, path: Union[str, Path, None] = None,
-                       vace_layers: Optional[tuple[int, ...]] = None) -> WanVariant:
-    """Detect a Wan DiT variant from official-key shapes and (for experts) the file name."""
+                       num_heads: Optional[int] = None,
+                       vace_layers: Optional[tuple[int, ...]] = None,
+                       expert: Optional[str] = None) -> WanVariant:
+    """Detect a Wan DiT variant from official-key shapes and (for experts) the file name.
+
+    ``expert`` ("high"/"low") overrides the expert read from the file name.
+    """
     source = str(path) if path else "the file"
-    arch = read_architecture(shapes, source, vace_layers)
-    size = SIZE_BY_DIM.get(arch.dim, f"custom (dim {arch.dim})")
-    expert = expert_from_name(path)
+    if expert not in (None, "high", "low"):
+        raise ValueError(f"expert={expert!r}; expected 'high', 'low' or None")
+    config = read_config(shapes, source, num_heads, vace_layers)
+    size = SIZE_BY_DIM.get(config.dim, f"custom (dim {config.dim})")
+    chosen_expert = expert
+    expert = expert or expert_from_name(path)
     named_family = family_from_name(path)
     notes: list[str] = []
 
-    if arch.model_type == "ti2v" or (arch.model_type == "i2v" and not arch.has_image_embedding):
+    if config.model_type == "ti2v" or (config.model_type == "i2v" and not config.has_image_input):
         family, family_from = "2.2", "weights"
-    elif arch.model_type in ("flf2v", "vace") or arch.has_image_embedding:
+    elif config.model_type in ("flf2v", "vace") or config.has_image_input:
         family, family_from = "2.1", "weights"
-    elif arch.dim == 1536:
+    elif config.dim == 1536:
         family, family_from = "2.1", "weights"  # no Wan 2.2 model has width 1536
     elif expert is not None or named_family == "2.2":
         family, family_from = "2.2", "file name"
@@ -356,10 +356,14 @@ def detect_dit_variant(shapes: Shapes, path: Union[str, Path, None] = None,
         notes.append("Wan 2.1 T2V-14B and a Wan 2.2 T2V-A14B expert have identical shapes; "
                      "assumed 2.1 (put 'wan2.2' or 'high_noise'/'low_noise' in the file name).")
 
-    if family != "2.2" or arch.model_type not in ("t2v", "i2v") or arch.dim != 5120:
+    if family != "2.2" or config.model_type not in ("t2v", "i2v"):
+        if chosen_expert is not None:
+            raise WrongModelError(f"{source}: expert={chosen_expert!r} was asked for, but this is "
+                                  f"Wan {family} {config.model_type.upper()}, which has no "
+                                  "high/low-noise experts.")
         expert = None
     elif expert is None:
         notes.append("Wan 2.2 A14B expert: the file name does not say high or low noise.")
-    return WanVariant(family=family, task=arch.model_type, size=size, expert=expert,
-                      architecture=arch, defaults=official_defaults(family, arch.model_type, size),
+    return WanVariant(family=family, task=config.model_type, size=size, expert=expert,
+                      config=config, defaults=official_defaults(family, config.model_type, size),
                       family_from=family_from, notes=tuple(notes))

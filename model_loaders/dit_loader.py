@@ -1,0 +1,141 @@
+"""Load any Wan DiT file users have into :class:`~..wan.dit.WanDiT`, unchanged on disk.
+
+Accepted: official safetensors (single, or sharded with an ``index.json``) and ``.pth``; ComfyUI
+repackaged files (``model.diffusion_model.`` prefix or bare keys), ComfyUI ``fp8_scaled``; kijai
+``fp8_e4m3fn`` / bf16 / scaled (``weight_scale``) files; diffusers transformers (folder with
+``config.json`` and shards, or a single file); VACE and FLF2V extras in all of them.
+
+The model is built on the meta device and filled with the file's own tensors (see
+``storage.load_into``), so loading costs the weights' bytes once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from ..wan.dit import WanDiT
+from . import dit_keys
+from .detect import WanVariant, classify, detect_dit_variant, wrong_model_error
+from .errors import CheckpointError
+from .files import Checkpoint, PathLike, common_prefix, open_checkpoint, strip_prefix
+from .storage import (FP8_DTYPES, INPUT_SCALE_SUFFIX, SCALED_FP8_MARKER, StorageChoice,
+                      ensure_no_meta, find_weight_scales, load_into)
+
+COMFY_PREFIX = "model.diffusion_model."
+EXPERT_FOLDERS = {"high": ("high_noise_model", "transformer"), "low": ("low_noise_model", "transformer_2")}
+
+
+@dataclass
+class LoadedDiT:
+    """A ready model, what it is, and how the file was stored (for logs and UIs)."""
+
+    model: WanDiT
+    variant: WanVariant
+    file_format: str
+    path: str
+
+
+def load_dit(path: PathLike, storage_dtype: StorageChoice = None, *,
+             expert: Optional[str] = None) -> LoadedDiT:
+    """Load a Wan DiT from a file or folder; ``storage_dtype`` optionally converts the weights.
+
+    ``expert`` ("high"/"low") picks a Wan 2.2 A14B expert from an official or diffusers folder
+    holding both, and overrides the expert read from the file name.
+    """
+    path = resolve_dit_path(path, expert)
+    ckpt, file_format = open_dit_checkpoint(path)
+    variant = detect_variant(ckpt, path, expert)
+    with torch.device("meta"):
+        model = WanDiT(variant.config)
+    load_into(model, ckpt, storage_dtype, expected=variant.name)
+    ensure_no_meta(model, str(path))
+    return LoadedDiT(model.eval(), variant, file_format, str(path))
+
+
+def resolve_dit_path(path: PathLike, expert: Optional[str] = None) -> Path:
+    """Step into the expert's subfolder of an official A14B folder or a diffusers pipeline."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    present = [name for names in EXPERT_FOLDERS.values() for name in names if (path / name).is_dir()]
+    if not present:
+        return path
+    if expert is None:
+        if present == ["transformer"]:
+            return path / "transformer"
+        raise CheckpointError(f"{path}: holds the experts {present}; choose one with "
+                              "expert='high' or expert='low'.")
+    if expert not in EXPERT_FOLDERS:
+        raise ValueError(f"expert={expert!r}; expected 'high' or 'low'")
+    for name in EXPERT_FOLDERS[expert]:
+        if (path / name).is_dir():
+            return path / name
+    raise CheckpointError(f"{path}: no {expert}-noise expert folder (found {present}).")
+
+
+def open_dit_checkpoint(path: PathLike) -> tuple[Checkpoint, str]:
+    """Open a DiT file with official key names, whatever its layout; also describe the format."""
+    ckpt = open_checkpoint(path)
+    ckpt, prefix = _strip_dit_prefix(ckpt)
+    shapes = ckpt.shapes()
+    kind = classify(shapes)
+    if kind.kind == "wan_dit_diffusers":
+        ckpt = _diffusers_to_official(ckpt)
+    elif kind.kind != "wan_dit":
+        raise wrong_model_error(ckpt.name, shapes, "a Wan diffusion model (DiT)")
+    return ckpt, describe_format(ckpt, prefix, kind.kind == "wan_dit_diffusers")
+
+
+def detect_variant(ckpt: Checkpoint, path: PathLike, expert: Optional[str] = None) -> WanVariant:
+    """Variant of an opened DiT checkpoint (scale keys ignored; config.json used when present)."""
+    scales = find_weight_scales(ckpt)
+    ignore = set(scales.extra_keys) | set(scales.scales.values())
+    shapes = {k: s for k, s in ckpt.shapes().items() if k not in ignore}
+    config = ckpt.config or {}
+    num_heads = config.get("num_heads") or config.get("num_attention_heads")
+    vace_layers = config.get("vace_layers")
+    return detect_dit_variant(shapes, path, num_heads=num_heads,
+                              vace_layers=tuple(vace_layers) if vace_layers else None,
+                              expert=expert)
+
+
+def describe_format(ckpt: Checkpoint, prefix: str, diffusers: bool) -> str:
+    """A short human description such as "ComfyUI scaled fp8 (float8_e4m3fn)"."""
+    scales = find_weight_scales(ckpt)
+    dtypes = {ckpt.info(k).dtype for k in ckpt if k.endswith(".weight")}
+    fp8 = sorted(str(d).replace("torch.", "") for d in dtypes & set(FP8_DTYPES))
+    layout = "diffusers" if diffusers else ("ComfyUI" if prefix == COMFY_PREFIX else "official keys")
+    if scales.is_scaled:
+        storage = f"scaled fp8 ({', '.join(fp8) or 'fp8'})"
+    elif fp8:
+        storage = ", ".join(fp8)
+    else:
+        storage = ", ".join(sorted(str(d).replace("torch.", "") for d in dtypes))
+    return f"{layout}, {storage}"
+
+
+def _strip_dit_prefix(ckpt: Checkpoint) -> tuple[Checkpoint, str]:
+    """Remove ComfyUI/other wrappers; in a full checkpoint keep only the diffusion model."""
+    keys = list(ckpt)
+    if any(k.startswith(COMFY_PREFIX) for k in keys):
+        # A full ComfyUI checkpoint may also hold "vae." / "text_encoders." keys: drop them,
+        # but keep the top-level scaled-fp8 marker.
+        def keep(key: str) -> Optional[str]:
+            if key.startswith(COMFY_PREFIX):
+                return key[len(COMFY_PREFIX):]
+            return key if key == SCALED_FP8_MARKER else None
+
+        return ckpt.map_keys(keep), COMFY_PREFIX
+    prefix = common_prefix(keys)
+    return strip_prefix(ckpt, prefix), prefix
+
+
+def _diffusers_to_official(ckpt: Checkpoint) -> Checkpoint:
+    """Rename diffusers keys with the shared key table, moving names only (no tensor is read)."""
+    passthrough = {k for k in ckpt if k == SCALED_FP8_MARKER or k.endswith(INPUT_SCALE_SUFFIX)}
+    renames = dit_keys.diffusers_to_official({k: k for k in ckpt if k not in passthrough})
+    renames.update({k: k for k in passthrough if not k.endswith(INPUT_SCALE_SUFFIX)})
+    return ckpt.renamed(renames)

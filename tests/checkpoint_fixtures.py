@@ -1,0 +1,285 @@
+"""Tiny Wan checkpoints written in every real-world layout users have on disk.
+
+Each writer takes an official-key state dict (from a tiny :class:`WanDiT` with random weights)
+and writes it the way that release does: same file/folder names, key prefixes, dtypes, scale keys
+and metadata markers (see /work/shared/reference/ecosystem-formats.md). Weights are rounded to
+bf16 first, so every lossless format (fp32, bf16, fp16 for these magnitudes) holds exactly the
+same numbers and must give bit-identical outputs; fp8 formats differ by their quantisation only.
+
+Tiny configs use width 128 and one head, so head_dim is Wan's 128 and detection works exactly as
+for real files (heads = width / 128).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from safetensors.torch import save_file
+
+from wanflow.model_loaders import dit_keys
+from wanflow.wan.dit import WanDiT, WanDiTConfig
+
+_TINY = dict(dim=128, ffn_dim=64, num_heads=1, num_layers=2, text_dim=32)
+TINY_CONFIGS: dict[str, WanDiTConfig] = {
+    "t2v": WanDiTConfig(**_TINY, model_type="t2v"),
+    "i2v": WanDiTConfig(**_TINY, in_dim=36, model_type="i2v", has_image_input=True, clip_dim=40),
+    "flf2v": WanDiTConfig(**_TINY, in_dim=36, model_type="flf2v", has_image_input=True,
+                          clip_dim=40, flf_pos_len=6),
+    "i2v-2.2": WanDiTConfig(**_TINY, in_dim=36, model_type="i2v"),
+    "ti2v": WanDiTConfig(**_TINY, in_dim=48, out_dim=48, model_type="ti2v"),
+    "vace": WanDiTConfig(**{**_TINY, "num_layers": 4}, model_type="vace", vace_layers=(0, 2),
+                         vace_in_dim=24),
+}
+FP8 = torch.float8_e4m3fn
+FP8_MAX = torch.finfo(FP8).max
+SAFETENSORS_METADATA = {"format": "pt"}
+
+
+# --------------------------------------------------------------------------- reference model
+
+
+def reference_model(task: str, seed: int = 0) -> WanDiT:
+    """A tiny fp32 WanDiT whose random weights are exactly representable in bf16 and fp16."""
+    model = WanDiT(TINY_CONFIGS[task]).eval().requires_grad_(False)
+    gen = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        noise = torch.randn(p.shape, generator=gen)
+        if "norm" in name and p.ndim == 1:
+            value = 1.0 + 0.2 * noise
+        elif p.ndim >= 2 and name.endswith("weight"):
+            value = noise / p[0].numel() ** 0.5
+        else:
+            value = 0.3 * noise
+        value = value.to(torch.bfloat16).float()
+        value[value.abs() < 2.0 ** -14] = 0.0  # so fp16 (fewer exponent bits) holds it exactly
+        p.copy_(value)
+    return model
+
+
+def official_state_dict(model: WanDiT) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def sample_inputs(config: WanDiTConfig, seed: int = 1) -> dict[str, torch.Tensor]:
+    """Forward arguments for a 2x4x4 latent, covering every conditioning input the model takes."""
+    gen = torch.Generator().manual_seed(seed)
+    latent = (1, config.out_dim, 2, 4, 4)
+    inputs = {"x": torch.randn(latent, generator=gen), "t": torch.tensor([600.0]),
+              "context": torch.randn(1, 5, config.text_dim, generator=gen)}
+    if config.in_dim > config.out_dim:
+        inputs["y"] = torch.randn(1, config.in_dim - config.out_dim, 2, 4, 4, generator=gen)
+    if config.has_image_input:
+        inputs["clip_fea"] = torch.randn(1, config.flf_pos_len or 3, config.clip_dim, generator=gen)
+    if config.vace_layers:
+        inputs["vace_context"] = torch.randn(1, config.vace_in_dim, 2, 4, 4, generator=gen)
+    return inputs
+
+
+def run(model: WanDiT, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    x, t, context = inputs["x"], inputs["t"], inputs["context"]
+    rest = {k: v for k, v in inputs.items() if k not in ("x", "t", "context")}
+    with torch.no_grad():
+        return model(x, t, context, **rest)
+
+
+# --------------------------------------------------------------------------- dtype helpers
+
+
+def _is_block_linear(key: str, tensor: torch.Tensor) -> bool:
+    """The tensors real fp8 releases store in fp8: the 2-D Linear weights of the blocks."""
+    return tensor.ndim == 2 and key.endswith(".weight") and key.startswith(("blocks.", "vace_blocks."))
+
+
+def _cast(sd: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    return {k: v.to(dtype) for k, v in sd.items()}
+
+
+def _scaled_fp8(sd: dict[str, torch.Tensor], scale_name: str, with_marker: bool,
+                input_scales: bool) -> dict[str, torch.Tensor]:
+    """ComfyUI-style scaled fp8: block Linears as fp8 + fp32 per-layer scale, the rest bf16."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        if _is_block_linear(key, value):
+            scale = value.abs().max().float() / FP8_MAX
+            out[key] = (value.float() / scale).to(FP8)
+            layer = key[: -len(".weight")]
+            out[f"{layer}.{scale_name}"] = scale.reshape(())
+            if input_scales:
+                out[f"{layer}.scale_input"] = torch.ones((), dtype=torch.float32)
+        else:
+            out[key] = value.to(torch.bfloat16)
+    if with_marker:
+        out["scaled_fp8"] = torch.empty(0, dtype=FP8)
+    return out
+
+
+def _plain_fp8(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """kijai fp8_e4m3fn: block Linears and the text embedding cast to fp8, norms kept fp32."""
+    out = {}
+    for key, value in sd.items():
+        if _is_block_linear(key, value) or key == "text_embedding.0.weight":
+            out[key] = value.to(FP8)
+        elif "norm" in key:
+            out[key] = value.float()
+        else:
+            out[key] = value.to(torch.bfloat16)
+    return out
+
+
+def _prefixed(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {(k if k == "scaled_fp8" else prefix + k): v for k, v in sd.items()}
+
+
+def _shard(sd: dict[str, torch.Tensor], folder: Path, stem: str, shards: int) -> Path:
+    """Write ``stem-0000i-of-0000n.safetensors`` shards and ``stem.safetensors.index.json``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    keys = list(sd)
+    weight_map = {}
+    for i in range(shards):
+        name = f"{stem}-{i + 1:05d}-of-{shards:05d}.safetensors"
+        part = {k: sd[k].contiguous() for k in keys[i::shards]}
+        save_file(part, str(folder / name), metadata=SAFETENSORS_METADATA)
+        weight_map.update({k: name for k in part})
+    total = sum(v.numel() * v.element_size() for v in sd.values())
+    index = folder / f"{stem}.safetensors.index.json"
+    index.write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
+    return index
+
+
+def _official_config(config: WanDiTConfig) -> dict:
+    """The config.json shipped with official Wan-AI DiT folders (WanModel arguments)."""
+    out = {"_class_name": "WanModel", "_diffusers_version": "0.30.0",
+           "model_type": config.model_type, "dim": config.dim, "ffn_dim": config.ffn_dim,
+           "freq_dim": config.freq_dim, "in_dim": config.in_dim, "out_dim": config.out_dim,
+           "num_heads": config.num_heads, "num_layers": config.num_layers,
+           "text_dim": config.text_dim, "text_len": config.text_len, "eps": config.eps,
+           "patch_size": list(config.patch_size), "qk_norm": True, "cross_attn_norm": True,
+           "window_size": [-1, -1]}
+    if config.vace_layers:
+        out.update(vace_layers=list(config.vace_layers), vace_in_dim=config.vace_in_dim)
+    return out
+
+
+def _diffusers_config(config: WanDiTConfig) -> dict:
+    out = {"_class_name": dit_keys.diffusers_class_name(config), "_diffusers_version": "0.35.0"}
+    out.update(dit_keys.diffusers_config(config))
+    out["patch_size"] = list(out["patch_size"])
+    return out
+
+
+# --------------------------------------------------------------------------- writers
+# Each writer: (official state dict, config, output folder) -> the path a user would pick.
+
+Writer = Callable[[dict, WanDiTConfig, Path], Path]
+
+
+def write_official_single(sd: dict, config: WanDiTConfig, folder: Path) -> Path:
+    """Official single-file folder (e.g. Wan2.1-T2V-1.3B): config.json + one safetensors, fp32."""
+    folder = folder / "Wan2.1-official"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(_official_config(config)))
+    save_file(_cast(sd, torch.float32), str(folder / "diffusion_pytorch_model.safetensors"))
+    return folder
+
+
+def write_official_sharded(sd: dict, config: WanDiTConfig, folder: Path) -> Path:
+    """Official 14B folders: config.json + bf16 shards + ``*.safetensors.index.json``."""
+    folder = folder / "Wan2.1-official-sharded"
+    _shard(_cast(sd, torch.bfloat16), folder, "diffusion_pytorch_model", shards=3)
+    (folder / "config.json").write_text(json.dumps(_official_config(config)))
+    return folder
+
+
+def write_official_pth(sd: dict, config: WanDiTConfig, folder: Path) -> Path:
+    """A plain pickled state dict (torch.save), as the official .pth releases are."""
+    path = folder / "wan_dit.pth"
+    torch.save(_cast(sd, torch.bfloat16), path)
+    return path
+
+
+def write_comfy_bf16(sd: dict, config: WanDiTConfig, folder: Path) -> Path:
+    """Comfy-Org repackaged, ``model.diffusion_model.`` prefix, bf16."""
+    path = folder / "wan2.1_tiny_bf16.safetensors"
+    save_file(_prefixed(_cast(sd, torch.bfloat16), "model.diffusion_model."), str(path),
+              metadata=SAFETENSORS_METADATA)
+    return path
+
+
+def write_comfy_fp16_bare(sd: dict, config: WanDiTConfig, folder: Path) -> Path:
+    """Comfy-Org repackaged without prefix (bare official keys), fp16."""
+    path = folder / "wan2.1_tiny_fp16.safetensors"
+    save_file(_cast(sd, torch.float16), str(path))
+    return path
+
+
+def write_comfy_fp8_scaled(sd: dict, config: WanDiTConfig, folder: Path) -> Path:
+    """ComfyUI ``*_fp8_scaled``: prefix, fp8 + ``scale_weight`` (+ ``scale_input``), marker key."""
+    path = folder / "wan2.1_tiny_fp8_scaled.safetensors"
+    scaled = _scaled_fp8(sd, "scale_weight", with_marker=True, input_scales=True)
+    save_file(_prefixed(scaled, "model.diffusion_model."), str(path))
+    return path
+
+
+def write_kijai_fp8_e4m3fn(sd: dict, config: WanDiTConfig, folder: Path) -> Path:
+    """kijai ``Wan2_1-*_fp8_e4m3fn``: bare keys, unscaled fp8 block weights."""
+    path = folder / "Wan2_1-tiny_fp8_e4m3fn.safetensors"
+    save_file(_plain_fp8(sd), str(path))
+    return path
+
+
+def write_kijai_bf16(sd: dict, config: WanDiTConfig, folder: Path) -> Path:
+    path = folder / "Wan2_1-tiny_bf16.safetensors"
+    save_file(_cast(sd, torch.bfloat16), str(path))
+    return path
+
+
+def write_kijai_fp8_scaled(sd: dict, config: WanDiTConfig, folder: Path) -> Path:
+    """kijai ``*_fp8_e4m3fn_scaled_KJ``: bare keys, ``weight_scale`` per layer, no marker."""
+    path = folder / "Wan2_1-tiny_fp8_e4m3fn_scaled_KJ.safetensors"
+    save_file(_scaled_fp8(sd, "weight_scale", with_marker=False, input_scales=False), str(path))
+    return path
+
+
+def write_diffusers_folder(sd: dict, config: WanDiTConfig, folder: Path) -> Path:
+    """diffusers ``transformer/``: config.json + diffusers-named bf16 shards + index."""
+    folder = folder / "transformer"
+    _shard(_cast(dit_keys.official_to_diffusers(sd), torch.bfloat16), folder,
+           "diffusion_pytorch_model", shards=2)
+    (folder / "config.json").write_text(json.dumps(_diffusers_config(config)))
+    return folder
+
+
+def write_diffusers_single(sd: dict, config: WanDiTConfig, folder: Path) -> Path:
+    """A single safetensors file with diffusers key names (no config.json next to it)."""
+    path = folder / "wan_tiny_diffusers.safetensors"
+    save_file(_cast(dit_keys.official_to_diffusers(sd), torch.bfloat16), str(path),
+              metadata=SAFETENSORS_METADATA)
+    return path
+
+
+LOSSLESS_FORMATS: dict[str, Writer] = {
+    "official_single": write_official_single,
+    "official_sharded": write_official_sharded,
+    "official_pth": write_official_pth,
+    "comfy_bf16": write_comfy_bf16,
+    "comfy_fp16_bare": write_comfy_fp16_bare,
+    "kijai_bf16": write_kijai_bf16,
+    "diffusers_folder": write_diffusers_folder,
+    "diffusers_single": write_diffusers_single,
+}
+FP8_FORMATS: dict[str, Writer] = {
+    "comfy_fp8_scaled": write_comfy_fp8_scaled,
+    "kijai_fp8_e4m3fn": write_kijai_fp8_e4m3fn,
+    "kijai_fp8_scaled": write_kijai_fp8_scaled,
+}
+ALL_FORMATS: dict[str, Writer] = {**LOSSLESS_FORMATS, **FP8_FORMATS}
+
+
+def write(format_name: str, task: str, folder: Path, seed: int = 0,
+          model: Optional[WanDiT] = None) -> Path:
+    """Write the tiny ``task`` model in ``format_name`` under ``folder``; returns the path to load."""
+    model = model if model is not None else reference_model(task, seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    return ALL_FORMATS[format_name](official_state_dict(model), model.config, folder)

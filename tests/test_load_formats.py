@@ -1,0 +1,152 @@
+"""Every DiT file layout loads into the same WanDiT and gives the same outputs.
+
+Lossless layouts (fp32, bf16, fp16, official/ComfyUI/kijai/diffusers keys, single/sharded/.pth)
+must match the reference model bit for bit: the fixture weights are bf16-representable and the
+model upcasts per call. fp8 layouts hold quantised weights; their outputs must stay within
+FP8_TOLERANCE relative L2 error of the reference (e4m3 keeps 3 mantissa bits, ~3% per weight).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import checkpoint_fixtures as fx
+from wanflow.model_loaders.dit_loader import load_dit
+from wanflow.model_loaders.files import PickleFile, SafetensorsFile
+from wanflow.wan import ops
+
+TASKS = list(fx.TINY_CONFIGS)
+EXTRA_KEY_TASKS = ("flf2v", "vace")  # every layout with the FLF2V/VACE extras (T2V keys included)
+OTHER_TASKS = ("t2v", "i2v", "i2v-2.2", "ti2v")
+LOSSLESS_CASES = ([(fmt, task) for fmt in fx.LOSSLESS_FORMATS for task in EXTRA_KEY_TASKS]
+                  + [(fmt, task) for fmt in ("comfy_bf16", "diffusers_folder") for task in OTHER_TASKS])
+FP8_CASES = ([(fmt, task) for fmt in fx.FP8_FORMATS for task in EXTRA_KEY_TASKS]
+             + [("comfy_fp8_scaled", task) for task in OTHER_TASKS])
+FP8_TOLERANCE = 0.08  # relative L2 error of the velocity, fp8 weights vs the bf16 reference
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.fixture(scope="module")
+def references():
+    """Per task: the reference model, its inputs and its output."""
+    out = {}
+    for task in TASKS:
+        model = fx.reference_model(task)
+        inputs = fx.sample_inputs(model.config)
+        out[task] = (model, inputs, fx.run(model, inputs))
+    return out
+
+
+@pytest.mark.parametrize("fmt, task", LOSSLESS_CASES)
+def test_lossless_formats_give_identical_outputs(fmt, task, references, tmp_path):
+    model, inputs, expected = references[task]
+    path = fx.write(fmt, task, tmp_path, model=model)
+    loaded = load_dit(path)
+    assert loaded.model.config == model.config
+    assert loaded.variant.task == fx.TINY_CONFIGS[task].model_type
+    torch.testing.assert_close(fx.run(loaded.model, inputs), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("fmt, task", FP8_CASES)
+def test_fp8_formats_stay_fp8_and_close(fmt, task, references, tmp_path):
+    model, inputs, expected = references[task]
+    loaded = load_dit(fx.write(fmt, task, tmp_path, model=model))
+    q = loaded.model.blocks[0].self_attn.q
+    assert q.weight.dtype == torch.float8_e4m3fn, "fp8 weights must stay fp8 in memory"
+    assert (getattr(q, "scale_weight", None) is not None) == ("scaled" in fmt)
+    assert loaded.model.config == model.config
+    assert relative_error(fx.run(loaded.model, inputs), expected) < FP8_TOLERANCE
+
+
+def test_formats_are_described(tmp_path, references):
+    model = references["t2v"][0]
+    scaled = load_dit(fx.write("comfy_fp8_scaled", "t2v", tmp_path / "a", model=model))
+    assert scaled.file_format == "ComfyUI, scaled fp8 (float8_e4m3fn)"
+    diffusers = load_dit(fx.write("diffusers_folder", "t2v", tmp_path / "b", model=model))
+    assert diffusers.file_format.startswith("diffusers")
+
+
+def test_weights_keep_their_file_dtype(tmp_path, references):
+    model = references["t2v"][0]
+    loaded = load_dit(fx.write("comfy_fp16_bare", "t2v", tmp_path, model=model)).model
+    assert {p.dtype for p in loaded.parameters()} == {torch.float16}
+
+
+@pytest.mark.parametrize("storage, dtype", [("fp8_e4m3fn", torch.float8_e4m3fn),
+                                            ("fp8_e5m2", torch.float8_e5m2),
+                                            ("fp8_e4m3fn_scaled", torch.float8_e4m3fn)])
+def test_user_chosen_fp8_storage(storage, dtype, tmp_path, references):
+    """bf16 file -> fp8 at load time: Linear weights become fp8, norms/modulation stay bf16."""
+    model, inputs, expected = references["t2v"]
+    loaded = load_dit(fx.write("comfy_bf16", "t2v", tmp_path, model=model), storage).model
+    assert loaded.blocks[1].ffn[0].weight.dtype == dtype
+    assert loaded.blocks[1].modulation.dtype == torch.bfloat16
+    assert loaded.blocks[1].norm3.weight.dtype == torch.bfloat16
+    assert (getattr(loaded.blocks[1].ffn[0], "scale_weight", None) is not None) == storage.endswith("scaled")
+    tolerance = 0.2 if dtype == torch.float8_e5m2 else FP8_TOLERANCE  # e5m2 keeps 2 mantissa bits
+    assert relative_error(fx.run(loaded, inputs), expected) < tolerance
+
+
+def test_scaled_file_to_bf16_storage_dequantises(tmp_path, references):
+    model, inputs, expected = references["i2v"]
+    loaded = load_dit(fx.write("comfy_fp8_scaled", "i2v", tmp_path, model=model), "bf16").model
+    q = loaded.blocks[0].cross_attn.k_img
+    assert q.weight.dtype == torch.bfloat16 and getattr(q, "scale_weight", None) is None
+    assert relative_error(fx.run(loaded, inputs), expected) < FP8_TOLERANCE
+
+
+def test_loaded_tensors_are_the_tensors_read_not_copies(tmp_path, references):
+    """assign=True: the parameter is the buffer the reader filled (no second copy made)."""
+    model = references["t2v"][0]
+    path = fx.write("kijai_bf16", "t2v", tmp_path, model=model)
+    loaded = load_dit(path).model
+    assert all(not p.is_meta for p in loaded.parameters())
+    weight = loaded.blocks[0].self_attn.q.weight
+    assert weight.untyped_storage().nbytes() == weight.numel() * weight.element_size()
+
+
+def test_pth_is_memory_mapped(tmp_path, references):
+    model = references["t2v"][0]
+    source = PickleFile(fx.write("official_pth", "t2v", tmp_path, model=model))
+    tensor = source.read("blocks.0.ffn.0.weight")
+    assert tensor.dtype == torch.bfloat16  # read as stored
+
+
+def test_sharded_reader_sees_every_key(tmp_path, references):
+    model = references["vace"][0]
+    folder = fx.write("official_sharded", "vace", tmp_path, model=model)
+    shards = sorted(folder.glob("*.safetensors"))
+    assert len(shards) == 3
+    keys = set().union(*(SafetensorsFile(s).infos for s in shards))
+    assert keys == set(model.state_dict())
+
+
+def test_diffusers_fixture_is_what_diffusers_reads(tmp_path, references):
+    """Our diffusers-layout fixture (config.json + shards) loads strictly into diffusers itself."""
+    import json
+
+    diffusers = pytest.importorskip("diffusers")
+    from safetensors.torch import load_file
+
+    model = references["vace"][0]
+    folder = fx.write("diffusers_folder", "vace", tmp_path, model=model)
+    config = json.loads((folder / "config.json").read_text())
+    cls = getattr(diffusers, config["_class_name"])
+    twin = cls.from_config(config)
+    state = {}
+    for shard in sorted(folder.glob("*.safetensors")):
+        state.update(load_file(shard))
+    missing, unexpected = twin.load_state_dict(state, strict=False)
+    assert not unexpected and all(".attn2.norm_added_q." in k for k in missing)
+    assert load_dit(folder).model.config == model.config
+
+
+def test_every_linear_is_a_storage_dtype_layer(tmp_path, references):
+    loaded = load_dit(fx.write("kijai_fp8_e4m3fn", "flf2v", tmp_path,
+                               model=references["flf2v"][0])).model
+    for name, module in loaded.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            assert isinstance(module, ops.Linear), name
