@@ -5,10 +5,12 @@ Every node lives in the "WanFlow" menu; ``NODE_CLASS_MAPPINGS`` is what ComfyUI 
 from .latent_nodes import WanFlowEmptyVideoLatent
 from .lora_nodes import WanFlowLoraSelect
 from .sampler_nodes import WanFlowMoESampler
+from .text_nodes import WanFlowTextEncode
 from .save_video import WanFlowSaveVideo
 from .vae_nodes import WanFlowVAEDecode, WanFlowVAEEncode
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {
+    "WanFlowTextEncode": WanFlowTextEncode,
     "WanFlowLoraSelect": WanFlowLoraSelect,
     "WanFlowEmptyVideoLatent": WanFlowEmptyVideoLatent,
     "WanFlowMoESampler": WanFlowMoESampler,
@@ -18,6 +20,7 @@ NODE_CLASS_MAPPINGS: dict[str, type] = {
 }
 
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
+    "WanFlowTextEncode": "WanFlow Text Encode",
     "WanFlowLoraSelect": "WanFlow LoRA Select",
     "WanFlowEmptyVideoLatent": "WanFlow Empty Video Latent",
     "WanFlowMoESampler": "WanFlow MoE Sampler",

@@ -21,3 +21,13 @@ class ModelHandle:
     def describe(self) -> str:
         details = ", ".join(part for part in (self.file_format, f"attention {self.attention}") if part)
         return f"{self.variant.name} ({details})"
+
+
+@dataclass
+class TextEncoderHandle:
+    """WANFLOW_TEXT_ENCODER: the umT5 encoder, its tokenizer, and whether it stays on the CPU."""
+
+    encoder: nn.Module
+    tokenizer: object  # wan.tokenizer.UMT5Tokenizer
+    on_cpu: bool = False
+    path: str = ""
