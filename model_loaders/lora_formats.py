@@ -418,12 +418,14 @@ def width_name(width: int) -> str:
 
 
 def lora_width(parsed: ParsedLora) -> Optional[int]:
-    """The DiT width a LoRA was made for, read from its attention patches (in = out = dim)."""
+    """The DiT width a LoRA was made for, read from the shapes of its block patches."""
     widths = []
     for target, patch in parsed.patches.items():
-        if re.search(r"(self_attn|cross_attn)\.[qo]$", target):
-            widths.extend(w.shape[0] for w in patch.weights)
+        for weight in patch.weights:
+            if re.search(r"(self_attn|cross_attn)\.[qkvo]$|ffn\.2$", target):
+                widths.append(weight.shape[0])  # out features = dim
+            elif target.endswith("ffn.0"):
+                widths.append(weight.shape[1])  # in features = dim
     if not widths:
         return None
     return max(set(widths), key=widths.count)
-

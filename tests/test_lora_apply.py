@@ -189,11 +189,16 @@ def test_fp8_base(spec, spec_b, inputs, scaled):
 
 # ---- reporting ------------------------------------------------------------------------------
 
-def test_lora_for_a_wider_model_is_refused_with_widths():
+@pytest.mark.parametrize("targets", [("self_attn.q", "self_attn.o"), ("ffn.0",)])
+def test_lora_for_a_wider_model_is_refused_with_widths(targets):
     model = random_dit("t2v")
-    sd = {f"diffusion_model.blocks.{i}.self_attn.{p}.lora_{ab}.weight":
-          torch.zeros(1, 5120) if ab == "A" else torch.zeros(5120, 1)
-          for i in range(2) for p in "qkvo" for ab in "AB"}
+    shapes = {"self_attn.q": (5120, 5120), "self_attn.o": (5120, 5120), "ffn.0": (13824, 5120)}
+    sd = {}
+    for i in range(2):
+        for target in targets:
+            out_f, in_f = shapes[target]
+            sd[f"diffusion_model.blocks.{i}.{target}.lora_A.weight"] = torch.zeros(1, in_f)
+            sd[f"diffusion_model.blocks.{i}.{target}.lora_B.weight"] = torch.zeros(out_f, 1)
     with pytest.raises(LoraMismatchError, match=r"made for a 5120-wide \(Wan 14B.*this model is 48-wide"):
         one_lora_stack(sd).apply(model, "high")
     assert all(not m.adapters for m in model.modules() if hasattr(m, "adapters"))

@@ -23,6 +23,7 @@ keys that were not applied.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from dataclasses import dataclass, field
@@ -227,13 +228,15 @@ class LowRankAdapter:
 
 
 class DenseAdapter:
-    """``x -> strength · x @ ΔWᵀ`` for LoHa, LoKr and full ``.diff`` patches on a Linear."""
+    """``x -> strength · x @ ΔWᵀ`` for LoHa, LoKr and full ``.diff`` patches on a Linear.
+
+    The delta is rebuilt from the patch's own (small, for LoHa/LoKr) factors at each call rather
+    than kept as a second full-size weight.
+    """
 
     def __init__(self, patch: WeightPatch, strength: Strength, device: torch.device) -> None:
-        self.patch = patch
-        self.device = device
+        self.patch = _patch_to(patch, device)
         self.strength = strength
-        self.shape: Optional[tuple[int, ...]] = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         s = self.strength()
@@ -255,6 +258,13 @@ class BiasAdapter:
         if s == 0:
             return x.new_zeros(())
         return self.diff_b.to(x.device, x.dtype) * s
+
+
+def _patch_to(patch: WeightPatch, device: torch.device) -> WeightPatch:
+    """The same patch with its tensors on ``device``."""
+    moved = {f.name: getattr(patch, f.name).to(device) for f in dataclasses.fields(patch)
+             if isinstance(getattr(patch, f.name), torch.Tensor)}
+    return dataclasses.replace(patch, **moved)
 
 
 def _make_adapter(patch: WeightPatch, strength: Strength, device: torch.device):
