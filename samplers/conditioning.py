@@ -20,7 +20,7 @@ caller, so this module does not depend on a VAE implementation.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -191,3 +191,28 @@ def i2v_condition(image_latent: torch.Tensor, num_frames: int, *,
         raise ValueError(f"i2v_condition: image latent has {frames} frames, {num_frames} pixel "
                          f"frames give {mask.shape[2]}")
     return torch.cat([mask.to(image_latent), image_latent], dim=1)
+
+
+# Encoder: pixels [B, 3, F, H, W] in [-1, 1] -> *normalised* latent (VAE encode + normalize).
+LatentEncoder = Callable[[torch.Tensor], torch.Tensor]
+
+
+def encode_i2v_condition(encode: LatentEncoder, image: torch.Tensor, num_frames: int,
+                         last_image: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The full I2V / FLF2V ``y``: encode the image clip, then prepend the 4-channel mask.
+
+    Used for Wan 2.1 I2V (plus ``clip_fea``), Wan 2.2 I2V-A14B (no CLIP) and FLF2V.
+    """
+    latent = encode(i2v_pixel_video(image, num_frames, last_image))
+    return i2v_condition(latent, num_frames, last_frame=last_image is not None)
+
+
+def encode_first_frame(encode: LatentEncoder, image: torch.Tensor) -> torch.Tensor:
+    """TI2V-5B's clean first-frame latent ``[B, C, 1, h, w]`` from one image ``[B, 3, H, W]``."""
+    if image.ndim != 4 or image.shape[1] != 3:
+        raise ValueError(f"encode_first_frame: image must be [B, 3, H, W], got {tuple(image.shape)}")
+    latent = encode(image.unsqueeze(2))
+    if latent.shape[2] != 1:
+        raise ValueError(f"encode_first_frame: one image should give one latent frame, got "
+                         f"{latent.shape[2]}")
+    return latent

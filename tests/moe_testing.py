@@ -1,12 +1,22 @@
 """Helpers for the sampler tests: small experts with the DiT call signature that record calls."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Iterator, Optional
 
+import pytest
 import torch
 import torch.nn as nn
 
 LATENT = (1, 4, 3, 4, 4)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread() -> Iterator[None]:
+    """Tiny tensors on a shared 2-core machine: one intra-op thread is many times faster."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 TEXT = (1, 6, 8)
 
 

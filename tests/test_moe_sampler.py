@@ -14,7 +14,7 @@ from wanflow.samplers.moe import MoESampler, SamplerHooks, SamplingInterrupted
 from wanflow.samplers.noise import noised_start, seeded_noise
 from wanflow.samplers.solvers import sample_euler
 
-from moe_testing import LATENT, RecordingExpert, ToyExpert, text
+from moe_testing import LATENT, RecordingExpert, ToyExpert, single_thread, text  # noqa: F401
 
 
 def t2v_cond(cfg_negative: bool = True) -> WanConditioning:

@@ -12,6 +12,9 @@ from wanflow.samplers.solvers import get_solver, sample_distilled, sample_dpmpp_
     sample_euler, sample_unipc
 
 
+from moe_testing import single_thread  # noqa: F401,E402
+
+
 class ToyVelocity:
     """A fixed nonlinear velocity field v(x, t): enough structure that solver errors show."""
 
