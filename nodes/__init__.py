@@ -3,6 +3,7 @@
 Every node lives in the "WanFlow" menu; ``NODE_CLASS_MAPPINGS`` is what ComfyUI reads.
 """
 from .latent_nodes import WanFlowEmptyVideoLatent
+from .loader_nodes import WanFlowModelLoader
 from .lora_nodes import WanFlowLoraSelect
 from .sampler_nodes import WanFlowMoESampler
 from .text_nodes import WanFlowTextEncode
@@ -10,6 +11,7 @@ from .save_video import WanFlowSaveVideo
 from .vae_nodes import WanFlowVAEDecode, WanFlowVAEEncode
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {
+    "WanFlowModelLoader": WanFlowModelLoader,
     "WanFlowTextEncode": WanFlowTextEncode,
     "WanFlowLoraSelect": WanFlowLoraSelect,
     "WanFlowEmptyVideoLatent": WanFlowEmptyVideoLatent,
@@ -20,6 +22,7 @@ NODE_CLASS_MAPPINGS: dict[str, type] = {
 }
 
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
+    "WanFlowModelLoader": "WanFlow Model Loader",
     "WanFlowTextEncode": "WanFlow Text Encode",
     "WanFlowLoraSelect": "WanFlow LoRA Select",
     "WanFlowEmptyVideoLatent": "WanFlow Empty Video Latent",
