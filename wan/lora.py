@@ -314,16 +314,16 @@ def _store(slot: _Slot, value: torch.Tensor, scale: Optional[torch.Tensor]) -> N
 
 def _bake(baked: _Baked) -> None:
     """Recompute the slot from its backup plus the current strength-weighted deltas."""
-    slot, param = baked.slot, baked.slot.tensor
-    device = param.device
     active = [(s, d) for strength, d in baked.deltas if (s := strength()) != 0]
     _restore(baked)
     if not active:
         return
-    value = ops.dequantize(baked.original.to(device), torch.float32, baked.original_scale)
+    original = baked.slot.tensor  # the backup, back on the model's device
+    scale = None if baked.original_scale is None else baked.original_scale.to(original.device)
+    value = ops.dequantize(original, torch.float32, scale)
     for s, delta in active:
-        value = value + s * delta().to(device).reshape(value.shape)
-    _store(slot, value, None if baked.original_scale is None else baked.original_scale.to(device))
+        value = value + s * delta().to(original.device).reshape(value.shape)
+    _store(baked.slot, value, scale)
 
 
 def _restore(baked: _Baked) -> None:
