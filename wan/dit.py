@@ -124,9 +124,9 @@ PRESETS: dict[str, WanDiTConfig] = {
     "wan2.2-ti2v-5b": WAN22_TI2V_5B,
 }
 
-# Tiny random-weight versions of every variant for tests and CPU smoke runs (head_dim 12: RoPE
-# axes 4/4/4). text_len stays 512 because diffusers hard-codes "last 512 context tokens = text".
-_TINY = dict(dim=48, ffn_dim=64, num_heads=4, num_layers=3, text_dim=32, clip_dim=40)
+# Tiny random-weight versions of every variant for tests and CPU smoke runs (head_dim 16: RoPE
+# axes 8/4/4). text_len stays 512 because diffusers hard-codes "last 512 context tokens = text".
+_TINY = dict(dim=48, ffn_dim=64, num_heads=3, num_layers=3, text_dim=32, clip_dim=40)
 TINY_PRESETS: dict[str, WanDiTConfig] = {
     "t2v": WanDiTConfig(**_TINY, model_type="t2v"),
     "i2v": WanDiTConfig(**_TINY, in_dim=36, model_type="i2v", has_image_input=True),
