@@ -20,9 +20,11 @@ caller, so this module does not depend on a VAE implementation.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence, Union
 
 import torch
+
+VaceContexts = Union[torch.Tensor, Sequence[torch.Tensor], None]
 
 VAE_TEMPORAL_STRIDE = 4
 
@@ -35,8 +37,8 @@ class WanConditioning:
     negative_context: Optional[torch.Tensor] = None
     y: Optional[torch.Tensor] = None
     clip_fea: Optional[torch.Tensor] = None
-    vace_context: Optional[torch.Tensor] = None
-    vace_strength: float = 1.0
+    vace_context: VaceContexts = None          # one [B, 96, F, H, W] tensor or a list (stacked)
+    vace_strength: Union[float, Sequence[float]] = 1.0
     vace_trim_frames: int = 0
     first_frame: Optional[torch.Tensor] = None
     patch_size: tuple[int, int, int] = (1, 2, 2)
@@ -54,14 +56,18 @@ class WanConditioning:
             if self.negative_context.shape[2] != self.context.shape[2]:
                 raise ValueError(f"negative_context width {self.negative_context.shape[2]} != "
                                  f"context width {self.context.shape[2]}")
-        for name in ("y", "vace_context"):
-            value = getattr(self, name)
+        for name, value in [("y", self.y)] + [
+                (f"vace_context[{i}]", v) for i, v in enumerate(self.vace_contexts())]:
             if value is not None:
                 _expect_ndim(name, value, 5)
                 _expect_batch(name, value, batch)
                 if tuple(value.shape[-3:]) != (frames, height, width):
                     raise ValueError(f"{name} has frames/height/width {tuple(value.shape[-3:])}, "
                                      f"expected the latent's {(frames, height, width)}")
+        if not isinstance(self.vace_strength, (int, float)) and \
+                len(list(self.vace_strength)) != len(self.vace_contexts()):
+            raise ValueError(f"vace_strength has {len(list(self.vace_strength))} entries for "
+                             f"{len(self.vace_contexts())} VACE contexts")
         if self.clip_fea is not None:
             _expect_ndim("clip_fea", self.clip_fea, 3)
             _expect_batch("clip_fea", self.clip_fea, batch)
@@ -76,11 +82,24 @@ class WanConditioning:
         if self.vace_trim_frames and self.vace_context is None:
             raise ValueError("vace_trim_frames is set but vace_context is None")
 
-    def to(self, device: torch.device | str) -> "WanConditioning":
+    def vace_contexts(self) -> list[torch.Tensor]:
+        """The VACE contexts as a list (empty without VACE)."""
+        if self.vace_context is None:
+            return []
+        if isinstance(self.vace_context, torch.Tensor):
+            return [self.vace_context]
+        return list(self.vace_context)
+
+    def to(self, device: Union[torch.device, str]) -> "WanConditioning":
         """A copy with every tensor on ``device`` (dtypes kept)."""
-        moved = {name: (value.to(device) if isinstance(value, torch.Tensor) else value)
-                 for name, value in self.__dict__.items()}
-        return WanConditioning(**moved)
+        def move(value):
+            if isinstance(value, torch.Tensor):
+                return value.to(device)
+            if isinstance(value, (list, tuple)) and value and isinstance(value[0], torch.Tensor):
+                return [v.to(device) for v in value]
+            return value
+
+        return WanConditioning(**{name: move(value) for name, value in self.__dict__.items()})
 
     def model_extras(self) -> dict:
         """Keyword inputs of the DiT call shared by cond and uncond passes (None = not used)."""

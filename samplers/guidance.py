@@ -41,8 +41,11 @@ def _pad_tokens(context: torch.Tensor, length: int) -> torch.Tensor:
 
 
 def _repeat_batch(value, times: int = 2):
+    """Tensors (and lists of tensors, e.g. stacked VACE contexts) repeated along the batch."""
     if isinstance(value, torch.Tensor):
         return torch.cat([value] * times, dim=0)
+    if isinstance(value, (list, tuple)) and value and isinstance(value[0], torch.Tensor):
+        return [torch.cat([v] * times, dim=0) for v in value]
     return value
 
 

@@ -90,12 +90,15 @@ class MoESampler:
     ``model(x, t, context, *, y=None, clip_fea=None, vace_context=None, vace_scale=1.0)`` returning
     the velocity). ``device`` is where compute happens (default: where ``high`` is).
     ``batched_cfg=False`` runs cond and uncond as two forwards to save memory.
+    ``compute_dtype``: dtype of the latent handed to the DiT, which computes in that dtype (e.g.
+    ``torch.bfloat16`` on a GPU); the solver state always stays float32.
     """
 
     def __init__(self, high: nn.Module, low: Optional[nn.Module] = None, *,
                  device: Union[str, torch.device, None] = None,
                  offload_device: Union[str, torch.device] = "cpu",
-                 batched_cfg: bool = True) -> None:
+                 batched_cfg: bool = True,
+                 compute_dtype: Optional[torch.dtype] = None) -> None:
         experts = {HIGH: high} if low is None else {HIGH: high, LOW: low}
         if device is None:
             device = (module_device(high) if isinstance(high, nn.Module) else None) or "cpu"
@@ -103,6 +106,7 @@ class MoESampler:
         self.residency = ExpertResidency(experts, self.device, offload_device)
         self.has_low = low is not None
         self.batched_cfg = batched_cfg
+        self.compute_dtype = compute_dtype
 
     def sample(self, noise: torch.Tensor, schedule: Schedule, cond: WanConditioning, *,
                latent: Optional[torch.Tensor] = None, solver: str = "unipc",
@@ -145,7 +149,10 @@ class MoESampler:
             model = self.residency.activate(name)
             t = cond.model_timestep(schedule.timesteps[step], x_t)
             scale = cfg_at(cfg[name], step, where=f"cfg_{name}")
-            velocity = guided_velocity(model, cond.impose_first_frame(x_t), t, cond.context,
+            x_in = cond.impose_first_frame(x_t)
+            if self.compute_dtype is not None:
+                x_in = x_in.to(self.compute_dtype)
+            velocity = guided_velocity(model, x_in, t, cond.context,
                                        cond.negative_context, scale, batched=self.batched_cfg,
                                        extras=extras)
             return x_t - sigmas[step] * velocity.to(x_t.dtype)

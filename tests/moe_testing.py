@@ -49,7 +49,11 @@ class ToyExpert(nn.Module):
         if clip_fea is not None:
             out = out + 0.1 * clip_fea.mean(dim=(1, 2)).view(batch, 1, 1, 1, 1)
         if vace_context is not None:
-            out = out + 0.1 * vace_scale * vace_context.mean(dim=1, keepdim=True)
+            contexts = [vace_context] if torch.is_tensor(vace_context) else list(vace_context)
+            scales = [vace_scale] * len(contexts) if isinstance(vace_scale, (int, float)) \
+                else list(vace_scale)
+            for context_j, scale_j in zip(contexts, scales):
+                out = out + 0.1 * scale_j * context_j.mean(dim=1, keepdim=True)
         return out.float()
 
 

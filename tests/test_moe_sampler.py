@@ -352,6 +352,39 @@ def test_vace_context_strength_and_trim():
     assert result.latent.shape == (1, 4, LATENT[2] - 1, 4, 4)
 
 
+def test_stacked_vace_contexts_go_to_both_cfg_passes():
+    contexts = [torch.randn(1, 96, *LATENT[2:]), torch.randn(1, 96, *LATENT[2:])]
+    cond = WanConditioning(context=text(1), negative_context=text(2), vace_context=contexts,
+                           vace_strength=[1.0, 0.5])
+    model = ToyExpert(0)
+    MoESampler(model).sample(noise(), S.comfy_simple(2, 5.0), cond, cfg_high=5.0)
+    sent = model.calls[0]["vace_context"]
+    assert len(sent) == 2 and sent[0].shape[0] == 2 and model.calls[0]["vace_scale"] == [1.0, 0.5]
+    with pytest.raises(ValueError, match="vace_strength has 1 entries for 2"):
+        WanConditioning(context=text(1), vace_context=contexts, vace_strength=[1.0]).validate(noise())
+
+
+def test_compute_dtype_reaches_the_dit_and_solver_state_stays_float32():
+    from dit_testing import randomize_
+    from wanflow.wan.dit import TINY_PRESETS, WanDiT
+
+    cfg = TINY_PRESETS["t2v"]
+    model = WanDiT(cfg).eval()
+    randomize_(model, seed=0)
+    dtypes = []
+    model.register_forward_pre_hook(lambda m, args: dtypes.append(args[0].dtype))
+    latent = seeded_noise((1, 16, 2, 4, 4), 0)
+    cond = WanConditioning(context=torch.randn(1, 7, cfg.text_dim),
+                           negative_context=torch.randn(1, 7, cfg.text_dim))
+    schedule = S.official_unipc(6, 5.0)
+    with torch.no_grad():
+        full = MoESampler(model).sample(latent, schedule, cond).latent
+        half = MoESampler(model, compute_dtype=torch.bfloat16).sample(latent, schedule, cond).latent
+    assert dtypes[:6] == [torch.float32] * 6 and dtypes[6:] == [torch.bfloat16] * 6
+    assert half.dtype == torch.float32
+    assert (half - full).abs().max() < 0.1 * full.abs().max()
+
+
 def test_bad_conditioning_is_named():
     with pytest.raises(ValueError, match="y has frames"):
         WanConditioning(context=text(1), y=torch.zeros(1, 20, 2, 4, 4)).validate(noise())
