@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Callable, Optional
 
+import pytest
 import torch
 from safetensors.torch import save_file
 
@@ -283,3 +284,15 @@ def write(format_name: str, task: str, folder: Path, seed: int = 0,
     model = model if model is not None else reference_model(task, seed)
     folder.mkdir(parents=True, exist_ok=True)
     return ALL_FORMATS[format_name](official_state_dict(model), model.config, folder)
+
+
+# --------------------------------------------------------------------------- test speed
+
+
+@pytest.fixture(scope="module", autouse=False)
+def single_thread():
+    """Tiny models run faster on one thread (no spinning on a shared 2-core machine)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

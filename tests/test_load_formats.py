@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import checkpoint_fixtures as fx
+from checkpoint_fixtures import single_thread  # noqa: F401  (fixture)
 from wanflow.model_loaders.dit_loader import load_dit
 from wanflow.model_loaders.files import PickleFile, SafetensorsFile
 from wanflow.wan import ops
@@ -22,6 +23,7 @@ LOSSLESS_CASES = ([(fmt, task) for fmt in fx.LOSSLESS_FORMATS for task in EXTRA_
                   + [(fmt, task) for fmt in ("comfy_bf16", "diffusers_folder") for task in OTHER_TASKS])
 FP8_CASES = ([(fmt, task) for fmt in fx.FP8_FORMATS for task in EXTRA_KEY_TASKS]
              + [("comfy_fp8_scaled", task) for task in OTHER_TASKS])
+pytestmark = pytest.mark.usefixtures("single_thread")
 FP8_TOLERANCE = 0.08  # relative L2 error of the velocity, fp8 weights vs the bf16 reference
 
 
