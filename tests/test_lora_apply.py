@@ -272,3 +272,22 @@ def test_meta_built_model_with_assigned_weights(spec, inputs):
     with one_lora_stack(write_comfyui_ab(spec)).apply(model, "high"):
         out = run(model, inputs)
     torch.testing.assert_close(out, run(patched_copy(source, spec), inputs), rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("mode", ["unmerged", "merged"])
+def test_conv_patch_embedding_lora_is_baked(model, inputs, mode):
+    """A LoRA on the Conv3d patch embedding (no run-time adapter slot) is baked in both modes."""
+    gen = torch.Generator().manual_seed(7)
+    weight = model.patch_embedding.weight  # [48, 16, 1, 2, 2]
+    down = torch.randn(2, *weight.shape[1:], generator=gen) * 0.1
+    up = torch.randn(weight.shape[0], 2, 1, 1, 1, generator=gen) * 0.1
+    sd = {"diffusion_model.patch_embedding.lora_down.weight": down,
+          "diffusion_model.patch_embedding.lora_up.weight": up,
+          "diffusion_model.patch_embedding.alpha": torch.tensor(1.0)}
+    delta = (up.flatten(1) @ down.flatten(1)).reshape(weight.shape) * 0.5
+    truth = add_to_copy(model, {"patch_embedding.weight": delta}, 0.8)
+    before = snapshot(model)
+    with one_lora_stack(sd, 0.8).apply(model, "high", mode=mode):
+        out = run(model, inputs)
+    assert_bit_equal(model, before)
+    torch.testing.assert_close(out, run(truth, inputs), rtol=0, atol=ATOL)
