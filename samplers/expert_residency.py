@@ -53,8 +53,9 @@ class ExpertResidency:
         if name not in self.experts:
             raise KeyError(f"unknown expert {name!r}; have {sorted(self.experts)}")
         if self.active != name:
-            for other in self.experts:
-                if other != name:
+            target = self.experts[name]
+            for other, module in self.experts.items():
+                if other != name and module is not target:   # same module wired twice
                     self._move(other, self.offload_device)
             self._move(name, self.device)
             self.active = name
@@ -71,10 +72,13 @@ class ExpertResidency:
         if where is None or _same_device(where, target):
             return
         start = time.perf_counter()
-        self.experts[name].to(target)
+        module = self.experts[name]
+        module.to(target)
         _synchronize(target, where)
         seconds = time.perf_counter() - start
-        self.location[name] = target
+        for alias, other in self.experts.items():
+            if other is module:
+                self.location[alias] = target
         self.move_seconds.append((name, str(target), seconds))
         logger.info("moved expert %s from %s to %s in %.3f s", name, where, target, seconds)
 

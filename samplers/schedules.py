@@ -122,6 +122,12 @@ def comfy_simple(steps: int, shift: float) -> Schedule:
     return Schedule(sigmas, sigmas[:-1] * NUM_TRAIN_TIMESTEPS, "simple")
 
 
+def distill_step_list(steps: int) -> tuple[int, ...]:
+    """Evenly spaced training timesteps from 1000 down: (1000, 750, 500, 250) for 4 steps."""
+    _check_steps_shift(steps, 1.0, "distill_step_list")
+    return tuple(int(round(NUM_TRAIN_TIMESTEPS * (1 - i / steps))) for i in range(steps))
+
+
 def distilled(step_list: Sequence[int] = DISTILL_STEP_LIST, shift: float = DISTILL_SHIFT) -> Schedule:
     """The schedule the 4-step lightx2v / Lightning LoRAs were distilled with.
 
@@ -159,7 +165,7 @@ def from_sigmas(sigmas: Sequence[float] | torch.Tensor, *, integer_timesteps: bo
 
 ScheduleBuilder = Callable[[int, float], Schedule]
 
-# Names the nodes and the runner offer. "distilled" ignores steps/shift beyond its step list.
+# Names the nodes and the runner offer; build_schedule also takes "distilled".
 SCHEDULES: dict[str, ScheduleBuilder] = {
     "unipc": official_unipc,
     "dpm++": official_dpmpp,
@@ -172,12 +178,16 @@ def build_schedule(name: str, steps: int, shift: float, denoise: float = 1.0) ->
 
     ``denoise < 1`` follows ComfyUI: build ``int(steps / denoise)`` steps and keep the last
     ``steps``, so the run starts at the matching lower sigma (video-to-video).
+
+    ``"distilled"`` always uses the shift the distilled LoRAs were trained with (5.0), whatever
+    ``shift`` says, over :func:`distill_step_list` (``steps=4`` is exactly LightX2V's list); call
+    :func:`distilled` directly for another shift or step list.
     """
     if name == "distilled":
         if denoise != 1.0:
             raise ValueError("build_schedule: the distilled schedule has a fixed step list; "
                              f"denoise must be 1.0, got {denoise}")
-        return distilled(shift=shift)
+        return distilled(distill_step_list(steps), DISTILL_SHIFT)
     if name not in SCHEDULES:
         raise ValueError(f"build_schedule: unknown schedule {name!r}; expected one of "
                          f"{sorted(SCHEDULES) + ['distilled']}")

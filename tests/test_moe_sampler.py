@@ -277,6 +277,13 @@ def test_residency_offload_all_and_unknown_expert():
         residency.activate("middle")
 
 
+def test_same_module_as_both_experts_is_not_bounced():
+    model = RecordingExpert(0, "both")
+    sampler = MoESampler(model, model, device="cpu", offload_device="meta")
+    result = sampler.sample(noise(), S.official_unipc(10, 12.0), t2v_cond())
+    assert result.steps_per_expert["low"] > 0 and model.to_calls == []
+
+
 def test_sampling_moves_modules_in_place_without_copies():
     """Same parameter tensors before and after (no deepcopy, no side copies) on CPU."""
     high, low = ToyExpert(0), ToyExpert(1)

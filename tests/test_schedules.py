@@ -92,6 +92,15 @@ def test_distilled_schedule_is_lightx2v_step_list_at_shift_5():
     assert torch.allclose(s.sigmas, S.comfy_simple(4, 5.0).sigmas, atol=1e-6)
 
 
+def test_build_distilled_uses_the_distillation_shift_and_even_step_lists():
+    assert torch.equal(S.build_schedule("distilled", 4, 12.0).sigmas, S.distilled().sigmas)
+    assert S.distill_step_list(4) == (1000, 750, 500, 250)
+    assert S.distill_step_list(8)[:3] == (1000, 875, 750)
+    assert S.build_schedule("distilled", 8, 5.0).steps == 8
+    with pytest.raises(ValueError, match="denoise"):
+        S.build_schedule("distilled", 4, 5.0, denoise=0.5)
+
+
 def test_user_sigma_list():
     s = S.from_sigmas([1.0, 0.75, 0.5, 0.0])
     assert s.steps == 3 and s.timesteps.tolist() == [1000.0, 750.0, 500.0]
