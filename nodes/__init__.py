@@ -2,6 +2,7 @@
 
 Every node lives in the "WanFlow" menu; ``NODE_CLASS_MAPPINGS`` is what ComfyUI reads.
 """
+from .image_to_video import WanFlowImageToVideo
 from .latent_nodes import WanFlowEmptyVideoLatent
 from .loader_nodes import WanFlowModelLoader
 from .lora_nodes import WanFlowLoraSelect
@@ -15,6 +16,7 @@ NODE_CLASS_MAPPINGS: dict[str, type] = {
     "WanFlowTextEncode": WanFlowTextEncode,
     "WanFlowLoraSelect": WanFlowLoraSelect,
     "WanFlowEmptyVideoLatent": WanFlowEmptyVideoLatent,
+    "WanFlowImageToVideo": WanFlowImageToVideo,
     "WanFlowMoESampler": WanFlowMoESampler,
     "WanFlowVAEDecode": WanFlowVAEDecode,
     "WanFlowVAEEncode": WanFlowVAEEncode,
@@ -26,6 +28,7 @@ NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
     "WanFlowTextEncode": "WanFlow Text Encode",
     "WanFlowLoraSelect": "WanFlow LoRA Select",
     "WanFlowEmptyVideoLatent": "WanFlow Empty Video Latent",
+    "WanFlowImageToVideo": "WanFlow Image to Video",
     "WanFlowMoESampler": "WanFlow MoE Sampler",
     "WanFlowVAEDecode": "WanFlow VAE Decode",
     "WanFlowVAEEncode": "WanFlow VAE Encode",

@@ -31,3 +31,11 @@ class TextEncoderHandle:
     tokenizer: object  # wan.tokenizer.UMT5Tokenizer
     on_cpu: bool = False
     path: str = ""
+
+
+@dataclass
+class ClipVisionHandle:
+    """WANFLOW_CLIP_VISION: the CLIP ViT-H/14 image tower used by Wan 2.1 I2V and FLF2V."""
+
+    tower: nn.Module
+    path: str = ""

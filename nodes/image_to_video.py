@@ -1,0 +1,141 @@
+"""Image-to-video node: the conditioning the model needs for a start (and optional end) image.
+
+Which conditioning is built is read from the loaded model:
+- Wan 2.1 I2V / FLF2V (CLIP branch): mask + image latent ``y`` and CLIP features of the image(s);
+- Wan 2.2 I2V-A14B: mask + image latent ``y`` only;
+- Wan 2.2 TI2V-5B: the clean first-frame latent (per-token timesteps in the sampler).
+The builders are samplers/conditioning.py's; this node sizes the images and picks the recipe.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..samplers.conditioning import WanConditioning, encode_first_frame, encode_i2v_condition
+from ..wan.clip_vision import preprocess as clip_preprocess
+from . import comfy_adapter
+from .handles import ClipVisionHandle, ModelHandle
+from .latent_nodes import DIT_PATCH
+from .sampler_nodes import STATS_BY_CHANNELS
+from .types import CATEGORY, CLIP_VISION, CONDITIONING, IMAGE, LATENT, MODEL, VAE
+
+
+def fit_image(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """First frame of an IMAGE as ``[1, 3, H, W]`` in [-1, 1]: scaled to cover, centre-cropped.
+
+    An image already at the target size is passed through untouched; resizing is bicubic as in
+    the official I2V code.
+    """
+    x = image[:1, ..., :3].permute(0, 3, 1, 2).float() * 2.0 - 1.0
+    h, w = x.shape[2:]
+    if (h, w) == (height, width):
+        return x
+    scale = max(height / h, width / w)
+    new_h, new_w = max(height, round(h * scale)), max(width, round(w * scale))
+    x = F.interpolate(x, size=(new_h, new_w), mode="bicubic", align_corners=False).clamp(-1, 1)
+    top, left = (new_h - height) // 2, (new_w - width) // 2
+    return x[:, :, top:top + height, left:left + width]
+
+
+def check_size(model: ModelHandle, vae, width: int, height: int, length: int, what: str) -> None:
+    """Clear errors for sizes the model cannot take (no silent rounding where an image is involved)."""
+    multiple = vae.spatial_factor * DIT_PATCH
+    if width % multiple or height % multiple:
+        raise ValueError(f"{what}: {width}x{height} does not fit {model.variant.name}: width and height must be "
+                         f"multiples of {multiple} (e.g. {max(multiple, width // multiple * multiple)}x"
+                         f"{max(multiple, height // multiple * multiple)})")
+    if (length - 1) % vae.temporal_factor:
+        raise ValueError(f"{what}: length {length} is not 4n+1 (e.g. 81)")
+    if vae.z_dim != model.variant.config.out_dim:
+        raise ValueError(f"{what}: the VAE makes {vae.z_dim}-channel latents but {model.variant.name} needs "
+                         f"{model.variant.config.out_dim} (TI2V-5B: Wan 2.2 VAE; others: Wan 2.1 VAE)")
+
+
+def latent_encoder(vae):
+    """Pixels ``[B, 3, F, H, W]`` in [-1, 1] → normalised latents, on the VAE's device and dtype."""
+    stats = STATS_BY_CHANNELS[vae.z_dim]
+    parameter = next(vae.parameters())
+
+    def encode(pixels: torch.Tensor) -> torch.Tensor:
+        raw = vae.encode(pixels.to(parameter.device, parameter.dtype)).float()
+        return stats.normalize(raw).to(comfy_adapter.offload_device())
+
+    return encode
+
+
+class WanFlowImageToVideo:
+    DESCRIPTION = ("Start (and optional end) image conditioning, chosen from the model: Wan 2.1 I2V/FLF2V "
+                   "(CLIP + image latent), Wan 2.2 I2V-A14B (image latent) or TI2V-5B (first-frame latent).")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (CONDITIONING, LATENT)
+    RETURN_NAMES = ("conditioning", "latent")
+    FUNCTION = "build"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "model": (MODEL, {"tooltip": "The I2V / TI2V model (the high-noise expert for Wan 2.2 A14B); "
+                                             "decides which conditioning is built."}),
+                "conditioning": (CONDITIONING, {"tooltip": "Text conditioning from WanFlow Text Encode."}),
+                "vae": (VAE, {"tooltip": "Wan 2.1 VAE (14B models) or Wan 2.2 VAE (TI2V-5B)."}),
+                "start_image": (IMAGE, {"tooltip": "First frame of the video; scaled to cover the size and "
+                                                   "centre-cropped."}),
+                "width": ("INT", {"default": 832, "min": 16, "max": 4096, "step": 16, "tooltip":
+                          "Video width; a multiple of 16 (32 for TI2V-5B)."}),
+                "height": ("INT", {"default": 480, "min": 16, "max": 4096, "step": 16, "tooltip":
+                           "Video height; a multiple of 16 (32 for TI2V-5B)."}),
+                "length": ("INT", {"default": 81, "min": 1, "max": 1601, "step": 4, "tooltip":
+                           "Frames, 4n+1 (81 at 16 fps; TI2V-5B: 121 at 24 fps)."}),
+            },
+            "optional": {
+                "end_image": (IMAGE, {"tooltip": "Last frame (first-last-frame models, e.g. Wan 2.1 FLF2V)."}),
+                "clip_vision": (CLIP_VISION, {"tooltip": "CLIP vision model; required by Wan 2.1 I2V and FLF2V, "
+                                                         "not used by Wan 2.2."}),
+            },
+        }
+
+    def build(self, model: ModelHandle, conditioning: WanConditioning, vae, start_image: torch.Tensor,
+              width: int, height: int, length: int, end_image: Optional[torch.Tensor] = None,
+              clip_vision: Optional[ClipVisionHandle] = None) -> tuple:
+        what = "image-to-video"
+        check_size(model, vae, width, height, length, what)
+        config = model.variant.config
+        start = fit_image(start_image, width, height)
+        end = fit_image(end_image, width, height) if end_image is not None else None
+        latent_shape = vae.latent_shape((1, 3, length, height, width))
+        with comfy_adapter.model_on_compute_device(vae):
+            encode = latent_encoder(vae)
+            if config.in_dim == config.out_dim:  # TI2V-5B: the first frame rides in the latent itself
+                if config.model_type != "ti2v":
+                    raise ValueError(f"{what}: {model.variant.name} is a text-to-video model and takes no image; "
+                                     "load a Wan I2V, FLF2V or TI2V model")
+                if end is not None:
+                    raise ValueError(f"{what}: {model.variant.name} takes a start image only, not an end image")
+                cond = dataclasses.replace(conditioning, first_frame=encode_first_frame(encode, start))
+            else:
+                y = encode_i2v_condition(encode, start, length, end)
+                cond = dataclasses.replace(conditioning, y=y,
+                                           clip_fea=self._clip_features(model, clip_vision, start, end))
+        latent = torch.zeros(latent_shape, device=comfy_adapter.offload_device())
+        return (cond, {"samples": latent})
+
+    @staticmethod
+    def _clip_features(model: ModelHandle, clip_vision: Optional[ClipVisionHandle], start: torch.Tensor,
+                       end: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """CLIP tokens for models with the image branch: ``[1, 257, 1280]``, or 514 with an end image."""
+        if not model.variant.config.has_image_input:
+            return None
+        if clip_vision is None:
+            raise ValueError(f"image-to-video: {model.variant.name} needs CLIP vision features: connect a "
+                             "WanFlow CLIP Vision Loader (clip_vision_h.safetensors)")
+        images = start if end is None else torch.cat([start, end])
+        tower = clip_vision.tower
+        dtype = next(tower.parameters()).dtype
+        with comfy_adapter.model_on_compute_device(tower) as device, torch.no_grad():
+            pixels = clip_preprocess(images, size=tower.config.image_size)
+            features = tower(pixels.to(device, dtype)).float()
+        return features.reshape(1, -1, features.shape[-1]).to(comfy_adapter.offload_device())

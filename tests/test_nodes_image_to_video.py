@@ -1,0 +1,113 @@
+"""Image-to-video node: the right conditioning per model, equal to the samplers/ builders, and sampling runs."""
+import pytest
+import torch
+
+from wanflow.model_loaders.detect import WanVariant, official_defaults
+from wanflow.nodes import comfy_adapter as ca
+from wanflow.nodes.handles import ClipVisionHandle, ModelHandle
+from wanflow.nodes.image_to_video import WanFlowImageToVideo, fit_image
+from wanflow.nodes.sampler_nodes import WanFlowMoESampler
+from wanflow.samplers.conditioning import WanConditioning, encode_first_frame, encode_i2v_condition
+from wanflow.wan.clip_vision import CLIPVisionConfig, CLIPVisionTower, preprocess
+from wanflow.wan.dit import TINY_PRESETS, WanDiT
+from wanflow.wan.latent_stats import WAN21, WAN22
+from wanflow.wan.vae2_1 import TINY_WAN21_VAE, WanVAE21
+from wanflow.wan.vae2_2 import TINY_WAN22_VAE, WanVAE22
+
+TINY_CLIP = CLIPVisionConfig(image_size=28, patch_size=14, dim=40, num_layers=2, num_heads=2, embed_dim=8)
+
+
+def handle(preset, family, task):
+    torch.manual_seed(0)
+    config = TINY_PRESETS[preset]
+    return ModelHandle(WanDiT(config).eval(), WanVariant(family, task, "tiny", None, config,
+                                                         official_defaults(family, task, "14B")))
+
+
+@pytest.fixture(scope="module")
+def vaes():
+    torch.manual_seed(0)
+    return WanVAE21(TINY_WAN21_VAE).eval(), WanVAE22(TINY_WAN22_VAE).eval()
+
+
+@pytest.fixture(scope="module")
+def clip():
+    torch.manual_seed(0)
+    return ClipVisionHandle(CLIPVisionTower(TINY_CLIP).eval())
+
+
+def text():
+    return WanConditioning(context=torch.randn(1, 4, 32), negative_context=torch.zeros(1, 4, 32))
+
+
+def image(h=16, w=16, seed=1):
+    return torch.rand(1, h, w, 3, generator=torch.Generator().manual_seed(seed))
+
+
+def build(model, vae, start, width=16, height=16, length=5, **optional):
+    return WanFlowImageToVideo().build(model, text(), vae, start, width, height, length, **optional)
+
+
+def test_wan22_i2v_builds_y_only(vaes):
+    vae21, _ = vaes
+    model = handle("i2v-2.2", "2.2", "i2v")
+    start = image()
+    cond, latent = build(model, vae21, start)
+    expected = encode_i2v_condition(lambda px: WAN21.normalize(vae21.encode(px)), start.permute(0, 3, 1, 2) * 2 - 1, 5)
+    torch.testing.assert_close(cond.y, expected)
+    assert cond.y.shape == (1, 20, 2, 2, 2) and cond.clip_fea is None
+    assert latent["samples"].shape == (1, 16, 2, 2, 2)
+    (out,) = WanFlowMoESampler().sample(model, cond, latent, 0, 2, 5.0, "euler", "simple", 3.5, 3.5, 0.0, 1.0)
+    assert out["samples"].shape == (1, 16, 2, 2, 2) and torch.isfinite(out["samples"]).all()
+
+
+def test_wan21_i2v_and_flf2v_add_clip_features(vaes, clip):
+    vae21, _ = vaes
+    start, end = image(seed=1), image(seed=2)
+    cond, _ = build(handle("i2v", "2.1", "i2v"), vae21, start, clip_vision=clip)
+    px = start.permute(0, 3, 1, 2) * 2 - 1
+    torch.testing.assert_close(cond.clip_fea, clip.tower(preprocess(px, size=28)))
+    assert cond.clip_fea.shape == (1, 5, 40)
+    flf = handle("flf2v", "2.1", "flf2v")
+    cond, latent = build(flf, vae21, start, end_image=end, clip_vision=clip)
+    assert cond.clip_fea.shape == (1, 10, 40)
+    assert cond.y[0, :4, -1].sum() > 0  # the last latent frame is marked known
+    (out,) = WanFlowMoESampler().sample(flf, cond, latent, 0, 2, 16.0, "euler", "simple", 5.0, 5.0, 0.0, 1.0)
+    assert torch.isfinite(out["samples"]).all()
+    with pytest.raises(ValueError, match="needs CLIP vision features"):
+        build(handle("i2v", "2.1", "i2v"), vae21, start)
+
+
+def test_ti2v_first_frame(vaes):
+    _, vae22 = vaes
+    model = handle("ti2v", "2.2", "ti2v")
+    start = image(32, 32)
+    cond, latent = build(model, vae22, start, 32, 32, 5)
+    expected = encode_first_frame(lambda px: WAN22.normalize(vae22.encode(px)), start.permute(0, 3, 1, 2) * 2 - 1)
+    torch.testing.assert_close(cond.first_frame, expected)
+    assert cond.y is None and latent["samples"].shape == (1, 48, 2, 2, 2)
+    (out,) = WanFlowMoESampler().sample(model, cond, latent, 0, 2, 5.0, "unipc", "unipc", 5.0, 5.0, 0.0, 1.0)
+    torch.testing.assert_close(WAN22.normalize(out["samples"])[:, :, :1], expected, atol=1e-4, rtol=1e-4)
+
+
+def test_clear_errors(vaes):
+    vae21, vae22 = vaes
+    with pytest.raises(ValueError, match="does not fit .* multiples of 16"):
+        build(handle("i2v-2.2", "2.2", "i2v"), vae21, image(), width=24)
+    with pytest.raises(ValueError, match="multiples of 32"):
+        build(handle("ti2v", "2.2", "ti2v"), vae22, image(), 16, 16)
+    with pytest.raises(ValueError, match="takes no image"):
+        build(handle("t2v", "2.2", "t2v"), vae21, image())
+    with pytest.raises(ValueError, match="needs 48"):
+        build(handle("ti2v", "2.2", "ti2v"), vae21, image(32, 32), 32, 32)
+    with pytest.raises(ValueError, match="4n\\+1"):
+        build(handle("i2v-2.2", "2.2", "i2v"), vae21, image(), length=6)
+
+
+def test_fit_image_covers_and_crops():
+    wide = torch.zeros(1, 10, 40, 3)
+    wide[:, :, 18:22] = 1.0  # a bright centre band, dark elsewhere
+    fitted = fit_image(wide, 16, 16)
+    assert fitted.shape == (1, 3, 16, 16) and fitted.max() > 0.9 and fitted.min() < -0.9
+    same = image(16, 32)
+    torch.testing.assert_close(fit_image(same, 32, 16), same.permute(0, 3, 1, 2) * 2 - 1)
