@@ -212,7 +212,7 @@ class PickleFile:
         except pickle.UnpicklingError as exc:
             message = str(exc)
             if "Weights only load failed" in message or "Unsupported global" in message:
-                found = re.search(r"Unsupported global: ([^\s]+)", message)
+                found = re.search(r"Unsupported global: (?:GLOBAL )?([^\s]+)", message)
                 what = f"it references {found.group(1)}" if found else "it needs arbitrary code"
                 raise UnsafeCheckpointError(
                     f"{self.path}: refused to unpickle: {what}, which torch.load(weights_only=True) "
