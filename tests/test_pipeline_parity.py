@@ -179,3 +179,43 @@ def test_ti2v_matches_pipeline_with_expand_timesteps():
     assert result.steps_per_expert == {"high": steps}
     assert torch.equal(result.latent[:, :, :1], first)
     assert max_diff(result.latent, expected) <= TOL
+
+
+@pytest.mark.parametrize("kind", ["i2v", "flf2v"])
+def test_wan21_i2v_and_flf2v_with_clip_match_the_pipeline(kind):
+    """Wan 2.1 I2V / FLF2V: concat condition (first, or first and last frame) plus CLIP tokens."""
+    cfg = TINY_PRESETS[kind]
+    model, model_ref = diffusers_twin(cfg, seed=14)
+    vae, vae_ref = vae_pair(WanVAE21, TINY_WAN21_VAE, seed=15)
+    steps, shift, frames, height, width = 12, 5.0, 9, 32, 32
+    g = torch.Generator().manual_seed(16)
+    image = torch.rand(1, 3, height, width, generator=g)
+    last = torch.rand(1, 3, height, width, generator=g) if kind == "flf2v" else None
+    clip_fea = torch.randn(1, cfg.flf_pos_len or 257, cfg.clip_dim, generator=g)
+    latents = seeded_noise((1, 16, 3, height // 8, width // 8), seed=17)
+    positive, negative = prompt_pair(cfg, seed=18)
+
+    pipe = diffusers.WanImageToVideoPipeline(
+        tokenizer=None, text_encoder=None, vae=vae_ref, scheduler=parity_scheduler("unipc", shift),
+        image_processor=None, image_encoder=None, transformer=model_ref)
+    # The CLIP vision tower has its own parity test; here both sides get the same CLIP tokens
+    # (diffusers refuses image and image_embeds together, so its encoder step returns them;
+    # for FLF2V it returns one row per image and the transformer joins them: 2 × 5 = 10 tokens).
+    per_image = clip_fea.reshape(2, -1, cfg.clip_dim) if kind == "flf2v" else clip_fea
+    pipe.encode_image = lambda images, device=None: per_image
+    with torch.no_grad():
+        expected = pipe(image=image, last_image=last,
+                        prompt_embeds=positive, negative_prompt_embeds=negative, latents=latents,
+                        height=height, width=width, num_frames=frames, num_inference_steps=steps,
+                        guidance_scale=5.0, output_type="latent").frames
+
+        def encode(pixels):
+            return latent_stats.normalize(vae.encode(pixels), "2.1")
+
+        y = encode_i2v_condition(encode, image * 2 - 1, frames,
+                                 None if last is None else last * 2 - 1)
+        result = MoESampler(model).sample(
+            latents, S.official_unipc(steps, shift),
+            WanConditioning(context=positive, negative_context=negative, y=y, clip_fea=clip_fea),
+            cfg_high=5.0)
+    assert max_diff(result.latent, expected) <= TOL
