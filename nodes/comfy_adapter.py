@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 
@@ -127,6 +127,19 @@ def text_encoder_device(on_cpu: bool = False) -> torch.device:
     return compute_device()
 
 
+def inference_dtype(device: Optional[torch.device] = None) -> torch.dtype:
+    """Dtype the DiT computes in: bf16 on GPUs that support it, else fp16; float32 on the CPU."""
+    device = device or compute_device()
+    if device.type == "cpu":
+        return torch.float32
+    if in_comfyui():
+        mm = _comfy_module("comfy.model_management")
+        return torch.bfloat16 if mm.should_use_bf16(device) else torch.float16
+    if device.type == "cuda" and torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16
+
+
 @contextmanager
 def model_on_compute_device(module: torch.nn.Module) -> Iterator[torch.device]:
     """Run a block with ``module`` on the compute device, then move it back to the offload device.
@@ -227,6 +240,21 @@ class Progress:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def latent_previewer(channels: int) -> Optional[Callable[[torch.Tensor], Any]]:
+    """Inside ComfyUI: x0 (normalised latent) -> a preview image for the progress bar, following the
+    user's preview setting (Wan 2.1 / 2.2 latent formats). None outside ComfyUI or when disabled."""
+    if not in_comfyui():
+        return None
+    previews, formats = _comfy_module("latent_preview"), _comfy_module("comfy.latent_formats")
+    if previews is None or formats is None:
+        return None
+    latent_format = formats.Wan22() if channels == 48 else formats.Wan21()
+    previewer = previews.get_previewer(compute_device(), latent_format)
+    if previewer is None:
+        return None
+    return lambda x0: previewer.decode_latent_to_preview_image("JPEG", x0)
 
 
 _progress_enabled = True

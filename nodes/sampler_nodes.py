@@ -80,7 +80,8 @@ class WanFlowMoESampler:
         cond = _match_batch(conditioning, raw.shape[0])
         device = comfy_adapter.compute_device()
         sampler = MoESampler(model_high.model, model_low.model if model_low is not None else None,
-                             device=device, offload_device=comfy_adapter.offload_device())
+                             device=device, offload_device=comfy_adapter.offload_device(),
+                             compute_dtype=comfy_adapter.inference_dtype(device))
         auto_boundary = getattr(model_high.variant.defaults, "boundary", None)
         with ExitStack() as cleanup, comfy_adapter.Progress(schedule.steps, "sampling") as bar:
             cleanup.enter_context(use_backend(model_high.attention))
@@ -89,7 +90,9 @@ class WanFlowMoESampler:
                 for expert, model in (("high", model_high), ("low", model_low)):
                     if model is not None:
                         cleanup.callback(stack.apply(model.model, expert).remove)
+            previewer = comfy_adapter.latent_previewer(raw.shape[1])
             hooks = SamplerHooks(progress=lambda done, total: bar.update(done - bar.value),
+                                 preview=(lambda step, x0: bar.update(0, preview=previewer(x0))) if previewer else None,
                                  interrupt=_interrupt_requested)
             try:
                 result = sampler.sample(noise, schedule, cond, latent=start, solver=solver, cfg_high=cfg_high,
