@@ -19,11 +19,13 @@ from .noise import noised_start, seeded_noise
 from .schedules import (SCHEDULES, Schedule, build_schedule, comfy_simple, distilled, from_sigmas,
                         official_dpmpp, official_unipc, switch_step_for_boundary)
 from .solvers import SOLVERS, get_solver
+from .vace_conditioning import build_vace_context, fit_reference, vace_mask_channels
 
 __all__ = [
     "WanConditioning", "encode_first_frame", "encode_i2v_condition", "i2v_condition", "i2v_mask",
     "i2v_pixel_video", "ExpertResidency", "DEFAULT_BOUNDARY", "MoESampler", "SamplerHooks",
     "SamplingInterrupted", "SamplingResult", "noised_start", "seeded_noise", "SCHEDULES",
     "Schedule", "build_schedule", "comfy_simple", "distilled", "from_sigmas", "official_dpmpp",
-    "official_unipc", "switch_step_for_boundary", "SOLVERS", "get_solver",
+    "official_unipc", "switch_step_for_boundary", "SOLVERS", "get_solver", "build_vace_context",
+    "fit_reference", "vace_mask_channels",
 ]

@@ -411,3 +411,20 @@ def test_i2v_mask_layout():
     assert y.shape == (1, 20, 3, 2, 3)
     with pytest.raises(ValueError, match="4n\\+1"):
         i2v_mask(8, 2, 3)
+
+
+def test_vace_reference_letterbox_and_mask_folding():
+    from wanflow.samplers.vace_conditioning import build_vace_context, fit_reference, \
+        vace_mask_channels
+
+    ref = torch.full((1, 3, 16, 16), -1.0)
+    boxed = fit_reference(ref, 16, 32)                     # square into a wide frame
+    assert boxed.shape == (1, 3, 16, 32)
+    assert torch.all(boxed[..., :8] == 1) and torch.all(boxed[..., 8:24] == -1)
+    mask = torch.zeros(1, 1, 5, 16, 16)
+    mask[..., 0::8, 1::8] = 1                              # pixel (row 0, col 1) of each 8x8 cell
+    folded = vace_mask_channels(mask, 2)
+    assert folded.shape == (1, 64, 2, 2, 2)
+    assert torch.all(folded[:, 1] == 1) and folded.sum() == 1 * 2 * 2 * 2
+    with pytest.raises(ValueError, match="4n\\+1"):
+        build_vace_context(lambda px: px, num_frames=6, height=16, width=16)

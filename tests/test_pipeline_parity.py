@@ -219,3 +219,63 @@ def test_wan21_i2v_and_flf2v_with_clip_match_the_pipeline(kind):
             WanConditioning(context=positive, negative_context=negative, y=y, clip_fea=clip_fea),
             cfg_high=5.0)
     assert max_diff(result.latent, expected) <= TOL
+
+
+def _pil_and_tensor(array: np.ndarray):
+    """A PIL image for diffusers and the same pixels as a [1, 3, H, W] tensor in [−1, 1] for us."""
+    from PIL import Image
+
+    tensor = torch.from_numpy(array.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
+    return Image.fromarray(array), tensor * 2 - 1
+
+
+@pytest.mark.parametrize("mode", ["reference", "control"])
+def test_vace_matches_wan_vace_pipeline(mode):
+    """VACE R2V (one letterboxed reference, trimmed after sampling) and control video + mask."""
+    import dataclasses
+
+    from wanflow.samplers.vace_conditioning import build_vace_context
+
+    cfg = dataclasses.replace(TINY_PRESETS["vace"], vace_in_dim=96)   # 2×16 latent + 64 mask
+    model, model_ref = diffusers_twin(cfg, seed=19)
+    vae, vae_ref = vae_pair(WanVAE21, TINY_WAN21_VAE, seed=20)
+    steps, shift, frames, height, width, strength = 10, 5.0, 5, 32, 48, 0.7
+    rng = np.random.default_rng(21)
+    kwargs, ours = {}, {}
+    if mode == "reference":
+        pil, tensor = _pil_and_tensor(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8))
+        kwargs["reference_images"] = [pil]
+        ours["references"] = [tensor]
+    else:
+        video = [_pil_and_tensor(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+                 for _ in range(frames)]
+        keep = rng.random((frames, height, width)) > 0.5
+        masks = [_pil_and_tensor(np.repeat(k[..., None] * 255, 3, axis=2).astype(np.uint8))
+                 for k in keep]
+        kwargs.update(video=[v[0] for v in video], mask=[m[0] for m in masks])
+        ours["video"] = torch.stack([v[1][0] for v in video], dim=1)[None]
+        ours["mask"] = torch.stack([(m[1][0, :1] + 1) / 2 for m in masks], dim=1)[None]
+    refs = len(ours.get("references", []))
+    latents = seeded_noise((1, 16, refs + 2, height // 8, width // 8), seed=22)
+    positive, negative = prompt_pair(cfg, seed=23)
+
+    pipe = diffusers.WanVACEPipeline(tokenizer=None, text_encoder=None, vae=vae_ref,
+                                     scheduler=parity_scheduler("unipc", shift),
+                                     transformer=model_ref)
+    with torch.no_grad():
+        expected = pipe(prompt_embeds=positive, negative_prompt_embeds=negative, latents=latents,
+                        height=height, width=width, num_frames=frames, num_inference_steps=steps,
+                        guidance_scale=5.0, conditioning_scale=strength, output_type="latent",
+                        **kwargs).frames
+        expected = expected[:, :, refs:]     # diffusers trims the references only when decoding
+
+        context, trim = build_vace_context(
+            lambda px: latent_stats.normalize(vae.encode(px), "2.1"), num_frames=frames,
+            height=height, width=width, **ours)
+        result = MoESampler(model).sample(
+            latents, S.official_unipc(steps, shift),
+            WanConditioning(context=positive, negative_context=negative, vace_context=context,
+                            vace_strength=strength, vace_trim_frames=trim), cfg_high=5.0)
+    assert context.shape == (1, 96, refs + 2, height // 8, width // 8) and trim == refs
+    assert result.latent.shape[2] == 2
+    assert max_diff(result.latent, expected) <= TOL
