@@ -108,6 +108,7 @@ class MoESampler:
         self.batched_cfg = batched_cfg
         self.compute_dtype = compute_dtype
 
+    @torch.no_grad()
     def sample(self, noise: torch.Tensor, schedule: Schedule, cond: WanConditioning, *,
                latent: Optional[torch.Tensor] = None, solver: str = "unipc",
                cfg_high: CfgSchedule = 5.0, cfg_low: Optional[CfgSchedule] = None,

@@ -65,6 +65,12 @@ def test_boundary_override_and_explicit_switch_step():
         sampler.sample(noise(), schedule, t2v_cond(), switch_step=21)
 
 
+def test_sampling_builds_no_autograd_graph():
+    model = ToyExpert(0)
+    out = MoESampler(model).sample(noise(), S.comfy_simple(3, 5.0), t2v_cond()).latent
+    assert not out.requires_grad and out.grad_fn is None
+
+
 def test_single_model_runs_every_step():
     model = ToyExpert(0)
     result = MoESampler(model).sample(noise(), S.official_unipc(12, 5.0), t2v_cond(), boundary=0.9)
