@@ -279,3 +279,24 @@ def test_vace_matches_wan_vace_pipeline(mode):
     assert context.shape == (1, 96, refs + 2, height // 8, width // 8) and trim == refs
     assert result.latent.shape[2] == 2
     assert max_diff(result.latent, expected) <= TOL
+
+
+def test_ti2v_text_only_matches_wan_pipeline_with_expand_timesteps():
+    """TI2V-5B in text-to-video mode: diffusers sends equal per-token timesteps, we send [B]."""
+    cfg = TINY_PRESETS["ti2v"]
+    model, model_ref = diffusers_twin(cfg, seed=24)
+    steps, shift = 12, 5.0
+    latents = seeded_noise((1, 48, 2, 4, 6), seed=25)
+    positive, negative = prompt_pair(cfg, seed=26)
+    pipe = diffusers.WanPipeline(tokenizer=None, text_encoder=None, vae=None,
+                                 scheduler=parity_scheduler("dpm++", shift),
+                                 transformer=model_ref, expand_timesteps=True)
+    with torch.no_grad():
+        expected = pipe(prompt_embeds=positive, negative_prompt_embeds=negative, latents=latents,
+                        height=32, width=48, num_frames=5, num_inference_steps=steps,
+                        guidance_scale=5.0, output_type="latent").frames
+        result = MoESampler(model).sample(
+            latents, S.official_dpmpp(steps, shift),
+            WanConditioning(context=positive, negative_context=negative), solver="dpm++",
+            cfg_high=5.0)
+    assert max_diff(result.latent, expected) <= TOL
