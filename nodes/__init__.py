@@ -6,6 +6,7 @@ from .image_to_video import WanFlowImageToVideo
 from .latent_nodes import WanFlowEmptyVideoLatent
 from .loader_nodes import WanFlowModelLoader
 from .lora_nodes import WanFlowLoraSelect
+from .reference_to_video import WanFlowReferenceToVideo
 from .sampler_nodes import WanFlowMoESampler
 from .text_nodes import WanFlowTextEncode
 from .save_video import WanFlowSaveVideo
@@ -17,6 +18,7 @@ NODE_CLASS_MAPPINGS: dict[str, type] = {
     "WanFlowLoraSelect": WanFlowLoraSelect,
     "WanFlowEmptyVideoLatent": WanFlowEmptyVideoLatent,
     "WanFlowImageToVideo": WanFlowImageToVideo,
+    "WanFlowReferenceToVideo": WanFlowReferenceToVideo,
     "WanFlowMoESampler": WanFlowMoESampler,
     "WanFlowVAEDecode": WanFlowVAEDecode,
     "WanFlowVAEEncode": WanFlowVAEEncode,
@@ -29,6 +31,7 @@ NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
     "WanFlowLoraSelect": "WanFlow LoRA Select",
     "WanFlowEmptyVideoLatent": "WanFlow Empty Video Latent",
     "WanFlowImageToVideo": "WanFlow Image to Video",
+    "WanFlowReferenceToVideo": "WanFlow Reference to Video (VACE)",
     "WanFlowMoESampler": "WanFlow MoE Sampler",
     "WanFlowVAEDecode": "WanFlow VAE Decode",
     "WanFlowVAEEncode": "WanFlow VAE Encode",
