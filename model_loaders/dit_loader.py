@@ -135,7 +135,7 @@ def _strip_dit_prefix(ckpt: Checkpoint) -> tuple[Checkpoint, str]:
 
 def _diffusers_to_official(ckpt: Checkpoint) -> Checkpoint:
     """Rename diffusers keys with the shared key table, moving names only (no tensor is read)."""
-    passthrough = {k for k in ckpt if k == SCALED_FP8_MARKER or k.endswith(INPUT_SCALE_SUFFIX)}
-    renames = dit_keys.diffusers_to_official({k: k for k in ckpt if k not in passthrough})
-    renames.update({k: k for k in passthrough if not k.endswith(INPUT_SCALE_SUFFIX)})
-    return ckpt.renamed(renames)
+    marker = {SCALED_FP8_MARKER} & set(ckpt)
+    weights = ckpt.map_keys(lambda k: None if k in marker or k.endswith(INPUT_SCALE_SUFFIX) else k)
+    return weights.converted(dit_keys.diffusers_to_official).joined(
+        ckpt.renamed({k: k for k in marker}))

@@ -245,7 +245,19 @@ class PickleFile:
         return self._tensors[key]
 
 
-TensorSource = Union[SafetensorsFile, PickleFile]
+class MemorySource:
+    """Tensors already in memory (the result of a key map that had to compute new tensors)."""
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        self.metadata: dict[str, str] = {}
+        self._tensors = dict(tensors)
+        self.infos = {k: TensorInfo(t.dtype, tuple(t.shape)) for k, t in self._tensors.items()}
+
+    def read(self, key: str) -> torch.Tensor:
+        return self._tensors[key]
+
+
+TensorSource = Union[SafetensorsFile, PickleFile, MemorySource]
 
 
 # --------------------------------------------------------------------------- checkpoint view
@@ -311,6 +323,34 @@ class Checkpoint(Mapping[str, torch.Tensor]):
 
     def without(self, keys: set[str]) -> "Checkpoint":
         return self.map_keys(lambda k: None if k in keys else k)
+
+    def joined(self, other: "Checkpoint") -> "Checkpoint":
+        """Both views' keys in one view (a key in both is an error)."""
+        both = set(self._entries) & set(other._entries)
+        if both:
+            raise CheckpointError(f"{self.name}: keys {sorted(both)[:5]} present twice")
+        return Checkpoint(self.name, {**self._entries, **other._entries}, self.metadata, self.config)
+
+    def meta_tensors(self) -> dict[str, torch.Tensor]:
+        """Data-free stand-ins (right dtype and shape) for code that only inspects keys/shapes."""
+        return {k: torch.empty(self.info(k).shape, dtype=self.info(k).dtype, device="meta")
+                for k in self._entries}
+
+    def converted(self, convert: Callable[[dict], dict]) -> "Checkpoint":
+        """Apply a state-dict key map (such as ``dit_keys.diffusers_to_official``) lazily.
+
+        The map first runs on meta stand-ins: if it only renames (every output is one of its
+        inputs), the result is a renamed view and nothing is read. If it computes new tensors
+        (CLIP's fused q/k/v), it runs again on the real tensors and the result is held in memory.
+        """
+        stand_ins = self.meta_tensors()
+        origin = {id(t): k for k, t in stand_ins.items()}
+        out = convert(stand_ins)
+        if all(id(t) in origin for t in out.values()):
+            return self.renamed({new: origin[id(t)] for new, t in out.items()})
+        real = convert({k: self[k] for k in self._entries})
+        source = MemorySource(real)
+        return Checkpoint(self.name, {k: (source, k) for k in real}, self.metadata, self.config)
 
 
 # --------------------------------------------------------------------------- prefixes

@@ -19,8 +19,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from wanflow.model_loaders import dit_keys
+from wanflow.model_loaders import clip_keys, dit_keys, umt5_keys, vae_keys
+from wanflow.wan.clip_vision import CLIPVisionConfig, CLIPVisionTower
 from wanflow.wan.dit import WanDiT, WanDiTConfig
+from wanflow.wan.umt5 import UMT5Config, UMT5Encoder
+from wanflow.wan.vae2_1 import TINY_WAN21_VAE, WanVAE21
+from wanflow.wan.vae2_2 import TINY_WAN22_VAE, WanVAE22
 
 _TINY = dict(dim=128, ffn_dim=64, num_heads=1, num_layers=2, text_dim=32)
 TINY_CONFIGS: dict[str, WanDiTConfig] = {
@@ -41,13 +45,14 @@ SAFETENSORS_METADATA = {"format": "pt"}
 # --------------------------------------------------------------------------- reference model
 
 
-def reference_model(task: str, seed: int = 0) -> WanDiT:
-    """A tiny fp32 WanDiT whose random weights are exactly representable in bf16 and fp16."""
-    model = WanDiT(TINY_CONFIGS[task]).eval().requires_grad_(False)
+def randomize_(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Random, well-scaled weights exactly representable in bf16 and fp16 (lossless formats)."""
+    model.eval().requires_grad_(False)
     gen = torch.Generator().manual_seed(seed)
     for name, p in model.named_parameters():
         noise = torch.randn(p.shape, generator=gen)
-        if "norm" in name and p.ndim == 1:
+        is_norm_scale = name.endswith("gamma") or ("norm" in name and p.ndim == 1)
+        if is_norm_scale:
             value = 1.0 + 0.2 * noise
         elif p.ndim >= 2 and name.endswith("weight"):
             value = noise / p[0].numel() ** 0.5
@@ -57,6 +62,11 @@ def reference_model(task: str, seed: int = 0) -> WanDiT:
         value[value.abs() < 2.0 ** -14] = 0.0  # so fp16 (fewer exponent bits) holds it exactly
         p.copy_(value)
     return model
+
+
+def reference_model(task: str, seed: int = 0) -> WanDiT:
+    """A tiny fp32 WanDiT whose random weights are exactly representable in bf16 and fp16."""
+    return randomize_(WanDiT(TINY_CONFIGS[task]), seed)
 
 
 def official_state_dict(model: WanDiT) -> dict[str, torch.Tensor]:
@@ -284,6 +294,137 @@ def write(format_name: str, task: str, folder: Path, seed: int = 0,
     model = model if model is not None else reference_model(task, seed)
     folder.mkdir(parents=True, exist_ok=True)
     return ALL_FORMATS[format_name](official_state_dict(model), model.config, folder)
+
+
+# --------------------------------------------------------------------------- VAE, umT5, CLIP
+
+TINY_UMT5 = UMT5Config(vocab_size=160, dim=32, num_heads=2, head_dim=16, ffn_dim=48, num_layers=2,
+                       num_buckets=8)  # max_distance stays 128: not stored in any file
+TINY_CLIP = CLIPVisionConfig(image_size=28, patch_size=14, dim=160, num_layers=2, num_heads=2,
+                             embed_dim=16)
+
+
+def tiny_vae(version: str, seed: int = 0):
+    model = WanVAE22(TINY_WAN22_VAE) if version == "2.2" else WanVAE21(TINY_WAN21_VAE)
+    return randomize_(model, seed)
+
+
+def tiny_umt5(seed: int = 0) -> UMT5Encoder:
+    return randomize_(UMT5Encoder(TINY_UMT5), seed)
+
+
+def tiny_clip(seed: int = 0) -> CLIPVisionTower:
+    return randomize_(CLIPVisionTower(TINY_CLIP), seed)
+
+
+def tiny_spiece(folder: Path) -> bytes:
+    """A small SentencePiece model with umT5's special ids (<pad>=0, </s>=1, <unk>=2)."""
+    import sentencepiece
+
+    words = "a cat dog runs in the snow under blue sky slowly camera pans over city at night".split()
+    sentences = [" ".join(words[(i * 7 + j) % len(words)] for j in range(3 + i % 9)) for i in range(300)]
+    prefix = folder / "spm"
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences), model_prefix=str(prefix), vocab_size=60,
+        model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0,
+        hard_vocab_limit=False, minloglevel=2)
+    return prefix.with_suffix(".model").read_bytes()
+
+
+def _state(model: torch.nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}
+
+
+def write_vae(fmt: str, model, folder: Path) -> Path:
+    """``official_pth`` (Wan2.x_VAE.pth), ``comfy`` (bf16 safetensors) or ``diffusers`` (vae/)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    version = "2.2" if isinstance(model, WanVAE22) else "2.1"
+    if fmt == "official_pth":
+        path = folder / f"Wan{version}_VAE.pth"
+        torch.save(_state(model, torch.float32), path)
+    elif fmt == "comfy":
+        path = folder / ("wan2.2_vae.safetensors" if version == "2.2" else "wan_2.1_vae.safetensors")
+        save_file(_state(model, torch.bfloat16), str(path))
+    elif fmt == "diffusers":
+        path = folder / "vae"
+        path.mkdir()
+        config = {"_class_name": "AutoencoderKLWan", **vae_keys.diffusers_config(model.config)}
+        (path / "config.json").write_text(json.dumps(config, default=list))
+        save_file(vae_keys.official_to_diffusers(_state(model, torch.float32)),
+                  str(path / "diffusion_pytorch_model.safetensors"), metadata=SAFETENSORS_METADATA)
+    else:
+        raise ValueError(fmt)
+    return path
+
+
+def _scaled_linears(sd: dict[str, torch.Tensor], is_linear) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in sd.items():
+        if is_linear(key, value):
+            scale = value.abs().max().float() / FP8_MAX
+            out[key] = (value.float() / scale).to(FP8)
+            out[key[: -len("weight")] + "scale_weight"] = scale.reshape(())
+        else:
+            out[key] = value
+    out["scaled_fp8"] = torch.empty(0, dtype=FP8)
+    return out
+
+
+def write_umt5(fmt: str, model: UMT5Encoder, spiece: bytes, folder: Path) -> Path:
+    """umT5 as ``official_pth`` (+ google/umt5-xxl/spiece.model), ComfyUI ``comfy_fp16`` /
+    ``comfy_fp8_scaled`` (HF keys + embedded ``spiece_model``), ``hf_folder`` (text_encoder/ with
+    a sibling tokenizer/) or ``kijai_bf16`` (official keys, no tokenizer anywhere)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    spiece_tensor = torch.tensor(list(spiece), dtype=torch.uint8)  # ComfyUI embeds the bytes
+    if fmt == "official_pth":
+        path = folder / "models_t5_umt5-xxl-enc-bf16.pth"
+        torch.save(_state(model, torch.bfloat16), path)
+        (folder / "google" / "umt5-xxl").mkdir(parents=True)
+        (folder / "google" / "umt5-xxl" / "spiece.model").write_bytes(spiece)
+    elif fmt == "comfy_fp16":
+        path = folder / "umt5_xxl_fp16.safetensors"
+        sd = umt5_keys.official_to_hf(_state(model, torch.float16))
+        save_file({**sd, "spiece_model": spiece_tensor}, str(path))
+    elif fmt == "comfy_fp8_scaled":
+        path = folder / "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
+        sd = umt5_keys.official_to_hf(_state(model, torch.bfloat16))
+        sd = _scaled_linears(sd, lambda k, v: v.ndim == 2 and ".layer." in k and "relative" not in k)
+        save_file({**sd, "spiece_model": spiece_tensor}, str(path))
+    elif fmt == "hf_folder":
+        path = folder / "text_encoder"
+        path.mkdir()
+        (path / "config.json").write_text(json.dumps({"architectures": ["UMT5EncoderModel"],
+                                                       "d_model": model.config.dim}))
+        save_file(umt5_keys.official_to_hf(_state(model, torch.float32)), str(path / "model.safetensors"),
+                  metadata=SAFETENSORS_METADATA)
+        (folder / "tokenizer").mkdir()
+        (folder / "tokenizer" / "spiece.model").write_bytes(spiece)
+    elif fmt == "kijai_bf16":
+        path = folder / "umt5-xxl-enc-bf16.safetensors"
+        save_file(_state(model, torch.bfloat16), str(path))
+    else:
+        raise ValueError(fmt)
+    return path
+
+
+def write_clip(fmt: str, model: CLIPVisionTower, folder: Path) -> Path:
+    """``official_pth`` (visual.* + text tower), ``comfy`` (clip_vision_h, HF keys, fp16) or
+    ``kijai_fp16`` (open-clip keys in safetensors)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    visual = {f"visual.{k}": v for k, v in _state(model, torch.float16).items()}
+    if fmt == "official_pth":
+        path = folder / "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
+        extra = {"textual.token_embedding.weight": torch.zeros(10, 8), "log_scale": torch.tensor(4.6)}
+        torch.save({**{k: v.float() for k, v in visual.items()}, **extra}, path)
+    elif fmt == "comfy":
+        path = folder / "clip_vision_h.safetensors"
+        save_file(clip_keys.official_to_hf(_state(model, torch.float16)), str(path))
+    elif fmt == "kijai_fp16":
+        path = folder / "open-clip-xlm-roberta-large-vit-huge-14_fp16.safetensors"
+        save_file(visual, str(path))
+    else:
+        raise ValueError(fmt)
+    return path
 
 
 # --------------------------------------------------------------------------- test speed

@@ -275,3 +275,41 @@ def test_zip_that_is_not_a_torch_file(tmp_path):
         z.writestr("hello.txt", "hi")
     with pytest.raises(CorruptCheckpointError, match="model.pth"):
         open_checkpoint(path)
+
+
+# --------------------------------------------------------------------------- other loaders
+
+
+def test_umt5_without_any_tokenizer_says_where_it_looked(tmp_path):
+    from wanflow.model_loaders.text_encoder_loader import load_text_encoder
+
+    path = fx.write_umt5("kijai_bf16", fx.tiny_umt5(), b"", tmp_path)
+    with pytest.raises(CheckpointError, match="no umT5 tokenizer found") as err:
+        load_text_encoder(path)
+    message = str(err.value)
+    for place in ("spiece.model", "tokenizer/spiece.model", "google/umt5-xxl/spiece.model"):
+        assert str(tmp_path / place) in message
+    assert "spiece_model" in message
+
+
+def test_vae_loader_refuses_a_dit(tmp_path, t2v_model):
+    from wanflow.model_loaders.vae_loader import load_vae
+
+    with pytest.raises(WrongModelError, match="expected a Wan VAE.*Wan diffusion model.*dit_loader"):
+        load_vae(good_file(tmp_path, t2v_model))
+
+
+def test_text_encoder_loader_refuses_a_clip_file(tmp_path):
+    from wanflow.model_loaders.text_encoder_loader import load_text_encoder
+
+    path = fx.write_clip("comfy", fx.tiny_clip(), tmp_path)
+    with pytest.raises(WrongModelError, match="expected a umT5 text encoder.*CLIP vision"):
+        load_text_encoder(path)
+
+
+def test_clip_loader_refuses_a_vae(tmp_path):
+    from wanflow.model_loaders.clip_vision_loader import load_clip_vision
+
+    path = fx.write_vae("comfy", fx.tiny_vae("2.1"), tmp_path)
+    with pytest.raises(WrongModelError, match="expected a CLIP vision model.*Wan 2.1 VAE.*vae_loader"):
+        load_clip_vision(path)

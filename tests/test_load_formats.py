@@ -152,3 +152,92 @@ def test_every_linear_is_a_storage_dtype_layer(tmp_path, references):
     for name, module in loaded.named_modules():
         if isinstance(module, torch.nn.Linear):
             assert isinstance(module, ops.Linear), name
+
+
+# --------------------------------------------------------------------------- VAE, umT5, CLIP
+
+
+@pytest.mark.parametrize("version", ["2.1", "2.2"])
+@pytest.mark.parametrize("fmt", ["official_pth", "comfy", "diffusers"])
+def test_vae_formats_decode_identically(fmt, version, tmp_path):
+    from wanflow.model_loaders.vae_loader import load_vae
+
+    reference = fx.tiny_vae(version)
+    z = torch.randn(1, reference.z_dim, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    loaded = load_vae(fx.write_vae(fmt, reference, tmp_path))
+    assert loaded.version == version and loaded.model.config == reference.config
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model.decode(z), reference.decode(z), rtol=0, atol=0)
+
+
+@pytest.fixture(scope="module")
+def spiece(tmp_path_factory):
+    return fx.tiny_spiece(tmp_path_factory.mktemp("spm"))
+
+
+PROMPTS = ["a cat runs in the snow", "camera pans over the city at night"]
+
+
+@pytest.mark.parametrize("fmt", ["official_pth", "comfy_fp16", "hf_folder", "comfy_fp8_scaled"])
+def test_umt5_formats_encode_identically(fmt, spiece, tmp_path):
+    from wanflow.model_loaders.text_encoder_loader import load_text_encoder
+    from wanflow.wan.tokenizer import UMT5Tokenizer
+    from wanflow.wan.umt5 import encode_prompts
+
+    reference = fx.tiny_umt5()
+    expected = encode_prompts(reference, UMT5Tokenizer(spiece), PROMPTS, dtype=torch.float32)
+    loaded = load_text_encoder(fx.write_umt5(fmt, reference, spiece, tmp_path))
+    assert loaded.model.config == reference.config
+    with torch.no_grad():
+        got = encode_prompts(loaded.model, loaded.tokenizer, PROMPTS, dtype=torch.float32)
+    if fmt == "comfy_fp8_scaled":
+        # Random tiny umT5s are too sensitive for a loose tolerance (no attention scaling), so
+        # compare exactly against the file's weights dequantised by hand (w_fp8 * scale_weight).
+        assert loaded.model.blocks[0].attn.q.weight.dtype == torch.float8_e4m3fn
+        expected = encode_prompts(_dequantised_umt5(tmp_path), UMT5Tokenizer(spiece), PROMPTS,
+                                  dtype=torch.float32)
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    else:
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    where = {"official_pth": "google/umt5-xxl/spiece.model", "hf_folder": "tokenizer/spiece.model"}
+    assert loaded.tokenizer_source.endswith(where.get(fmt, "(spiece_model)"))
+
+
+def _dequantised_umt5(folder):
+    from safetensors.torch import load_file
+
+    from wanflow.model_loaders import umt5_keys
+    from wanflow.wan.umt5 import UMT5Encoder
+
+    raw = load_file(next(folder.glob("*.safetensors")))
+    sd = {}
+    for key, value in raw.items():
+        if key in ("spiece_model", "scaled_fp8") or key.endswith("scale_weight"):
+            continue
+        scale = raw.get(key[: -len("weight")] + "scale_weight")
+        sd[key] = value.float() * scale if scale is not None else value.float()
+    model = UMT5Encoder(fx.TINY_UMT5).eval()
+    model.load_state_dict(umt5_keys.hf_to_official(sd))
+    return model
+
+
+def test_umt5_tokenizer_given_explicitly(spiece, tmp_path):
+    from wanflow.model_loaders.text_encoder_loader import load_text_encoder
+
+    path = fx.write_umt5("kijai_bf16", fx.tiny_umt5(), spiece, tmp_path / "weights")
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok" / "spiece.model").write_bytes(spiece)
+    loaded = load_text_encoder(path, tokenizer=tmp_path / "tok")
+    assert loaded.tokenizer.vocab_size > 3 and loaded.file_format == "official keys, bfloat16"
+
+
+@pytest.mark.parametrize("fmt", ["official_pth", "comfy", "kijai_fp16"])
+def test_clip_vision_formats_give_identical_outputs(fmt, tmp_path):
+    from wanflow.model_loaders.clip_vision_loader import load_clip_vision
+
+    reference = fx.tiny_clip()
+    pixels = torch.randn(2, 3, 28, 28, generator=torch.Generator().manual_seed(0))
+    loaded = load_clip_vision(fx.write_clip(fmt, reference, tmp_path))
+    assert loaded.model.config == reference.config
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(pixels), reference(pixels), rtol=0, atol=0)

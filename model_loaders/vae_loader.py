@@ -1,0 +1,61 @@
+"""Load a Wan 2.1 or 2.2 VAE from official ``.pth``, ComfyUI safetensors or diffusers files.
+
+The version (2.1 z16 / 2.2 z48) and the widths are read from the weights; diffusers key names go
+through ``vae_keys.diffusers_to_official``. The model is built on the meta device and takes the
+file's tensors as they are (see ``storage.load_into``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+import torch
+
+from ..wan.vae2_1 import WanVAE21
+from ..wan.vae2_2 import WanVAE22, WanVAE22Config
+from . import vae_keys
+from .detect import classify, wrong_model_error
+from .files import Checkpoint, PathLike, common_prefix, open_checkpoint, strip_prefix
+from .storage import StorageChoice, ensure_no_meta, find_weight_scales, load_into
+
+VAE_PREFIXES = ("first_stage_model.", "vae.", "model.", "module.")
+
+WanVAE = Union[WanVAE21, WanVAE22]
+
+
+@dataclass
+class LoadedVAE:
+    model: WanVAE
+    version: str        # "2.1" or "2.2"
+    file_format: str
+    path: str
+
+
+def load_vae(path: PathLike, storage_dtype: StorageChoice = None) -> LoadedVAE:
+    """Load a Wan VAE file or diffusers ``vae/`` folder."""
+    ckpt, layout = open_vae_checkpoint(path)
+    scales = find_weight_scales(ckpt)
+    shapes = {k: v for k, v in ckpt.meta_tensors().items()
+              if k not in scales.extra_keys and k not in scales.scales.values()}
+    config = vae_keys.config_from_official(shapes)
+    version = "2.2" if isinstance(config, WanVAE22Config) else "2.1"
+    with torch.device("meta"):
+        model = WanVAE22(config) if isinstance(config, WanVAE22Config) else WanVAE21(config)
+    load_into(model, ckpt, storage_dtype, expected=f"a Wan {version} VAE ({config})")
+    ensure_no_meta(model, str(path))
+    dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters()})
+    return LoadedVAE(model.eval(), version, f"{layout}, {', '.join(dtypes)}", str(path))
+
+
+def open_vae_checkpoint(path: PathLike) -> tuple[Checkpoint, str]:
+    """A VAE checkpoint with official key names, and the layout it came in."""
+    ckpt = open_checkpoint(path)
+    ckpt = strip_prefix(ckpt, common_prefix(list(ckpt), VAE_PREFIXES), keep_unprefixed=False)
+    kind = classify(ckpt.shapes())
+    if not kind.kind.startswith("wan_vae"):
+        raise wrong_model_error(ckpt.name, ckpt.shapes(), "a Wan VAE")
+    if vae_keys.detect_layout(ckpt.meta_tensors()) == "diffusers":
+        return ckpt.converted(vae_keys.diffusers_to_official), "diffusers"
+    return ckpt, "official keys"
+
+
