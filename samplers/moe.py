@@ -66,6 +66,24 @@ class SamplingResult:
     steps_per_expert: dict[str, int] = field(default_factory=dict)
 
 
+def weights_compute_dtype(model: nn.Module) -> torch.dtype:
+    """The activation dtype suiting the dtype that holds most of a model's weights.
+
+    fp32 → fp32, bf16 / fp16 → the same, fp8 storage → bf16; non-modules → fp32.
+    """
+    sizes: dict[torch.dtype, int] = {}
+    for tensor in model.parameters() if isinstance(model, nn.Module) else ():
+        sizes[tensor.dtype] = sizes.get(tensor.dtype, 0) + tensor.numel()
+    if not sizes:
+        return torch.float32
+    dominant = max(sizes, key=sizes.__getitem__)
+    if dominant in (torch.bfloat16, torch.float16):
+        return dominant
+    if dominant.is_floating_point and dominant.itemsize == 1:     # fp8 storage
+        return torch.bfloat16
+    return torch.float32
+
+
 def resolve_switch_step(schedule: Schedule, *, has_low: bool, boundary: Optional[float],
                         switch_step: Optional[int]) -> int:
     """First step of the low-noise expert: explicit ``switch_step`` wins over ``boundary``.
@@ -90,8 +108,9 @@ class MoESampler:
     ``model(x, t, context, *, y=None, clip_fea=None, vace_context=None, vace_scale=1.0)`` returning
     the velocity). ``device`` is where compute happens (default: where ``high`` is).
     ``batched_cfg=False`` runs cond and uncond as two forwards to save memory.
-    ``compute_dtype``: dtype of the latent handed to the DiT, which computes in that dtype (e.g.
-    ``torch.bfloat16`` on a GPU); the solver state always stays float32.
+    ``compute_dtype``: dtype of the latent handed to the DiT, which computes in that dtype. By
+    default it follows the high expert's weights (fp32 → fp32, bf16/fp16 → same, fp8 → bf16).
+    The solver state always stays float32.
     """
 
     def __init__(self, high: nn.Module, low: Optional[nn.Module] = None, *,
@@ -106,7 +125,7 @@ class MoESampler:
         self.residency = ExpertResidency(experts, self.device, offload_device)
         self.has_low = low is not None
         self.batched_cfg = batched_cfg
-        self.compute_dtype = compute_dtype
+        self.compute_dtype = compute_dtype or weights_compute_dtype(high)
 
     @torch.no_grad()
     def sample(self, noise: torch.Tensor, schedule: Schedule, cond: WanConditioning, *,
@@ -150,9 +169,7 @@ class MoESampler:
             model = self.residency.activate(name)
             t = cond.model_timestep(schedule.timesteps[step], x_t)
             scale = cfg_at(cfg[name], step, where=f"cfg_{name}")
-            x_in = cond.impose_first_frame(x_t)
-            if self.compute_dtype is not None:
-                x_in = x_in.to(self.compute_dtype)
+            x_in = cond.impose_first_frame(x_t).to(self.compute_dtype)
             velocity = guided_velocity(model, x_in, t, cond.context,
                                        cond.negative_context, scale, batched=self.batched_cfg,
                                        extras=extras)

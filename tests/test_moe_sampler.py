@@ -396,6 +396,8 @@ def test_compute_dtype_reaches_the_dit_and_solver_state_stays_float32():
     assert dtypes[:6] == [torch.float32] * 6 and dtypes[6:] == [torch.bfloat16] * 6
     assert half.dtype == torch.float32
     assert (half - full).abs().max() < 0.1 * full.abs().max()
+    model.to(torch.bfloat16)                              # bf16 weights: bf16 compute by default
+    assert MoESampler(model).compute_dtype == torch.bfloat16
 
 
 def test_bad_conditioning_is_named():
