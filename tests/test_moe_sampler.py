@@ -10,7 +10,8 @@ from wanflow.samplers import schedules as S
 from wanflow.samplers.conditioning import WanConditioning, i2v_condition, i2v_mask
 from wanflow.samplers.expert_residency import ExpertResidency
 from wanflow.samplers.guidance import cfg_at, guided_velocity
-from wanflow.samplers.moe import MoESampler, SamplerHooks, SamplingInterrupted
+from wanflow.samplers.moe import MoESampler, SamplerHooks, SamplingInterrupted, \
+    weights_compute_dtype
 from wanflow.samplers.noise import noised_start, seeded_noise
 from wanflow.samplers.solvers import sample_euler
 
@@ -398,6 +399,11 @@ def test_compute_dtype_reaches_the_dit_and_solver_state_stays_float32():
     assert (half - full).abs().max() < 0.1 * full.abs().max()
     model.to(torch.bfloat16)                              # bf16 weights: bf16 compute by default
     assert MoESampler(model).compute_dtype == torch.bfloat16
+    for block in model.blocks:                            # mostly-fp8 storage computes in bf16
+        block.to(torch.float8_e4m3fn)
+    model.patch_embedding.to(torch.float32)
+    assert weights_compute_dtype(model) == torch.bfloat16
+    assert weights_compute_dtype(lambda *a: None) == torch.float32
 
 
 def test_bad_conditioning_is_named():
