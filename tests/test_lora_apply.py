@@ -229,6 +229,28 @@ def test_clip_branch_only_lora_on_a_model_without_it():
         one_lora_stack(sd).apply(model, "high")
 
 
+def test_vace_lora_on_a_model_without_vace_blocks(model):
+    sd = {f"pipe.vace.vace_blocks.0.self_attn.q.lora_{ab}.default.weight": torch.zeros(2, 48) if ab == "A"
+          else torch.zeros(48, 2) for ab in "AB"}
+    with pytest.raises(LoraMismatchError, match="not a VACE model"):
+        one_lora_stack(sd).apply(model, "high")
+
+
+def test_vace_lora_on_a_vace_model(inputs):
+    model = random_dit("vace")
+    targets = [f"vace_blocks.{i}.{t}" for i in range(2) for t in ("self_attn.q", "ffn.0")]
+    targets += ["vace_blocks.0.before_proj", "vace_blocks.1.after_proj"]
+    spec = make_spec(model, targets)
+    sd = {f"pipe.vace.{k}": v for k, v in WRITERS["diffsynth"](spec).items()}
+    gen = torch.Generator().manual_seed(4)
+    vace_inputs = dict(inputs, vace_context=torch.randn(1, model.config.vace_in_dim, 2, 4, 4, generator=gen))
+    with one_lora_stack(sd).apply(model, "high") as applied:
+        out = run(model, vace_inputs)
+    assert applied.reports[0].matched_keys == len(sd)
+    assert (out - run(model, vace_inputs)).abs().max() > 1e-2  # the VACE patches do act
+    torch.testing.assert_close(out, run(patched_copy(model, spec), vace_inputs), rtol=0, atol=ATOL)
+
+
 def test_wan21_i2v_lora_on_wan22_warns_and_lists_unmatched(caplog):
     i2v_21, i2v_22 = random_dit("i2v"), random_dit("i2v-2.2")
     targets = default_targets(i2v_21.config, blocks=[0]) + ["blocks.0.cross_attn.k_img", "img_emb.proj.1"]

@@ -160,6 +160,8 @@ def _explain_no_match(model: nn.Module, name: str, parsed: ParsedLora,
     if parsed.patches and all(_CLIP_BRANCH.search(t) for t in parsed.patches):
         return (f"{head}: it only patches the Wan 2.1 CLIP image branch (k_img/v_img/img_emb), "
                 "which this model does not have.")
+    if parsed.patches and all(t.startswith("vace_") for t in parsed.patches):
+        return f"{head}: it only patches VACE blocks (vace_blocks.N), and this is not a VACE model."
     sample = ", ".join(list(unmatched)[:5])
     reasons = sorted(set(unmatched.values()))[:3]
     return (f"{head}. Dialects seen: {', '.join(sorted(parsed.dialects))}. First keys: {sample}. "
