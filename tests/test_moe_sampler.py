@@ -78,6 +78,18 @@ def test_single_model_runs_every_step():
     assert result.steps_per_expert == {"high": 12} and len(model.calls) == 12
 
 
+def test_distilled_four_step_moe_at_cfg_one_splits_two_two():
+    """lightx2v / Lightning 4-step LoRAs: σ 1, .9375, .8333, .625 at cfg 1; split 2/2 (T2V, I2V)."""
+    for cond in (t2v_cond(), i2v_cond()):
+        high, low = ToyExpert(0), ToyExpert(1)
+        result = MoESampler(high, low).sample(noise(), S.build_schedule("distilled", 4, 5.0), cond,
+                                              solver="distilled", cfg_high=1.0, cfg_low=1.0)
+        assert result.steps_per_expert == {"high": 2, "low": 2}
+        assert [c["batch"] for c in high.calls + low.calls] == [1, 1, 1, 1]
+        seen = timesteps_seen(high) + timesteps_seen(low)
+        assert seen == pytest.approx([1000.0, 937.5, 833.333, 625.0], abs=1e-3)
+
+
 # ---- guidance -------------------------------------------------------------------------------
 
 def test_per_expert_cfg_and_cfg_one_skips_uncond():
