@@ -122,7 +122,13 @@ class WanConditioning:
         return mask
 
     def impose_first_frame(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` with its first latent frame replaced by the clean ``first_frame`` (TI2V)."""
+        """``x`` with its first latent frame replaced by the clean ``first_frame`` (TI2V).
+
+        The sampler applies it to every model input, to each x0 preview and to the result. The
+        official code instead overwrites the latent after each solver step; the solvers act
+        element-wise and the model always sees the clean frame, so every other frame follows
+        the same trajectory either way (as diffusers' ``expand_timesteps`` path shows).
+        """
         if self.first_frame is None:
             return x
         mask = self.frame_mask(x)
