@@ -4,7 +4,7 @@ Every node lives in the "WanFlow" menu; ``NODE_CLASS_MAPPINGS`` is what ComfyUI 
 """
 from .image_to_video import WanFlowImageToVideo
 from .latent_nodes import WanFlowEmptyVideoLatent
-from .loader_nodes import WanFlowModelLoader
+from .loader_nodes import WanFlowCLIPVisionLoader, WanFlowModelLoader, WanFlowTextEncoderLoader, WanFlowVAELoader
 from .lora_nodes import WanFlowLoraSelect
 from .reference_to_video import WanFlowReferenceToVideo
 from .sampler_nodes import WanFlowMoESampler
@@ -14,6 +14,9 @@ from .vae_nodes import WanFlowVAEDecode, WanFlowVAEEncode
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {
     "WanFlowModelLoader": WanFlowModelLoader,
+    "WanFlowVAELoader": WanFlowVAELoader,
+    "WanFlowTextEncoderLoader": WanFlowTextEncoderLoader,
+    "WanFlowCLIPVisionLoader": WanFlowCLIPVisionLoader,
     "WanFlowTextEncode": WanFlowTextEncode,
     "WanFlowLoraSelect": WanFlowLoraSelect,
     "WanFlowEmptyVideoLatent": WanFlowEmptyVideoLatent,
@@ -27,6 +30,9 @@ NODE_CLASS_MAPPINGS: dict[str, type] = {
 
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
     "WanFlowModelLoader": "WanFlow Model Loader",
+    "WanFlowVAELoader": "WanFlow VAE Loader",
+    "WanFlowTextEncoderLoader": "WanFlow Text Encoder Loader",
+    "WanFlowCLIPVisionLoader": "WanFlow CLIP Vision Loader",
     "WanFlowTextEncode": "WanFlow Text Encode",
     "WanFlowLoraSelect": "WanFlow LoRA Select",
     "WanFlowEmptyVideoLatent": "WanFlow Empty Video Latent",

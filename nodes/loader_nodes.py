@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import logging
 
+from ..model_loaders.clip_vision_loader import load_clip_vision
 from ..model_loaders.dit_loader import load_dit
+from ..model_loaders.text_encoder_loader import load_text_encoder
+from ..model_loaders.vae_loader import load_vae
 from ..model_loaders.storage import STORAGE_DTYPES
 from ..wan.attention import available_backends
 from . import comfy_adapter
-from .handles import ModelHandle
-from .types import CATEGORY, MODEL
+from .handles import ClipVisionHandle, ModelHandle, TextEncoderHandle
+from .types import CATEGORY, CLIP_VISION, MODEL, TEXT_ENCODER, VAE
 
 log = logging.getLogger("wanflow")
 
@@ -57,3 +60,86 @@ class WanFlowModelLoader:
             log.warning("model loader: %s: %s", model_name, note)
         log.info("model loader: %s -> %s", model_name, text)
         return {"ui": {"text": [text]}, "result": (handle, text)}
+
+
+class WanFlowVAELoader:
+    DESCRIPTION = "Load a Wan VAE: 2.1 (wan_2.1_vae, for 14B/1.3B models) or 2.2 (wan2.2_vae, for TI2V-5B)."
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (VAE,)
+    RETURN_NAMES = ("vae",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {
+            "vae_name": (comfy_adapter.list_models("vae"), {"tooltip":
+                         "VAE file in models/vae: official .pth, ComfyUI safetensors or a diffusers file."}),
+        }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, vae_name: str) -> bool:
+        comfy_adapter.model_path("vae", vae_name, "VAE loader: vae_name")
+        return True
+
+    def load(self, vae_name: str) -> tuple:
+        loaded = load_vae(comfy_adapter.model_path("vae", vae_name, "VAE loader: vae_name"))
+        log.info("VAE loader: %s -> Wan %s VAE (%s)", vae_name, loaded.version, loaded.file_format)
+        return (loaded.model.to(comfy_adapter.offload_device()),)
+
+
+class WanFlowTextEncoderLoader:
+    DESCRIPTION = ("Load the umT5-XXL text encoder (ComfyUI umt5_xxl_* files with their embedded tokenizer, the "
+                   "official .pth, or an HF folder). It can stay on the CPU to save video memory.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (TEXT_ENCODER,)
+    RETURN_NAMES = ("text_encoder",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {
+            "text_encoder_name": (comfy_adapter.list_models("text_encoders"), {"tooltip":
+                                  "umT5 file in models/text_encoders (or models/clip), e.g. "
+                                  "umt5_xxl_fp8_e4m3fn_scaled.safetensors."}),
+            "device": (["default", "cpu"], {"default": "default", "tooltip":
+                       "cpu keeps the encoder out of video memory (slower prompts, cached afterwards)."}),
+        }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, text_encoder_name: str) -> bool:
+        comfy_adapter.model_path("text_encoders", text_encoder_name, "text encoder loader: text_encoder_name")
+        return True
+
+    def load(self, text_encoder_name: str, device: str) -> tuple:
+        path = comfy_adapter.model_path("text_encoders", text_encoder_name, "text encoder loader: text_encoder_name")
+        loaded = load_text_encoder(path)
+        log.info("text encoder loader: %s (%s, tokenizer: %s)", text_encoder_name, loaded.file_format,
+                 loaded.tokenizer_source)
+        model = loaded.model.to(comfy_adapter.offload_device())
+        return (TextEncoderHandle(model, loaded.tokenizer, on_cpu=(device == "cpu"), path=loaded.path),)
+
+
+class WanFlowCLIPVisionLoader:
+    DESCRIPTION = "Load the CLIP vision model used by Wan 2.1 I2V and FLF2V (clip_vision_h.safetensors)."
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (CLIP_VISION,)
+    RETURN_NAMES = ("clip_vision",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {
+            "clip_vision_name": (comfy_adapter.list_models("clip_vision"), {"tooltip":
+                                 "CLIP ViT-H/14 file in models/clip_vision (ComfyUI clip_vision_h or the official "
+                                 "open-clip .pth). Wan 2.2 models do not use it."}),
+        }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, clip_vision_name: str) -> bool:
+        comfy_adapter.model_path("clip_vision", clip_vision_name, "CLIP vision loader: clip_vision_name")
+        return True
+
+    def load(self, clip_vision_name: str) -> tuple:
+        path = comfy_adapter.model_path("clip_vision", clip_vision_name, "CLIP vision loader: clip_vision_name")
+        loaded = load_clip_vision(path)
+        return (ClipVisionHandle(loaded.model.to(comfy_adapter.offload_device()), loaded.path),)

@@ -28,7 +28,7 @@ RANDOM_WEIGHTS_NOTE = ("the built-in tiny model has RANDOM weights (no trained t
                        "shows noise, but every step of a real run is exercised")
 
 TEXT_DIM = 32
-CLIP_DIM = 40
+CLIP_DIM = 80  # one head of 80 channels: the loader reads heads as width / 80, like ViT-H/14
 # head_dim 128 as in every real Wan DiT, so variant detection works as for real files.
 _DIT = dict(dim=128, ffn_dim=64, num_heads=1, num_layers=2, text_dim=TEXT_DIM)
 DIT_CONFIGS: dict[str, WanDiTConfig] = {
@@ -39,7 +39,7 @@ DIT_CONFIGS: dict[str, WanDiTConfig] = {
     "vace": WanDiTConfig(**{**_DIT, "num_layers": 4}, model_type="vace", vace_layers=(0, 2), vace_in_dim=96),
 }
 UMT5_CONFIG = dict(dim=TEXT_DIM, num_heads=2, head_dim=16, ffn_dim=64, num_layers=2)
-CLIP_CONFIG = CLIPVisionConfig(image_size=28, patch_size=14, dim=CLIP_DIM, num_layers=2, num_heads=2, embed_dim=16)
+CLIP_CONFIG = CLIPVisionConfig(image_size=28, patch_size=14, dim=CLIP_DIM, num_layers=2, num_heads=1, embed_dim=16)
 _WORDS = ("a the cat dog fox bird runs walks flies jumps through over snow beach forest city street rain sun "
           "light camera slowly pans tracks red blue golden hour night water waves picture subject motion").split()
 

@@ -42,3 +42,28 @@ def test_model_loader_bad_names(models):
         WanFlowModelLoader.VALIDATE_INPUTS("nope.safetensors")
     with pytest.raises(ca.UnsafeFileName, match="'..'"):
         WanFlowModelLoader.VALIDATE_INPUTS("../diffusion_models/x.safetensors")
+
+
+def test_vae_text_encoder_and_clip_loaders_on_tiny_files(tmp_path):
+    from wanflow.nodes.loader_nodes import WanFlowCLIPVisionLoader, WanFlowTextEncoderLoader, WanFlowVAELoader
+    from wanflow.runner.tiny_models import FILES, write_tiny_models
+
+    write_tiny_models(tmp_path / "models")
+    ca.configure_headless(tmp_path / "models", tmp_path / "input", tmp_path / "output")
+    try:
+        assert FILES.vae22 in WanFlowVAELoader.INPUT_TYPES()["required"]["vae_name"][0]
+        (vae,) = WanFlowVAELoader().load(FILES.vae22)
+        assert vae.z_dim == 48 and vae.spatial_factor == 16
+        (text,) = WanFlowTextEncoderLoader().load(FILES.umt5, "cpu")
+        assert text.on_cpu and text.tokenizer("a cat").ids.shape == (1, 512)
+        (clip,) = WanFlowCLIPVisionLoader().load(FILES.clip_vision)
+        assert clip.tower.config.dim == 80
+        for cls, name in ((WanFlowVAELoader, "../x"), (WanFlowTextEncoderLoader, "/abs.safetensors"),
+                          (WanFlowCLIPVisionLoader, "..\\y")):
+            with pytest.raises(ca.UnsafeFileName):
+                cls.VALIDATE_INPUTS(name)
+        with pytest.raises(ca.MissingFile, match="VAE loader: vae_name: 'missing.safetensors' not found in vae"):
+            WanFlowVAELoader.VALIDATE_INPUTS("missing.safetensors")
+    finally:
+        ca.configure_headless(None, None, None)
+        ca._headless.models_dir = None

@@ -1,0 +1,152 @@
+"""The templates in workflows/: well-formed UI JSON that matches the node classes, and they run.
+
+Structure checks read the JSON files as a user's ComfyUI would; the end-to-end checks run each
+template headless on the tiny models (runner/tiny_models.py) and check the video that comes out.
+"""
+import json
+from pathlib import Path
+
+import av
+import pytest
+import torch
+
+from wanflow.nodes import comfy_adapter as ca
+from wanflow.runner import demo, node_specs, templates
+from wanflow.runner.registry import node_classes
+from wanflow.runner.tiny_models import write_tiny_models
+from wanflow.runner.workflow import UI_ONLY_TYPES, load_workflow
+
+ROOT = Path(__file__).resolve().parents[1]
+FILES = sorted((ROOT / "workflows").glob("*.json"))
+CLASSES = node_classes()
+
+
+def load(path):
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def test_every_template_is_shipped_and_up_to_date():
+    assert [p.stem for p in FILES] == sorted(templates.TEMPLATES)
+    for name in templates.TEMPLATES:
+        text = (ROOT / "workflows" / f"{name}.json").read_text(encoding="utf-8")
+        assert text == templates.as_text(templates.render(name)), \
+            f"{name}.json is stale: run python -m wanflow.runner.templates"
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
+def test_template_structure(path):
+    flow = load(path)
+    assert flow["version"] == 0.4
+    nodes = {node["id"]: node for node in flow["nodes"]}
+    assert len(nodes) == len(flow["nodes"]) and flow["last_node_id"] >= max(nodes)
+    links = {link[0]: link for link in flow["links"]}
+    assert len(links) == len(flow["links"]) and flow["last_link_id"] >= max(links, default=0)
+    for node in nodes.values():
+        assert node["type"] in CLASSES or node["type"] in UI_ONLY_TYPES, f"unknown node type {node['type']}"
+    for link_id, origin, origin_slot, target, target_slot, kind in flow["links"]:
+        source, sink = nodes[origin], nodes[target]
+        assert link_id in (source["outputs"][origin_slot]["links"] or [])
+        assert source["outputs"][origin_slot]["type"] == kind
+        assert kind == CLASSES[source["type"]].RETURN_TYPES[origin_slot]
+        slot = sink["inputs"][target_slot]
+        assert slot["link"] == link_id
+        spec = {s.name: s for s in node_specs.input_specs(CLASSES[sink["type"]])}[slot["name"]]
+        assert node_specs.types_match(kind, spec.type), f"link {link_id}: {kind} into {slot['name']} ({spec.type})"
+    for node in nodes.values():
+        for slot in node.get("inputs", []):
+            assert slot["link"] is None or slot["link"] in links
+        for output in node.get("outputs", []):
+            for link_id in output["links"] or []:
+                assert links[link_id][1] == node["id"]
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
+def test_widgets_values_line_up(path):
+    for node in load(path)["nodes"]:
+        if node["type"] in UI_ONLY_TYPES:
+            continue
+        cls = CLASSES[node["type"]]
+        values = node["widgets_values"]
+        assert len(values) == node_specs.widgets_values_length(cls), node["type"]
+        position = 0
+        for spec in node_specs.widget_specs(cls):
+            value = values[position]
+            if spec.type == "INT":
+                assert isinstance(value, int) and not isinstance(value, bool), (node["type"], spec.name, value)
+            elif spec.type == "FLOAT":
+                assert isinstance(value, (int, float)) and not isinstance(value, bool), (node["type"], spec.name)
+            elif spec.type == "BOOLEAN":
+                assert isinstance(value, bool)
+            elif spec.type == "STRING":
+                assert isinstance(value, str)
+            elif spec.is_combo and spec.name not in _file_widgets(cls):
+                assert value in spec.type, (node["type"], spec.name, value)
+            if spec.type in ("INT", "FLOAT"):
+                low, high = spec.options.get("min"), spec.options.get("max")
+                assert (low is None or value >= low) and (high is None or value <= high), (node["type"], spec.name)
+            if spec.extra_values:
+                extra = values[position + 1]
+                assert extra in node_specs.CONTROL_VALUES if spec.type == "INT" else extra == "image"
+            position += 1 + spec.extra_values
+
+
+def _file_widgets(cls):
+    """Combos of file names: the template names the official file, which need not be installed here."""
+    method = getattr(cls, "VALIDATE_INPUTS", None)
+    return set(method.__code__.co_varnames[1:method.__code__.co_argcount]) if method else set()
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
+def test_note_names_every_model_file_and_folder(path):
+    flow = load(path)
+    notes = " ".join(n["widgets_values"][0] for n in flow["nodes"] if n["type"] in ("Note", "MarkdownNote"))
+    for node in flow["nodes"]:
+        for model in node.get("properties", {}).get("models", []):
+            assert f"`{model['name']}`" in notes and f"`models/{model['directory']}/`" in notes
+            assert model["url"].startswith("https://huggingface.co/") and model["url"].endswith(model["name"])
+
+
+def test_official_defaults():
+    t2v = {n["id"]: n for n in load(ROOT / "workflows" / "wan22_a14b_t2v.json")["nodes"]}
+    assert t2v[8]["widgets_values"][2:9] == [40, 12.0, "unipc", "unipc", 4.0, 3.0, 0.0]
+    assert t2v[7]["widgets_values"][:3] == [1280, 720, 81]
+    ti2v = {n["id"]: n for n in load(ROOT / "workflows" / "wan22_ti2v_5b.json")["nodes"]}
+    assert ti2v[7]["widgets_values"] == [1280, 704, 121] and ti2v[10]["widgets_values"][2] == 24.0
+    lora = {n["id"]: n for n in load(ROOT / "workflows" / "wan22_a14b_lora_stack_4step.json")["nodes"]}
+    assert lora[8]["widgets_values"][2:8] == [4, 5.0, "distilled", "distilled", 1.0, 1.0]
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
+def test_converts_to_a_prompt(path):
+    prompt = load_workflow(load(path), CLASSES, path.name).prompt
+    assert all(entry["class_type"] in CLASSES for entry in prompt.values())
+    assert any(getattr(CLASSES[e["class_type"]], "OUTPUT_NODE", False) for e in prompt.values())
+
+
+# --------------------------------------------------------------------------- end to end
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    write_tiny_models(root / "models")
+    demo.write_input_images(root / "input")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: threads only add overhead on shared cores
+    yield root
+    torch.set_num_threads(threads)
+    ca.configure_headless(None, None, None)
+    ca._headless.models_dir = None
+
+
+@pytest.mark.parametrize("name", sorted(templates.TEMPLATES))
+def test_template_runs_end_to_end_on_tiny_models(tiny_setup, name):
+    out = tiny_setup / "output" / name
+    ca.configure_headless(tiny_setup / "models", tiny_setup / "input", out)
+    ca.set_headless_progress(False)
+    result = demo.run_template_on_tiny_models(name, tiny_setup / "models", tiny_setup / "input")
+    assert len(result.files) == 1 and result.files[0].suffix == ".mp4"
+    with av.open(str(result.files[0])) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+        assert "workflow" in container.metadata and "prompt" in container.metadata
+    assert len(frames) == demo.TINY_LENGTH
+    assert frames[0].shape == (demo.TINY_HEIGHT, demo.TINY_WIDTH, 3)
