@@ -6,6 +6,7 @@ they swap the official file names for the tiny ones and shrink size, length and 
 from __future__ import annotations
 
 import logging
+import sys
 import tempfile
 from pathlib import Path
 from typing import Optional
@@ -64,7 +65,7 @@ def run_demo(output_dir: Path) -> execute.RunResult:
     """Render the Wan 2.2 A14B T2V template to ``output_dir`` on the built-in tiny model."""
     from ..nodes import comfy_adapter
 
-    log.warning("wanflow demo: %s", RANDOM_WEIGHTS_NOTE)
+    print(f"wanflow demo: {RANDOM_WEIGHTS_NOTE}", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="wanflow-demo-") as scratch:
         models, inputs = Path(scratch) / "models", Path(scratch) / "input"
         write_tiny_models(models)
