@@ -48,6 +48,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--clock", default=None, choices=["wall", "cpu"],
+                   help="cpu = this process's CPU time (robust on a shared CPU; default on CPU), "
+                        "wall = elapsed time (default on GPU)")
     p.add_argument("--out", default=None, help="write a markdown report here")
     return p.parse_args()
 
@@ -83,7 +86,7 @@ def make_lora(cfg: WanDiTConfig, rank: int, seed: int) -> dict[str, torch.Tensor
 
 
 def timed_rounds(variants: dict[str, Callable[[], object]], rounds: int,
-                 sync: Callable[[], None]) -> dict[str, list[float]]:
+                 sync: Callable[[], None], clock: Callable[[], float]) -> dict[str, list[float]]:
     """Seconds per call of each variant, timed round-robin after one warm-up each."""
     for fn in variants.values():
         fn()
@@ -92,11 +95,16 @@ def timed_rounds(variants: dict[str, Callable[[], object]], rounds: int,
     for _ in range(rounds):
         for name, fn in variants.items():
             sync()
-            start = time.perf_counter()
+            start = clock()
             fn()
             sync()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return times
+
+
+# CPU time counts only this process's work, so other jobs on a shared machine do not inflate it
+# (they still compete for caches and memory bandwidth).
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 def machine_description(device: str) -> str:
@@ -123,6 +131,7 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    args.clock = args.clock or ("wall" if device.type == "cuda" else "cpu")
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     cfg = WanDiTConfig(dim=args.dim, ffn_dim=args.ffn_dim, num_heads=args.heads, num_layers=args.layers)
     gen = torch.Generator().manual_seed(1)
@@ -154,7 +163,7 @@ def main() -> None:
     with torch.no_grad():
         calls = {name: forward(model) for name, model in models.items()}
         outputs = {name: call().float() for name, call in calls.items()}
-        results = timed_rounds(calls, args.rounds, sync)
+        results = timed_rounds(calls, args.rounds, sync, CLOCKS[args.clock])
     report = format_report(args, cfg, results, outputs, peer_note)
     print(report)
     if args.out:
@@ -208,11 +217,11 @@ def format_report(args, cfg, results, outputs, peer_note) -> str:
         f"- LoRA: rank {args.rank} on every self/cross-attention q,k,v,o and ffn.0/ffn.2 "
         f"({10 * cfg.num_layers} Linear layers)",
         f"- Peer: {peer_note}",
-        f"- {args.rounds} timed forwards per variant after one warm-up, variants "
+        f"- {args.rounds} timed forwards per variant ({args.clock} clock) after one warm-up, variants "
         "interleaved round-robin (one model copy each); command: "
         f"`python bench/lora_overhead.py --dim {args.dim} --ffn-dim {args.ffn_dim} --heads {args.heads} "
         f"--layers {args.layers} --frames {args.frames} --size {args.size} "
-        f"--rank {args.rank} --rounds {args.rounds} --threads {args.threads}`",
+        f"--rank {args.rank} --rounds {args.rounds} --threads {args.threads} --clock {args.clock}`",
         "",
         f"- Extra FLOPs of the rank-{args.rank} adapters: {lora_flop_share(cfg, args) * 100:.1f}% of the "
         "patched Linear layers' own FLOPs (what the unmerged mode costs ideally; merged costs nothing per step)",
