@@ -320,3 +320,19 @@ def test_conv_patch_embedding_lora_is_baked(model, inputs, mode):
         out = run(model, inputs)
     assert_bit_equal(model, before)
     torch.testing.assert_close(out, run(truth, inputs), rtol=0, atol=ATOL)
+
+
+def test_adapters_move_with_the_model_and_leave_state_dicts_alone(spec, inputs):
+    """Samplers move experts with module.to(); unmerged adapters must follow, invisibly to state dicts."""
+    model = random_dit("t2v")
+    keys = sorted(model.state_dict())
+    sd = {**WRITERS["lycoris_lokr"](spec), "diffusion_model.blocks.0.ffn.0.diff_b": torch.ones(64)}
+    with one_lora_stack(sd).apply(model, "high"):
+        assert sorted(model.state_dict()) == keys
+        adapters = [m for m in model.modules() if type(m).__name__.endswith("Adapter")]
+        assert len(adapters) == len(spec) + 1
+        model.to(torch.float64)
+        assert all(b.dtype == torch.float64 for a in adapters for b in a.buffers())
+        model.to(torch.float32)
+    assert all(not m.adapters for m in model.modules() if hasattr(m, "adapters"))
+    assert not any(type(m).__name__.endswith("Adapter") for m in model.modules())

@@ -212,16 +212,21 @@ def _clip_branch_note(unmatched: Mapping[str, str]) -> str:
 Strength = Callable[[], float]
 
 
-class LowRankAdapter:
-    """``x -> strength · scale · up(down(x))``; holds only the LoRA's own factors."""
+class LowRankAdapter(nn.Module):
+    """``x -> strength · scale · up(down(x))``; holds only the LoRA's own factors.
+
+    Adapters are also registered as child modules of their Linear (non-persistent buffers, so
+    state dicts are unchanged): moving the model with ``.to()`` moves them along.
+    """
 
     def __init__(self, patch: LowRank, strength: Strength, device: torch.device) -> None:
-        self.down = patch.down.to(device).flatten(1)
-        self.up = patch.up.to(device).flatten(1)
+        super().__init__()
+        self.register_buffer("down", patch.down.to(device).flatten(1), persistent=False)
+        self.register_buffer("up", patch.up.to(device).flatten(1), persistent=False)
         self.scale = patch.scale
         self.strength = strength
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.strength() * self.scale
         if s == 0:
             return x.new_zeros(())
@@ -229,7 +234,7 @@ class LowRankAdapter:
         return F.linear(h, self.up.to(x.device, x.dtype))
 
 
-class DenseAdapter:
+class DenseAdapter(nn.Module):
     """``x -> strength · x @ ΔWᵀ`` for LoHa, LoKr and full ``.diff`` patches on a Linear.
 
     The delta is rebuilt from the patch's own (small, for LoHa/LoKr) factors at each call rather
@@ -237,39 +242,42 @@ class DenseAdapter:
     """
 
     def __init__(self, patch: WeightPatch, strength: Strength, device: torch.device) -> None:
-        self.patch = _patch_to(patch, device)
+        super().__init__()
+        self.template = patch
+        self.tensor_fields = [f.name for f in dataclasses.fields(patch)
+                              if isinstance(getattr(patch, f.name), torch.Tensor)]
+        for name in self.tensor_fields:
+            self.register_buffer(name, getattr(patch, name).to(device), persistent=False)
         self.strength = strength
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.strength()
         if s == 0:
             return x.new_zeros(())
-        delta = self.patch.delta().to(x.device)
+        patch = dataclasses.replace(self.template, **{n: getattr(self, n) for n in self.tensor_fields})
+        delta = patch.delta().to(x.device)
         return F.linear(x, (delta.reshape(delta.shape[0], -1) * s).to(x.dtype))
 
 
-class BiasAdapter:
+class BiasAdapter(nn.Module):
     """``x -> strength · diff_b``: a bias delta, added to a Linear's output."""
 
     def __init__(self, diff_b: torch.Tensor, strength: Strength, device: torch.device) -> None:
-        self.diff_b = diff_b.to(device).flatten()
+        super().__init__()
+        self.register_buffer("diff_b", diff_b.to(device).flatten(), persistent=False)
         self.strength = strength
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.strength()
         if s == 0:
             return x.new_zeros(())
         return self.diff_b.to(x.device, x.dtype) * s
 
 
-def _patch_to(patch: WeightPatch, device: torch.device) -> WeightPatch:
-    """The same patch with its tensors on ``device``."""
-    moved = {f.name: getattr(patch, f.name).to(device) for f in dataclasses.fields(patch)
-             if isinstance(getattr(patch, f.name), torch.Tensor)}
-    return dataclasses.replace(patch, **moved)
+Adapter = Union[LowRankAdapter, DenseAdapter, BiasAdapter]
 
 
-def _make_adapter(patch: WeightPatch, strength: Strength, device: torch.device):
+def _make_adapter(patch: WeightPatch, strength: Strength, device: torch.device) -> Adapter:
     if isinstance(patch, LowRank) and patch.down.dim() == 2:
         return LowRankAdapter(patch, strength, device)
     return DenseAdapter(patch, strength, device)
@@ -416,7 +424,7 @@ class AppliedLoras:
                  backup_device: torch.device) -> None:
         self.stack, self.model, self.expert, self.mode = stack, model, expert, mode
         self.reports: list[MatchReport] = []
-        self._adapters: list[tuple[ops.Linear, Callable]] = []
+        self._adapters: list[tuple[ops.Linear, str, Adapter]] = []
         self._baked: dict[tuple[int, str], _Baked] = {}
         self._backup_device = backup_device
         names: Optional[list[str]] = None
@@ -458,9 +466,14 @@ class AppliedLoras:
             else:
                 self._add_delta(_Slot(module, "bias"), strength, patch.bias.float)
 
-    def _add_adapter(self, module: ops.Linear, adapter: Callable) -> None:
+    def _add_adapter(self, module: ops.Linear, adapter: Adapter) -> None:
+        index = 0
+        while f"lora_adapter_{index}" in module._modules:
+            index += 1
+        name = f"lora_adapter_{index}"
+        module.add_module(name, adapter)  # so module.to() moves it
         module.adapters.append(adapter)
-        self._adapters.append((module, adapter))
+        self._adapters.append((module, name, adapter))
 
     def _add_delta(self, slot: _Slot, strength: Strength, delta: Callable[[], torch.Tensor]) -> None:
         key = (id(slot.owner), slot.attr)
@@ -478,8 +491,9 @@ class AppliedLoras:
 
     def remove(self) -> None:
         """Take every adapter out and restore every baked tensor bit-exactly."""
-        for module, adapter in self._adapters:
+        for module, name, adapter in self._adapters:
             module.adapters[:] = [a for a in module.adapters if a is not adapter]
+            del module._modules[name]
         self._adapters.clear()
         for baked in self._baked.values():
             _restore(baked)
