@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+TEMPLATE_NAMES = [p.stem for p in (ROOT / "workflows").glob("*.json")]
 PACK_NAME = "comfyui-wanflow"
 HARNESS = Path(os.environ.get("COMFYUI_HARNESS", "/work/shared/comfyui-harness"))
 
@@ -32,6 +33,11 @@ def server(tmp_path_factory):
     work = Path(os.environ.get("COMFYUI_WORKDIR") or tmp_path_factory.mktemp("comfyui"))
     env = _run([HARNESS / "comfy_env.sh", os.environ["COMFYUI_PATH"], work], timeout=3600)
     assert env.returncode == 0, env.stderr[-3000:]
+    from wanflow.runner.demo import write_input_images
+    from wanflow.runner.tiny_models import write_tiny_models
+
+    write_tiny_models(work / "ComfyUI" / "models")  # tiny files next to whatever else is there
+    write_input_images(work / "ComfyUI" / "input")
     serve = _run([HARNESS / "comfy_serve.sh", work, ROOT], timeout=600,
                  env={**os.environ, "COMFY_PACK_NAME": PACK_NAME})
     url = serve.stdout.strip().splitlines()[-1] if serve.stdout.strip() else ""
@@ -59,3 +65,15 @@ def test_check_pack_and_templates(server):
         args.append("--require-templates")
     result = _run(args, timeout=600)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("name", sorted(TEMPLATE_NAMES))
+def test_template_executes_on_tiny_models(server, name):
+    """The template, converted to an API prompt against /object_info, runs in ComfyUI and saves a video."""
+    from wanflow.runner.demo import TINY_OVERRIDES
+
+    sets = [arg for item in TINY_OVERRIDES[name] for arg in ("--set", item)]
+    result = _run([HARNESS / "run_workflow.py", "--server", server["url"], ROOT / "workflows" / f"{name}.json",
+                   *sets, "--min-files", "1", "--timeout", "600"], timeout=700)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert ".mp4" in result.stdout
