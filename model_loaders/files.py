@@ -160,11 +160,15 @@ class SafetensorsFile:
                                  "non-overlapping tensor data")
             previous_end, previous_key = max(previous_end, stop), key
 
-    def read(self, key: str) -> torch.Tensor:
-        """Read one tensor into a fresh buffer in its file dtype (no other copy is made)."""
+    def read(self, key: str, buffer: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Read one tensor in its file dtype into a fresh buffer, or into ``buffer`` (uint8,
+        large enough) when given; no other copy is made."""
         info = self.infos[key]
         begin, end = self._offsets[key]
-        buffer = torch.empty(end - begin, dtype=torch.uint8)
+        if buffer is None:
+            buffer = torch.empty(end - begin, dtype=torch.uint8)
+        else:
+            buffer = buffer[: end - begin]
         if end > begin:
             with open(self.path, "rb") as f:
                 f.seek(self._data_start + begin)
@@ -279,6 +283,14 @@ class Checkpoint(Mapping[str, torch.Tensor]):
 
     def __getitem__(self, key: str) -> torch.Tensor:
         source, source_key = self._entries[key]
+        return source.read(source_key)
+
+    def read_into(self, key: str, buffer: torch.Tensor) -> torch.Tensor:
+        """Like ``self[key]`` but a safetensors read lands in ``buffer`` (uint8, big enough);
+        other sources already hold their tensor and return it."""
+        source, source_key = self._entries[key]
+        if isinstance(source, SafetensorsFile):
+            return source.read(source_key, buffer)
         return source.read(source_key)
 
     def __iter__(self) -> Iterator[str]:

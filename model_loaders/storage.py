@@ -109,19 +109,74 @@ def find_weight_scales(ckpt: Checkpoint) -> WeightScales:
 # --------------------------------------------------------------------------- conversions
 
 
+class Converter:
+    """Converts tensors to their storage dtype through reusable fp32 scratch buffers.
+
+    Each result is allocated once, in its final dtype; intermediates live in one scratch buffer
+    that grows to the largest tensor and is reused. Allocating and freeing a temporary per tensor
+    instead would interleave short- and long-lived blocks on the heap, which the allocator cannot
+    give back to the OS (measured: 2.4x the weights for bf16 -> fp8 at load time).
+    """
+
+    def __init__(self) -> None:
+        self._scratch = torch.empty(0, dtype=torch.float32)
+        self._raw = torch.empty(0, dtype=torch.uint8)
+
+    def read(self, ckpt: Checkpoint, key: str) -> torch.Tensor:
+        """Read a tensor that is about to be converted into a reusable buffer."""
+        nbytes = ckpt.info(key).nbytes
+        if self._raw.numel() < nbytes:
+            self._raw = torch.empty(nbytes, dtype=torch.uint8)
+        return ckpt.read_into(key, self._raw)
+
+    def keep(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` made safe to keep: a copy if it still lives in a scratch buffer."""
+        pointer = tensor.untyped_storage().data_ptr()
+        for scratch in (self._raw, self._scratch):
+            if scratch.numel() and pointer == scratch.untyped_storage().data_ptr():
+                return tensor.clone()
+        return tensor
+
+    def wide(self, tensor: torch.Tensor, scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``tensor`` (times ``scale``) in fp32, held in the scratch buffer (valid until next call)."""
+        if self._scratch.numel() < tensor.numel():
+            self._scratch = torch.empty(tensor.numel(), dtype=torch.float32)
+        out = self._scratch[: tensor.numel()].view(tensor.shape)
+        out.copy_(tensor)
+        if scale is not None:
+            out.mul_(scale.to(torch.float32))
+        return out
+
+    def cast(self, tensor: torch.Tensor, dtype: torch.dtype,
+             scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``tensor`` (dequantised with ``scale``) as a new tensor of ``dtype``."""
+        if scale is None and tensor.dtype not in FP8_DTYPES:
+            return tensor.to(dtype)
+        wide = self.wide(tensor, scale)
+        return wide.clone() if dtype == torch.float32 else wide.to(dtype)
+
+    def quantize_fp8(self, tensor: torch.Tensor, dtype: torch.dtype, scaled: bool,
+                     scale: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """fp8 copy of ``tensor`` (dequantised with ``scale`` first); with ``scaled`` also the
+        per-tensor fp32 scale such that ``q * new_scale`` approximates the weight."""
+        fp8_max = torch.finfo(dtype).max
+        wide = self.wide(tensor, scale)
+        new_scale = None
+        if scaled:
+            low, high = torch.aminmax(wide)
+            amax = torch.maximum(low.abs(), high.abs())
+            new_scale = (amax / fp8_max if amax > 0 else torch.ones(())).to(torch.float32).reshape(())
+            wide.div_(new_scale)
+        return wide.clamp_(-fp8_max, fp8_max).to(dtype), new_scale
+
+
 def quantize_fp8(weight: torch.Tensor, dtype: torch.dtype,
                  scaled: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """``weight`` in fp8; with ``scaled`` also the fp32 scale so that ``q * scale ~ weight``."""
-    fp8_max = torch.finfo(dtype).max
-    if not scaled:
-        return weight.clamp(-fp8_max, fp8_max).to(dtype), None
-    wide = weight.to(torch.float32)
-    amax = wide.abs().max()
-    scale = (amax / fp8_max) if amax > 0 else torch.ones((), dtype=torch.float32)
-    return (wide / scale).clamp(-fp8_max, fp8_max).to(dtype), scale.reshape(())
+    return Converter().quantize_fp8(weight, dtype, scaled)
 
 
-def _cast_weight(tensor: torch.Tensor, scale: Optional[torch.Tensor],
+def _cast_weight(convert: Converter, tensor: torch.Tensor, scale: Optional[torch.Tensor],
                  storage: Optional[StorageDtype]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """A storage-dtype layer's weight (and scale) in the chosen storage dtype."""
     if storage is None:
@@ -129,22 +184,20 @@ def _cast_weight(tensor: torch.Tensor, scale: Optional[torch.Tensor],
     if storage.is_fp8:
         if tensor.dtype == storage.dtype and (scale is not None or not storage.scaled):
             return tensor, scale  # already stored as asked: re-quantising only loses accuracy
-        wide = ops.dequantize(tensor, torch.float32 if scale is not None else tensor.dtype, scale)
-        if wide.dtype in FP8_DTYPES:
-            wide = wide.to(torch.float32)
-        return quantize_fp8(wide, storage.dtype, storage.scaled)
-    return ops.dequantize(tensor, storage.dtype, scale), None
+        return convert.quantize_fp8(tensor, storage.dtype, storage.scaled, scale)
+    return convert.cast(tensor, storage.dtype, scale), None
 
 
-def _cast_other(tensor: torch.Tensor, scale: Optional[torch.Tensor], storage: Optional[StorageDtype],
-                wants_float32: bool) -> torch.Tensor:
+def _cast_other(convert: Converter, tensor: torch.Tensor, scale: Optional[torch.Tensor],
+                storage: Optional[StorageDtype], wants_float32: bool) -> torch.Tensor:
     """Any other tensor: plain modules cannot compute with fp8, some params must stay fp32."""
     if not tensor.is_floating_point():
         return tensor
-    if scale is not None or tensor.dtype in FP8_DTYPES:
-        tensor = ops.dequantize(tensor, torch.float32 if wants_float32 else torch.bfloat16, scale)
     if wants_float32:
-        return tensor.to(torch.float32)
+        return convert.cast(tensor, torch.float32, scale)
+    if scale is not None or tensor.dtype in FP8_DTYPES:
+        target = storage.dtype if storage is not None and not storage.is_fp8 else torch.bfloat16
+        return convert.cast(tensor, target, scale)
     if storage is not None and not storage.is_fp8:
         return tensor.to(storage.dtype)
     return tensor
@@ -169,27 +222,31 @@ def load_into(model: nn.Module, ckpt: Checkpoint, storage: StorageChoice = None,
     _check_keys(ckpt.name, set(targets), provided, expected)
 
     modules = dict(model.named_modules())
+    convert = Converter()
     state: dict[str, torch.Tensor] = {}
     layer_scales: dict[str, torch.Tensor] = {}
     for key in targets:
         owner_name, _, param = key.rpartition(".")
         owner = modules[owner_name]
-        tensor = ckpt[key]
-        if tuple(tensor.shape) != tuple(targets[key].shape):
-            raise WrongModelError(f"{ckpt.name}: {key!r} has shape {list(tensor.shape)}, but "
+        shape = ckpt.info(key).shape
+        if shape != tuple(targets[key].shape):
+            raise WrongModelError(f"{ckpt.name}: {key!r} has shape {list(shape)}, but "
                                   f"{expected} expects {list(targets[key].shape)}.")
+        # With a storage dtype most tensors are converted: read those into a reused buffer.
+        tensor = ckpt[key] if storage is None else convert.read(ckpt, key)
         scale_key = scales.scales.get(owner_name) if param == "weight" else None
         scale = ckpt[scale_key].to(torch.float32) if scale_key else None
-        if isinstance(owner, ops.CastWeights) and param == "weight" and not keep_float32(key):
-            tensor, scale = _cast_weight(tensor, scale, storage)
+        castable = isinstance(owner, ops.CastWeights) and not keep_float32(key)
+        if castable and param == "weight":
+            tensor, scale = _cast_weight(convert, tensor, scale, storage)
             if scale is not None:
                 layer_scales[owner_name] = scale
-        elif isinstance(owner, ops.CastWeights) and param == "bias" and not keep_float32(key):
+        elif castable and param == "bias":
             if tensor.dtype in FP8_DTYPES or (storage is not None and not storage.is_fp8):
-                tensor = _cast_other(tensor, None, storage, wants_float32=False)
+                tensor = _cast_other(convert, tensor, None, storage, wants_float32=False)
         else:
-            tensor = _cast_other(tensor, scale, storage, keep_float32(key))
-        state[key] = tensor
+            tensor = _cast_other(convert, tensor, scale, storage, keep_float32(key))
+        state[key] = convert.keep(tensor)
 
     model.requires_grad_(False)
     model.load_state_dict(state, strict=True, assign=True)

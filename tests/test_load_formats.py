@@ -92,11 +92,20 @@ def test_user_chosen_fp8_storage(storage, dtype, tmp_path, references):
     assert relative_error(fx.run(loaded, inputs), expected) < tolerance
 
 
-def test_scaled_file_to_bf16_storage_dequantises(tmp_path, references):
+@pytest.mark.parametrize("storage, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16),
+                                            ("fp32", torch.float32)])
+def test_scaled_file_to_wider_storage_dequantises(storage, dtype, tmp_path, references):
     model, inputs, expected = references["i2v"]
-    loaded = load_dit(fx.write("comfy_fp8_scaled", "i2v", tmp_path, model=model), "bf16").model
-    q = loaded.blocks[0].cross_attn.k_img
-    assert q.weight.dtype == torch.bfloat16 and getattr(q, "scale_weight", None) is None
+    path = fx.write("comfy_fp8_scaled", "i2v", tmp_path, model=model)
+    as_fp8 = load_dit(path).model
+    loaded = load_dit(path, storage).model
+    k_img = loaded.blocks[0].cross_attn.k_img
+    assert k_img.weight.dtype == dtype and getattr(k_img, "scale_weight", None) is None
+    assert {p.dtype for p in loaded.parameters()} == {dtype}
+    for name, module in as_fp8.named_modules():  # the same numbers, only stored wider
+        if isinstance(module, ops.Linear):
+            wide = loaded.get_submodule(name).weight.float()
+            torch.testing.assert_close(wide, module.compute_weight(torch.float32).to(dtype).float())
     assert relative_error(fx.run(loaded, inputs), expected) < FP8_TOLERANCE
 
 
