@@ -77,3 +77,71 @@ def test_template_executes_on_tiny_models(server, name):
                    *sets, "--min-files", "1", "--timeout", "600"], timeout=700)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert ".mp4" in result.stdout
+
+
+LATENT_CHECK = """'''Run with ComfyUI's venv from the ComfyUI folder: core VAEEncode/VAEDecode vs WanFlow's on one VAE file.'''
+import importlib.util
+import json
+import sys
+
+vae_path, pack_dir = sys.argv[1], sys.argv[2]
+sys.argv = [sys.argv[0], "--cpu"]
+import comfy.options  # noqa: E402
+
+comfy.options.enable_args_parsing()
+import torch  # noqa: E402
+
+import comfy.sd  # noqa: E402
+import comfy.utils  # noqa: E402
+
+spec = importlib.util.spec_from_file_location("wanflow_pack", f"{pack_dir}/__init__.py",
+                                              submodule_search_locations=[pack_dir])
+pack = importlib.util.module_from_spec(spec)
+sys.modules["wanflow_pack"] = pack
+spec.loader.exec_module(pack)
+from wanflow_pack.model_loaders.vae_loader import load_vae  # noqa: E402
+from wanflow_pack.nodes.vae_nodes import WanFlowVAEDecode, WanFlowVAEEncode  # noqa: E402
+
+core = comfy.sd.VAE(sd=comfy.utils.load_torch_file(vae_path))
+ours = load_vae(vae_path).model
+images = torch.rand(5, 32, 32, 3, generator=torch.Generator().manual_seed(0))
+core_latent = core.encode(images)
+(our_latent,) = WanFlowVAEEncode().encode(images, ours)
+latent = torch.randn(1, 16, 2, 4, 4, generator=torch.Generator().manual_seed(1))
+core_frames = core.decode(latent).reshape(-1, 32, 32, 3)
+(our_frames,) = WanFlowVAEDecode().decode({"samples": latent}, ours, False, 32, 8)
+(our_decoded_core,) = WanFlowVAEDecode().decode({"samples": core_latent}, ours, False, 32, 8)
+print(json.dumps({
+    "core_latent_shape": list(core_latent.shape), "our_latent_shape": list(our_latent["samples"].shape),
+    "encode_max_diff": float((core_latent.detach().float() - our_latent["samples"].float()).abs().max()),
+    "latent_scale": float(core_latent.abs().max()),
+    "core_frames_shape": list(core_frames.shape), "our_frames_shape": list(our_frames.shape),
+    "decode_max_diff": float((core_frames.float() - our_frames.float()).abs().max()),
+    "core_latent_through_our_decode_max_diff": float((our_decoded_core - core.decode(core_latent).reshape(-1, 32, 32, 3)).abs().max()),
+}))
+"""
+
+
+def test_latent_convention_matches_core_vae(server, tmp_path):
+    """Core VAEEncode / VAEDecode and ours agree on one (random, full-size) Wan 2.1 VAE file: LATENT is raw mu."""
+    import torch
+    from safetensors.torch import save_file
+
+    from wanflow.wan.vae2_1 import WanVAE21
+
+    vae_file = server["work"] / "wanflow_full_random_wan2.1_vae.safetensors"
+    if not vae_file.exists():  # ComfyUI builds the Wan 2.1 VAE at its released size, so the file must match it
+        torch.manual_seed(0)
+        save_file({k: v.contiguous() for k, v in WanVAE21().state_dict().items()}, str(vae_file))
+    script = tmp_path / "latent_check.py"
+    script.write_text(LATENT_CHECK)
+    comfy = server["work"] / "ComfyUI"
+    env = {**os.environ, "PYTHONPATH": f"{server['work'] / 'shims'}:{comfy}"}
+    result = _run([server["work"] / "venv" / "bin" / "python", script, vae_file, ROOT], cwd=comfy, env=env,
+                  timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["core_latent_shape"] == report["our_latent_shape"] == [1, 16, 2, 4, 4]
+    assert report["encode_max_diff"] < 1e-4 * max(1.0, report["latent_scale"])
+    assert report["core_frames_shape"] == report["our_frames_shape"] == [5, 32, 32, 3]
+    assert report["decode_max_diff"] < 1e-4 and report["core_latent_through_our_decode_max_diff"] < 1e-4
