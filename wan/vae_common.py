@@ -358,30 +358,32 @@ class StreamingVideoVAE(nn.Module):
         """Decode overlapping spatial tiles (``tile``/``overlap`` in latent pixels) and blend
         them with linear ramps, for frames too large to decode at once.
 
-        Each tile streams over time like :meth:`decode`; tiles are accumulated with weights and
-        normalised at the end, so the result has no seams (it is not bit-identical to
-        :meth:`decode`: a tile's convs see zero padding at its borders).
+        Each tile streams over time like :meth:`decode` and is added into ``out`` with its weight
+        divided by the sum of all tiles' weights at that pixel, so no second full-size buffer is
+        needed. Not bit-identical to :meth:`decode`: a tile's convs see zero padding at its borders.
         """
         if overlap < 0 or tile <= overlap:
             raise ValueError(f"decode_tiled: need 0 <= overlap < tile, got tile={tile}, overlap={overlap}")
         out = self._output_for(z, out)
         s = self.spatial_factor
         h, w = z.shape[3:]
-        acc = torch.zeros(out.shape, dtype=torch.float32, device=out.device)
-        weight_sum = torch.zeros(h * s, w * s, dtype=torch.float32, device=out.device)
+        tiles = []
+        weight_sum = torch.zeros(h * s, w * s)
         for top in tile_starts(h, tile, overlap):
             for left in tile_starts(w, tile, overlap):
                 bottom, right = min(top + tile, h), min(left + tile, w)
-                ramp = blend_weights(bottom - top, right - left, s, overlap,
-                                     (top > 0, bottom < h, left > 0, right < w)).to(out.device)
+                ramp = blend_weights(bottom - top, right - left, s, overlap, (top > 0, bottom < h, left > 0, right < w))
                 rows, cols = slice(top * s, bottom * s), slice(left * s, right * s)
-                start = 0
-                for chunk in self.decode_chunks(z[:, :, :, top:bottom, left:right]):
-                    n = chunk.shape[2]
-                    acc[:, :, start:start + n, rows, cols] += chunk.float() * ramp
-                    start += n
                 weight_sum[rows, cols] += ramp
-        out.copy_((acc / weight_sum).clamp_(-1.0, 1.0))
+                tiles.append((slice(top, bottom), slice(left, right), rows, cols, ramp))
+        out.zero_()
+        for lat_rows, lat_cols, rows, cols, ramp in tiles:
+            weight = (ramp / weight_sum[rows, cols]).to(out.device, out.dtype)
+            start = 0
+            for chunk in self.decode_chunks(z[:, :, :, lat_rows, lat_cols]):
+                n = chunk.shape[2]
+                out[:, :, start:start + n, rows, cols] += chunk.to(out.dtype) * weight
+                start += n
         return out
 
 
