@@ -383,6 +383,19 @@ def common_prefix(keys: list[str], candidates: tuple[str, ...] = KNOWN_PREFIXES)
     return ""
 
 
+def prefix_holding(keys, markers: tuple[str, ...], candidates: tuple[str, ...]) -> Optional[str]:
+    """The first of ``candidates`` ('' included) under which one of the ``markers`` keys exists.
+
+    Finds one model inside a file that holds several (a full ComfyUI checkpoint keeps the DiT,
+    the VAE and the text encoder under different prefixes), whichever holds the most keys.
+    """
+    keys = set(keys)
+    for prefix in ("",) + tuple(candidates):
+        if any(prefix + marker in keys for marker in markers):
+            return prefix
+    return None
+
+
 def strip_prefix(ckpt: Checkpoint, prefix: str, keep_unprefixed: bool = True) -> Checkpoint:
     """Remove ``prefix`` from the keys that carry it.
 

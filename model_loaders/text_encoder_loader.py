@@ -22,12 +22,14 @@ from ..wan.umt5 import UMT5Config, UMT5Encoder
 from . import umt5_keys
 from .detect import classify, wrong_model_error
 from .errors import CheckpointError
-from .files import Checkpoint, PathLike, common_prefix, open_checkpoint, strip_prefix
+from .files import Checkpoint, PathLike, open_checkpoint, prefix_holding
 from .storage import StorageChoice, ensure_no_meta, find_weight_scales, load_into
 
 SPIECE_KEY = "spiece_model"
 TEXT_PREFIXES = ("text_encoders.umt5xxl.transformer.", "text_encoders.umt5xxl.", "text_encoder.",
                  "model.", "module.")
+TEXT_MARKERS = ("encoder.block.0.layer.0.SelfAttention.q.weight", "blocks.0.attn.q.weight")
+FILE_EXTRAS = (SPIECE_KEY, "scaled_fp8")  # file-level keys kept next to a stripped prefix
 TOKENIZER_FILE = "spiece.model"
 # Where tokenizers live relative to the weights' folder: the folder itself, a tokenizer/ folder,
 # the official ckpt_dir layout (google/umt5-xxl/), and a diffusers pipeline's sibling tokenizer/.
@@ -64,13 +66,27 @@ def load_text_encoder(path: PathLike, storage_dtype: StorageChoice = None,
 def open_text_encoder_checkpoint(path: PathLike) -> tuple[Checkpoint, str]:
     """umT5 weights with official key names (``spiece_model`` kept), and the layout name."""
     ckpt = open_checkpoint(path)
-    ckpt = strip_prefix(ckpt, common_prefix(list(ckpt), TEXT_PREFIXES))
+    prefix = prefix_holding(ckpt, TEXT_MARKERS, TEXT_PREFIXES)
+    if prefix is None:
+        raise wrong_model_error(ckpt.name, ckpt.shapes(), "a umT5 text encoder")
+    if prefix:
+        ckpt = ckpt.map_keys(_inside(prefix))
     kind = classify(ckpt.shapes())
     if kind.kind != "umt5":
         raise wrong_model_error(ckpt.name, ckpt.shapes(), "a umT5 text encoder")
     if "encoder.block.0.layer.0.SelfAttention.q.weight" in ckpt:
         return ckpt.converted(umt5_keys.hf_to_official), "HF/ComfyUI keys"
     return ckpt, "official keys"
+
+
+def _inside(prefix: str):
+    """Key renamer keeping the keys under ``prefix`` (stripped) and the file-level extras."""
+    def rename(key: str) -> Optional[str]:
+        if key.startswith(prefix):
+            return key[len(prefix):]
+        name = key.rpartition(".")[2]
+        return name if name in FILE_EXTRAS else None
+    return rename
 
 
 def config_from_shapes(ckpt: Checkpoint) -> UMT5Config:

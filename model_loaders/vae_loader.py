@@ -15,10 +15,11 @@ from ..wan.vae2_1 import WanVAE21
 from ..wan.vae2_2 import WanVAE22, WanVAE22Config
 from . import vae_keys
 from .detect import classify, wrong_model_error
-from .files import Checkpoint, PathLike, common_prefix, open_checkpoint, strip_prefix
+from .files import Checkpoint, PathLike, open_checkpoint, prefix_holding, strip_prefix
 from .storage import StorageChoice, ensure_no_meta, find_weight_scales, load_into
 
-VAE_PREFIXES = ("first_stage_model.", "vae.", "model.", "module.")
+VAE_PREFIXES = ("vae.", "first_stage_model.", "model.", "module.")
+VAE_MARKERS = ("decoder.middle.0.residual.0.gamma", "decoder.mid_block.resnets.0.norm1.gamma")
 
 WanVAE = Union[WanVAE21, WanVAE22]
 
@@ -50,7 +51,10 @@ def load_vae(path: PathLike, storage_dtype: StorageChoice = None) -> LoadedVAE:
 def open_vae_checkpoint(path: PathLike) -> tuple[Checkpoint, str]:
     """A VAE checkpoint with official key names, and the layout it came in."""
     ckpt = open_checkpoint(path)
-    ckpt = strip_prefix(ckpt, common_prefix(list(ckpt), VAE_PREFIXES), keep_unprefixed=False)
+    prefix = prefix_holding(ckpt, VAE_MARKERS, VAE_PREFIXES)
+    if prefix is None:
+        raise wrong_model_error(ckpt.name, ckpt.shapes(), "a Wan VAE")
+    ckpt = strip_prefix(ckpt, prefix, keep_unprefixed=False)
     kind = classify(ckpt.shapes())
     if not kind.kind.startswith("wan_vae"):
         raise wrong_model_error(ckpt.name, ckpt.shapes(), "a Wan VAE")

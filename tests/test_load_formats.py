@@ -7,6 +7,8 @@ FP8_TOLERANCE relative L2 error of the reference (e4m3 keeps 3 mantissa bits, ~3
 """
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -119,11 +121,33 @@ def test_loaded_tensors_are_the_tensors_read_not_copies(tmp_path, references):
     assert weight.untyped_storage().nbytes() == weight.numel() * weight.element_size()
 
 
-def test_pth_is_memory_mapped(tmp_path, references):
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs Linux /proc")
+def test_pth_is_memory_mapped_not_read(tmp_path, references):
+    """New-style .pth files are mapped (pages load on use), not copied into memory."""
     model = references["t2v"][0]
-    source = PickleFile(fx.write("official_pth", "t2v", tmp_path, model=model))
-    tensor = source.read("blocks.0.ffn.0.weight")
-    assert tensor.dtype == torch.bfloat16  # read as stored
+    path = fx.write("official_pth", "t2v", tmp_path, model=model)
+    source = PickleFile(path)
+    with open("/proc/self/maps") as f:
+        assert str(path) in f.read()
+    assert source.read("blocks.0.ffn.0.weight").dtype == torch.bfloat16  # as stored
+
+
+def test_full_comfyui_checkpoint_gives_each_loader_its_part(tmp_path, references):
+    """A checkpoint holding model.diffusion_model.*, vae.* and text_encoders.* keys."""
+    from safetensors.torch import save_file
+
+    from wanflow.model_loaders.vae_loader import load_vae
+
+    model = references["t2v"][0]
+    vae = fx.tiny_vae("2.1")
+    tensors = {f"model.diffusion_model.{k}": v.to(torch.bfloat16) for k, v in model.state_dict().items()}
+    tensors.update({f"vae.{k}": v for k, v in vae.state_dict().items()})
+    tensors["text_encoders.umt5xxl.transformer.shared.weight"] = torch.zeros(4, 4)
+    path = tmp_path / "wan_all_in_one.safetensors"
+    save_file(tensors, str(path))
+    dit = load_dit(path)
+    assert dit.file_format.startswith("ComfyUI") and dit.model.config == model.config
+    assert load_vae(path).model.config == vae.config
 
 
 def test_sharded_reader_sees_every_key(tmp_path, references):
