@@ -136,6 +136,18 @@ def test_bf16_weights_stay_bf16(pair):
     assert (stored.decode(z) - rounded.decode(z)).abs().max() <= TOL
 
 
+def test_bf16_compute(pair):
+    """bf16 activations over fp32 weights: outputs keep the input dtype and stay close."""
+    _, ours, _ = pair
+    s = ours.spatial_factor
+    x = torch.rand(1, 3, 5, s, 2 * s, generator=torch.Generator().manual_seed(6)) * 2 - 1
+    mu = ours.encode(x)
+    mu16 = ours.encode(x.bfloat16())
+    assert mu16.dtype == torch.bfloat16 and (mu16.float() - mu).abs().max() < 0.05
+    pixels16 = ours.decode(mu.bfloat16())
+    assert pixels16.dtype == torch.bfloat16 and (pixels16.float() - ours.decode(mu)).abs().max() < 0.1
+
+
 @pytest.mark.parametrize("version", sorted(VERSIONS))
 def test_key_map_round_trip_full_size(version):
     """Real-size models on the meta device: every key maps, both ways, with matching shapes."""
