@@ -126,12 +126,12 @@ def _scaled_fp8(sd: dict[str, torch.Tensor], scale_name: str, with_marker: bool,
     return out
 
 
-def _plain_fp8(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _plain_fp8(sd: dict[str, torch.Tensor], dtype: torch.dtype = FP8) -> dict[str, torch.Tensor]:
     """kijai fp8_e4m3fn: block Linears and the text embedding cast to fp8, norms kept fp32."""
     out = {}
     for key, value in sd.items():
         if _is_block_linear(key, value) or key == "text_embedding.0.weight":
-            out[key] = value.to(FP8)
+            out[key] = value.to(dtype)
         elif "norm" in key:
             out[key] = value.float()
         else:
@@ -240,6 +240,13 @@ def write_kijai_fp8_e4m3fn(sd: dict, config: WanDiTConfig, folder: Path) -> Path
     return path
 
 
+def write_fp8_e5m2(sd: dict, config: WanDiTConfig, folder: Path) -> Path:
+    """The same layout with fp8 e5m2 weights (ComfyUI can save these with weight_dtype e5m2)."""
+    path = folder / "wan2.1_tiny_fp8_e5m2.safetensors"
+    save_file(_plain_fp8(sd, torch.float8_e5m2), str(path))
+    return path
+
+
 def write_kijai_bf16(sd: dict, config: WanDiTConfig, folder: Path) -> Path:
     path = folder / "Wan2_1-tiny_bf16.safetensors"
     save_file(_cast(sd, torch.bfloat16), str(path))
@@ -284,6 +291,7 @@ FP8_FORMATS: dict[str, Writer] = {
     "comfy_fp8_scaled": write_comfy_fp8_scaled,
     "kijai_fp8_e4m3fn": write_kijai_fp8_e4m3fn,
     "kijai_fp8_scaled": write_kijai_fp8_scaled,
+    "fp8_e5m2": write_fp8_e5m2,
 }
 ALL_FORMATS: dict[str, Writer] = {**LOSSLESS_FORMATS, **FP8_FORMATS}
 
