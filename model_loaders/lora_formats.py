@@ -1,7 +1,8 @@
 """Every common Wan LoRA dialect, read into one canonical form.
 
 Wan LoRAs reach users in many key dialects (ComfyUI/original, kohya/musubi, Wan-Fun,
-diffusers/PEFT, DiffSynth, lightx2v distill deltas, LyCORIS LoHa/LoKr). They all describe the
+diffusers/PEFT, DiffSynth, lightx2v distill deltas, LyCORIS LoHa/LoKr; ai-toolkit's combined
+high/low files are split by :func:`select_expert`). They all describe the
 same thing: for some module of the official Wan DiT, a change to its weight and/or bias. This
 module turns any of them into ``{official target path: TargetPatch}``, for example::
 
@@ -375,6 +376,20 @@ def _assemble(slot: dict[str, tuple[str, torch.Tensor]], default_alpha: Optional
     if not weights and bias is None:
         raise ValueError("only an alpha, no weight or bias delta")
     return TargetPatch(weights=weights, bias=bias, keys=keys)
+
+
+# ai-toolkit's Wan 2.2 A14B "combined" LoRA keeps both experts in one file:
+# `diffusion_model.transformer_1.<path>` (high noise) and `diffusion_model.transformer_2.<path>` (low).
+_COMBINED_EXPERT = {"high": ".transformer_1.", "low": ".transformer_2."}
+
+
+def select_expert(state_dict: Mapping[str, torch.Tensor], expert: str) -> Mapping[str, torch.Tensor]:
+    """The part of an ai-toolkit combined high/low file meant for ``expert`` ("high" or "low"),
+    with the ``transformer_1``/``transformer_2`` segment removed; other files unchanged."""
+    if not any(marker in key for key in state_dict for marker in _COMBINED_EXPERT.values()):
+        return state_dict
+    marker = _COMBINED_EXPERT[expert]
+    return {key.replace(marker, ".", 1): t for key, t in state_dict.items() if marker in key}
 
 
 # --------------------------------------------------------------------------------------------

@@ -138,6 +138,21 @@ def test_each_expert_gets_its_own_file_and_strength(spec, spec_b, inputs):
     torch.testing.assert_close(out_low, run(patched_copy(low_model, spec_b, 1.0), inputs), rtol=0, atol=ATOL)
 
 
+def test_ai_toolkit_combined_high_low_file(spec, spec_b, inputs):
+    """One file, both experts: diffusion_model.transformer_1.* is high noise, transformer_2.* low."""
+    combined = {k.replace("diffusion_model.", "diffusion_model.transformer_1.", 1): v
+                for k, v in write_comfyui_ab(spec).items()}
+    combined.update({k.replace("diffusion_model.", "diffusion_model.transformer_2.", 1): v
+                     for k, v in write_comfyui_ab(spec_b).items()})
+    high_model, low_model = random_dit("t2v", seed=0), random_dit("t2v", seed=9)
+    stack = one_lora_stack(combined)
+    with stack.apply(high_model, "high") as high, stack.apply(low_model, "low") as low:
+        out_high, out_low = run(high_model, inputs), run(low_model, inputs)
+    assert high.reports[0].unmatched == {} and low.reports[0].unmatched == {}
+    torch.testing.assert_close(out_high, run(patched_copy(high_model, spec), inputs), rtol=0, atol=ATOL)
+    torch.testing.assert_close(out_low, run(patched_copy(low_model, spec_b), inputs), rtol=0, atol=ATOL)
+
+
 @pytest.mark.parametrize("mode", ["unmerged", "merged"])
 def test_lightx2v_full_diffs(model, spec, inputs, mode):
     diffs, deltas = write_lightx2v_diffs(model)

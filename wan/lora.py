@@ -35,7 +35,8 @@ import torch.nn.functional as F
 
 from . import ops
 from ..model_loaders.lora_formats import (FullDiff, LowRank, ParsedLora, TargetPatch, WeightPatch,
-                                          describe_foreign, lora_width, parse_lora, width_name)
+                                          describe_foreign, lora_width, parse_lora, select_expert,
+                                          width_name)
 
 log = logging.getLogger(__name__)
 
@@ -435,7 +436,7 @@ class AppliedLoras:
                     continue
                 if not isinstance(source, ParsedLora):
                     names = names or target_names(model)
-                    source = parse_lora(source, names, entry.default_alpha)
+                    source = parse_lora(select_expert(source, expert), names, entry.default_alpha)
                 patches, report = match_lora(model, source, entry.name)
                 self.reports.append(report)
                 strength = (lambda e=entry: e.strength(expert))
