@@ -150,3 +150,30 @@ def test_template_runs_end_to_end_on_tiny_models(tiny_setup, name):
         assert "workflow" in container.metadata and "prompt" in container.metadata
     assert len(frames) == demo.TINY_LENGTH
     assert frames[0].shape == (demo.TINY_HEIGHT, demo.TINY_WIDTH, 3)
+
+
+def test_missing_model_file_fails_before_running(tiny_setup, capsys):
+    """The official file names are not in the tiny folder: exit 4 naming file and folder, nothing written."""
+    from wanflow.runner import cli, errors
+
+    out = tiny_setup / "output" / "missing"
+    code = cli.main(["run", str(ROOT / "workflows" / "wan22_a14b_t2v.json"), "--models", str(tiny_setup / "models"),
+                     "--input", str(tiny_setup / "input"), "--output", str(out), "--quiet"])
+    assert code == errors.EXIT_MISSING_FILE
+    assert "'wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors' not found in diffusion_models" in capsys.readouterr().err
+    assert not out.exists() or not any(out.rglob("*.mp4"))
+
+
+def test_wrong_image_size_for_the_model_fails_clearly(tiny_setup, capsys):
+    from wanflow.runner import cli, errors
+
+    path = tiny_setup / "i2v.json"
+    path.write_text(json.dumps(templates.render("wan22_a14b_i2v")))
+    out = tiny_setup / "output" / "wrong_size"
+    sets = [a for s in demo.TINY_OVERRIDES["wan22_a14b_i2v"] + ["7.width=40"] for a in ("--set", s)]
+    code = cli.main(["run", str(path), "--models", str(tiny_setup / "models"), "--input", str(tiny_setup / "input"),
+                     "--output", str(out), "--quiet", *sets])
+    assert code == errors.EXIT_NODE_FAILED
+    err = capsys.readouterr().err
+    assert "node 7 (WanFlowImageToVideo)" in err and "40x32 does not fit" in err and "multiples of 16" in err
+    assert not out.exists() or not any(p.is_file() for p in out.rglob("*"))
