@@ -159,12 +159,18 @@ OFFICIAL_DEFAULTS: dict[tuple[str, str, str], WanDefaults] = {
                                        guide_scale_low_noise=3.5, boundary=0.900),
     ("2.2", "ti2v", "5B"): WanDefaults("2.2", 5.0, 50, 5.0, 24, 121, ((1280, 704), (704, 1280))),
 }
+# Not official Wan-AI releases: community expert pairs built on Wan 2.2 T2V-A14B (e.g. Comfy-Org's
+# wan2.2_fun_vace_{high,low}_noise_14B). They inherit the T2V-A14B settings.
+COMMUNITY_DEFAULTS: dict[tuple[str, str, str], WanDefaults] = {
+    ("2.2", "vace", "14B"): OFFICIAL_DEFAULTS[("2.2", "t2v", "14B")],
+}
 
 
 def official_defaults(family: str, task: str, size: str) -> WanDefaults:
     """Defaults of the official variant, or of the closest one (same family and task)."""
-    if (family, task, size) in OFFICIAL_DEFAULTS:
-        return OFFICIAL_DEFAULTS[(family, task, size)]
+    for table in (OFFICIAL_DEFAULTS, COMMUNITY_DEFAULTS):
+        if (family, task, size) in table:
+            return table[(family, task, size)]
     for (fam, tsk, _), defaults in OFFICIAL_DEFAULTS.items():
         if fam == family and tsk == task:
             return defaults
@@ -343,6 +349,8 @@ def detect_dit_variant(shapes: Shapes, path: Union[str, Path, None] = None,
 
     if config.model_type == "ti2v" or (config.model_type == "i2v" and not config.has_image_input):
         family, family_from = "2.2", "weights"
+    elif config.model_type == "vace" and config.dim == 5120 and (expert or named_family == "2.2"):
+        family, family_from = "2.2", "file name"  # Wan 2.2 Fun VACE expert pair (community)
     elif config.model_type in ("flf2v", "vace") or config.has_image_input:
         family, family_from = "2.1", "weights"
     elif config.dim == 1536:
@@ -356,7 +364,7 @@ def detect_dit_variant(shapes: Shapes, path: Union[str, Path, None] = None,
         notes.append("Wan 2.1 T2V-14B and a Wan 2.2 T2V-A14B expert have identical shapes; "
                      "assumed 2.1 (put 'wan2.2' or 'high_noise'/'low_noise' in the file name).")
 
-    if family != "2.2" or config.model_type not in ("t2v", "i2v"):
+    if family != "2.2" or config.model_type not in ("t2v", "i2v", "vace"):
         if chosen_expert is not None:
             raise WrongModelError(f"{source}: expert={chosen_expert!r} was asked for, but this is "
                                   f"Wan {family} {config.model_type.upper()}, which has no "

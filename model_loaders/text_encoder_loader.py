@@ -30,6 +30,7 @@ TEXT_PREFIXES = ("text_encoders.umt5xxl.transformer.", "text_encoders.umt5xxl.",
                  "model.", "module.")
 TEXT_MARKERS = ("encoder.block.0.layer.0.SelfAttention.q.weight", "blocks.0.attn.q.weight")
 FILE_EXTRAS = (SPIECE_KEY, "scaled_fp8")  # file-level keys kept next to a stripped prefix
+UNUSED_PARTS = ("decoder.", "lm_head.")  # a full (encoder-decoder) umT5 checkpoint: Wan needs the encoder
 TOKENIZER_FILE = "spiece.model"
 # Where tokenizers live relative to the weights' folder: the folder itself, a tokenizer/ folder,
 # the official ckpt_dir layout (google/umt5-xxl/), and a diffusers pipeline's sibling tokenizer/.
@@ -71,6 +72,7 @@ def open_text_encoder_checkpoint(path: PathLike) -> tuple[Checkpoint, str]:
         raise wrong_model_error(ckpt.name, ckpt.shapes(), "a umT5 text encoder")
     if prefix:
         ckpt = ckpt.map_keys(_inside(prefix))
+    ckpt = ckpt.map_keys(lambda k: None if k.startswith(UNUSED_PARTS) else k)
     kind = classify(ckpt.shapes())
     if kind.kind != "umt5":
         raise wrong_model_error(ckpt.name, ckpt.shapes(), "a umT5 text encoder")

@@ -10,7 +10,7 @@ import functools
 import pytest
 import torch
 
-from wanflow.model_loaders.detect import (OFFICIAL_DEFAULTS, classify, detect_dit_variant,
+from wanflow.model_loaders.detect import (COMMUNITY_DEFAULTS, OFFICIAL_DEFAULTS, classify, detect_dit_variant,
                                           expert_from_name, family_from_name)
 from wanflow.model_loaders.errors import UnsupportedModelError, WrongModelError
 from wanflow.wan import dit
@@ -48,6 +48,7 @@ RELEASES = [
     ("Wan2.2-T2V-A14B-Diffusers/transformer_2", "wan2.2-t2v-a14b", ("2.2", "t2v", "14B", "low")),
     ("wan2.2_ti2v_5B_fp16.safetensors", "wan2.2-ti2v-5b", ("2.2", "ti2v", "5B", None)),
     ("some_finetune_of_i2v.safetensors", "wan2.2-i2v-a14b", ("2.2", "i2v", "14B", None)),
+    ("wan2.2_fun_vace_high_noise_14B_bf16.safetensors", "wan2.1-vace-14b", ("2.2", "vace", "14B", "high")),
 ]
 
 
@@ -60,7 +61,8 @@ def test_release_table(name, preset, expected, prefix):
     variant = detect_dit_variant(shapes, name)
     assert (variant.family, variant.task, variant.size, variant.expert) == expected
     assert variant.config == dit.PRESETS[preset]  # the exact official architecture
-    assert variant.defaults == OFFICIAL_DEFAULTS[(variant.family, variant.task, variant.size)]
+    key = (variant.family, variant.task, variant.size)
+    assert variant.defaults == {**OFFICIAL_DEFAULTS, **COMMUNITY_DEFAULTS}[key]
 
 
 def test_t2v_14b_without_a_telling_name_is_assumed_2_1_with_a_note():

@@ -302,3 +302,18 @@ def test_each_tensor_is_read_exactly_once(fmt, tmp_path, references, monkeypatch
             stored += list(f.keys())
     unused = {k for k in stored if k.endswith(("scale_input", "scaled_fp8"))}  # never needed
     assert sorted(reads) == sorted(k for k in stored if k not in unused)
+
+
+def test_full_umt5_checkpoint_uses_the_encoder_only(spiece, tmp_path):
+    """google/umt5-xxl style files also hold the decoder and lm_head; Wan needs the encoder."""
+    from safetensors.torch import load_file, save_file
+
+    from wanflow.model_loaders.text_encoder_loader import load_text_encoder
+
+    reference = fx.tiny_umt5()
+    folder = fx.write_umt5("hf_folder", reference, spiece, tmp_path)
+    weights = load_file(folder / "model.safetensors")
+    weights["decoder.block.0.layer.0.SelfAttention.q.weight"] = torch.zeros(32, 32)
+    weights["lm_head.weight"] = torch.zeros(160, 32)
+    save_file(weights, str(folder / "model.safetensors"))
+    assert load_text_encoder(folder).model.config == reference.config
