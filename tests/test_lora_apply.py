@@ -209,6 +209,26 @@ def test_fp8_base(spec, spec_b, inputs, scaled):
     assert (unmerged - base).norm() > 4 * quantization_error  # the LoRA effect stands out
 
 
+def test_bf16_base(spec, inputs):
+    """bf16 weights and bf16 compute: both modes land as close to the fp32 truth as bf16 itself does."""
+    model = random_dit("t2v")
+    full_precision, truth = run(model, inputs), run(patched_copy(model, spec), inputs)
+    model.to(torch.bfloat16)
+    before = snapshot(model)
+    bf16_inputs = dict(inputs, x=inputs["x"].bfloat16(), context=inputs["context"].bfloat16())
+    bf16_error = (run(model, bf16_inputs) - full_precision).norm()
+    stack = one_lora_stack(write_kohya(spec))
+    with stack.apply(model, "high", mode="unmerged"):
+        unmerged = run(model, bf16_inputs)
+    with stack.apply(model, "high", mode="merged"):
+        merged = run(model, bf16_inputs)
+        assert model.blocks[0].self_attn.q.weight.dtype == torch.bfloat16
+    assert_bit_equal(model, before)
+    assert (unmerged - truth).norm() < 2 * bf16_error
+    assert (merged - truth).norm() < 2 * bf16_error
+    assert (truth - full_precision).norm() > 20 * bf16_error
+
+
 # ---- reporting ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("targets", [("self_attn.q", "self_attn.o"), ("ffn.0",)])
