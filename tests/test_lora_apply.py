@@ -109,6 +109,23 @@ def test_two_stacked_loras_add_their_deltas(model, spec, spec_b, inputs, mode):
     torch.testing.assert_close(out, run(truth, inputs), rtol=0, atol=ATOL)
 
 
+def test_a_stack_is_one_adapter_per_layer_even_with_mixed_dtypes(model, spec, spec_b, inputs):
+    """Low-rank factors of all LoRAs on a layer are concatenated (bf16 and fp32 files mixed)."""
+    bf16_file = {k: v.bfloat16() for k, v in write_comfyui_ab(spec).items()}
+    rounded = {t: type(d)(d.down.bfloat16().float(), d.up.bfloat16().float(), d.alpha) for t, d in spec.items()}
+    stack = LoraStack()
+    stack.add("a", high=bf16_file, low=None, strength_high=0.5)
+    stack.add("b", high=write_kohya(spec_b), low=None, strength_high=2.0)
+    with stack.apply(model, "high"):
+        assert len(model.blocks[1].self_attn.q.adapters) == 1
+        out = run(model, inputs)
+        stack.set_strength("a", high=0.0)
+        only_b = run(model, inputs)
+    truth = patched_copy(patched_copy(model, rounded, 0.5), spec_b, 2.0)
+    torch.testing.assert_close(out, run(truth, inputs), rtol=0, atol=ATOL)
+    torch.testing.assert_close(only_b, run(patched_copy(model, spec_b, 2.0), inputs), rtol=0, atol=ATOL)
+
+
 @pytest.mark.parametrize("mode", ["unmerged", "merged"])
 def test_changing_a_strength_needs_no_reload(model, spec, inputs, mode):
     stack = one_lora_stack(write_comfyui_ab(spec), 1.0, name="style")

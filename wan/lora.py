@@ -24,6 +24,7 @@ keys that were not applied.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import re
 from dataclasses import dataclass
@@ -214,24 +215,47 @@ Strength = Callable[[], float]
 
 
 class LowRankAdapter(nn.Module):
-    """``x -> strength · scale · up(down(x))``; holds only the LoRA's own factors.
+    """``x -> Σᵢ strengthᵢ · scaleᵢ · upᵢ(downᵢ(x))`` for every low-rank patch on one Linear.
+
+    The factors of all the stack's LoRAs on this layer are concatenated along the rank, so a
+    stack costs two thin matmuls and one add per layer however many LoRAs it holds. Strengths
+    are read at each call (cheap: a per-rank scale vector is rebuilt only when they change).
 
     Adapters are also registered as child modules of their Linear (non-persistent buffers, so
     state dicts are unchanged): moving the model with ``.to()`` moves them along.
     """
 
-    def __init__(self, patch: LowRank, strength: Strength, device: torch.device) -> None:
+    def __init__(self, patches: list[tuple[LowRank, Strength]], device: torch.device) -> None:
         super().__init__()
-        self.register_buffer("down", patch.down.to(device).flatten(1), persistent=False)
-        self.register_buffer("up", patch.up.to(device).flatten(1), persistent=False)
-        self.scale = patch.scale
-        self.strength = strength
+        downs = [p.down.flatten(1) for p, _ in patches]
+        ups = [p.up.flatten(1) for p, _ in patches]
+        dtype = functools.reduce(torch.promote_types, [t.dtype for t in downs + ups])
+        down = downs[0] if len(downs) == 1 else torch.cat([t.to(dtype) for t in downs])
+        up = ups[0] if len(ups) == 1 else torch.cat([t.to(dtype) for t in ups], dim=1)
+        self.register_buffer("down", down.to(device), persistent=False)
+        self.register_buffer("up", up.to(device), persistent=False)
+        self.ranks = [p.rank for p, _ in patches]
+        self.scales = [p.scale for p, _ in patches]
+        self.strengths = [strength for _, strength in patches]
+        self._rank_scale: Optional[torch.Tensor] = None
+        self._rank_scale_key: Optional[tuple] = None
+
+    def rank_scale(self, device: torch.device, dtype: torch.dtype) -> Optional[torch.Tensor]:
+        """``strength · scale`` of each LoRA, repeated over its rank; None when all are zero."""
+        factors = tuple(strength() * scale for strength, scale in zip(self.strengths, self.scales))
+        if not any(factors):
+            return None
+        key = (factors, device, dtype)
+        if key != self._rank_scale_key:
+            per_rank = torch.repeat_interleave(torch.tensor(factors), torch.tensor(self.ranks))
+            self._rank_scale, self._rank_scale_key = per_rank.to(device, dtype), key
+        return self._rank_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = self.strength() * self.scale
-        if s == 0:
+        rank_scale = self.rank_scale(x.device, x.dtype)
+        if rank_scale is None:
             return x.new_zeros(())
-        h = F.linear(x, self.down.to(x.device, x.dtype)) * s
+        h = F.linear(x, self.down.to(x.device, x.dtype)) * rank_scale
         return F.linear(h, self.up.to(x.device, x.dtype))
 
 
@@ -276,12 +300,6 @@ class BiasAdapter(nn.Module):
 
 
 Adapter = Union[LowRankAdapter, DenseAdapter, BiasAdapter]
-
-
-def _make_adapter(patch: WeightPatch, strength: Strength, device: torch.device) -> Adapter:
-    if isinstance(patch, LowRank) and patch.down.dim() == 2:
-        return LowRankAdapter(patch, strength, device)
-    return DenseAdapter(patch, strength, device)
 
 
 # --------------------------------------------------------------------------------------------
@@ -429,6 +447,7 @@ class AppliedLoras:
         self._baked: dict[tuple[int, str], _Baked] = {}
         self._backup_device = backup_device
         names: Optional[list[str]] = None
+        low_rank: dict[int, tuple[ops.Linear, list[tuple[LowRank, Strength]]]] = {}
         try:
             for entry in stack.loras:
                 source = entry.source(expert)
@@ -441,14 +460,19 @@ class AppliedLoras:
                 self.reports.append(report)
                 strength = (lambda e=entry: e.strength(expert))
                 for target, patch in patches.items():
-                    self._install(target, patch, strength)
+                    self._install(target, patch, strength, low_rank)
+            for module, stacked in low_rank.values():
+                self._add_adapter(module, LowRankAdapter(stacked, module.weight.device))
             for baked in self._baked.values():
                 _bake(baked)
         except Exception:
             self.remove()
             raise
 
-    def _install(self, target: str, patch: TargetPatch, strength: Strength) -> None:
+    def _install(self, target: str, patch: TargetPatch, strength: Strength,
+                 low_rank: dict[int, tuple[ops.Linear, list[tuple[LowRank, Strength]]]]) -> None:
+        """Attach one LoRA's patch of ``target``; low-rank parts are collected in ``low_rank``
+        (per Linear, across the stack) to become one :class:`LowRankAdapter` per layer."""
         module, slot = _resolve(self.model, target)
         if slot is not None:  # a bare parameter such as blocks.N.modulation
             for weight in patch.weights:
@@ -457,10 +481,12 @@ class AppliedLoras:
         as_adapter = self.mode == "unmerged" and isinstance(module, ops.Linear)
         device = module.weight.device
         for weight in patch.weights:
-            if as_adapter:
-                self._add_adapter(module, _make_adapter(weight, strength, device))
-            else:
+            if not as_adapter:
                 self._add_delta(_Slot(module, "weight"), strength, weight.delta)
+            elif isinstance(weight, LowRank):
+                low_rank.setdefault(id(module), (module, []))[1].append((weight, strength))
+            else:
+                self._add_adapter(module, DenseAdapter(weight, strength, device))
         if patch.bias is not None:
             if as_adapter:
                 self._add_adapter(module, BiasAdapter(patch.bias, strength, device))
