@@ -1,9 +1,9 @@
 """Applying LoRA stacks to a live Wan model, unmerged (run-time adapters) or merged.
 
 * **Unmerged** (default): each patched ``ops.Linear`` gets a callable in ``Linear.adapters``
-  (also a child module, so ``.to()`` moves it) that adds ``strength · scale · up(down(x))`` to
-  its output. The base weight is never copied or touched, so it works on bf16, fp8 and
-  scaled-fp8 weights alike, and a strength change is read at the next call.
+  (also a child module, so ``.to()`` moves it) that adds ``Σ strength · scale · up(down(x))``
+  over the stack's LoRAs to its output. The base weight is never copied or touched, so it works
+  on bf16, fp8 and scaled-fp8 weights alike, and a strength change is read at the next call.
 * **Merged**: the deltas are added into the stored weights (dequantised to fp32, patched,
   stored back in the weight's own dtype; fp8 is re-quantised with round-to-nearest, growing
   ``scale_weight`` if a patched value would leave the fp8 range). The original tensors are
