@@ -44,6 +44,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--prompt-tokens", type=int, default=64,
                    help="real prompt tokens; the context is zero-padded to 512 like the text encoder's")
     p.add_argument("--rank", type=int, default=32)
+    p.add_argument("--loras", type=int, default=1, help="how many LoRAs are stacked (all active)")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -140,20 +141,21 @@ def main() -> None:
     context = torch.zeros(1, cfg.text_len, cfg.text_dim)
     context[:, : args.prompt_tokens] = torch.randn(1, args.prompt_tokens, cfg.text_dim, generator=gen)
     context = context.to(device, dtype)
-    lora = {k: v.to(dtype) for k, v in make_lora(cfg, args.rank, 2).items()}
+    loras = [{k: v.to(dtype) for k, v in make_lora(cfg, args.rank, 2 + i).items()} for i in range(args.loras)]
 
     # One model copy per variant, so all variants are timed round-robin in the same loop.
     base = WanDiT(cfg).eval()
     randomize(base, 0)
     base.to(device, dtype)
     stack = LoraStack()
-    stack.add("bench", high=lora, low=None)
+    for i, lora in enumerate(loras):
+        stack.add(f"bench{i}", high=lora, low=None)
     models = {"ours, no LoRA": base}
     for mode in ("unmerged", "merged"):
         model = copy.deepcopy(base)
         stack.apply(model, "high", mode=mode)
         models[f"ours, {mode} LoRA"] = model
-    peer_note = add_peer(cfg, base, lora, models)
+    peer_note = add_peer(cfg, base, loras, models)
 
     def forward(model: torch.nn.Module) -> Callable[[], torch.Tensor]:
         if isinstance(model, WanDiT):
@@ -171,7 +173,7 @@ def main() -> None:
             f.write(report)
 
 
-def add_peer(cfg: WanDiTConfig, base: WanDiT, lora: dict[str, torch.Tensor],
+def add_peer(cfg: WanDiTConfig, base: WanDiT, loras: list[dict[str, torch.Tensor]],
              models: dict[str, torch.nn.Module]) -> str:
     """diffusers WanTransformer3DModel copies of ``base``: no LoRA, PEFT LoRA, fused PEFT LoRA."""
     try:
@@ -185,18 +187,21 @@ def add_peer(cfg: WanDiTConfig, base: WanDiT, lora: dict[str, torch.Tensor],
         ref = diffusers.WanTransformer3DModel(**dit_keys.diffusers_config(cfg)).eval()
         ref.load_state_dict(weights, strict=True)
         ref.to(param.device, param.dtype)
+        names = [f"bench{i}" for i in range(len(loras))]
         if label != "no LoRA":
-            ref.load_lora_adapter(dict(lora), prefix="transformer", adapter_name="bench")
+            for name, lora in zip(names, loras):
+                ref.load_lora_adapter(dict(lora), prefix="transformer", adapter_name=name)
+            ref.set_adapters(names, weights=[1.0] * len(names))
         if label == "PEFT fused LoRA":
-            ref.fuse_lora(lora_scale=1.0)
+            ref.fuse_lora(lora_scale=1.0, adapter_names=names)
         models[f"diffusers, {label}"] = ref
     return (f"diffusers {diffusers.__version__} `WanTransformer3DModel` + peft {peft.__version__} "
-            "(`load_lora_adapter`, fused with `fuse_lora`), same weights and LoRA")
+            "(`load_lora_adapter` per LoRA, all active; fused with `fuse_lora`), same weights and LoRAs")
 
 
 def lora_flop_share(cfg: WanDiTConfig, args: argparse.Namespace) -> float:
     """Adapter FLOPs / base FLOPs of the patched Linear layers (cross k/v see the text tokens)."""
-    video, text, r = args.frames * (args.size // 2) ** 2, cfg.text_len, args.rank
+    video, text, r = args.frames * (args.size // 2) ** 2, cfg.text_len, args.rank * args.loras
     layers = [(video, cfg.dim, cfg.dim)] * 6 + [(text, cfg.dim, cfg.dim)] * 2 + [
         (video, cfg.dim, cfg.ffn_dim), (video, cfg.ffn_dim, cfg.dim)]
     base = sum(tokens * i * o for tokens, i, o in layers)
@@ -214,16 +219,16 @@ def format_report(args, cfg, results, outputs, peer_note) -> str:
         f"{args.threads} threads, device {args.device}, {args.dtype}",
         f"- Model: WanDiT dim {cfg.dim}, ffn {cfg.ffn_dim}, {cfg.num_heads} heads, {cfg.num_layers} blocks; "
         f"{tokens} video tokens, {cfg.text_len} text tokens ({args.prompt_tokens} non-zero)",
-        f"- LoRA: rank {args.rank} on every self/cross-attention q,k,v,o and ffn.0/ffn.2 "
-        f"({10 * cfg.num_layers} Linear layers)",
+        f"- LoRA: {args.loras} stacked, each rank {args.rank} on every self/cross-attention q,k,v,o "
+        f"and ffn.0/ffn.2 ({10 * cfg.num_layers} Linear layers)",
         f"- Peer: {peer_note}",
         f"- {args.rounds} timed forwards per variant ({args.clock} clock) after one warm-up, variants "
         "interleaved round-robin (one model copy each); command: "
         f"`python bench/lora_overhead.py --dim {args.dim} --ffn-dim {args.ffn_dim} --heads {args.heads} "
         f"--layers {args.layers} --frames {args.frames} --size {args.size} "
-        f"--rank {args.rank} --rounds {args.rounds} --threads {args.threads} --clock {args.clock}`",
+        f"--rank {args.rank} --loras {args.loras} --rounds {args.rounds} --threads {args.threads} --clock {args.clock}`",
         "",
-        f"- Extra FLOPs of the rank-{args.rank} adapters: {lora_flop_share(cfg, args) * 100:.1f}% of the "
+        f"- Extra FLOPs of the adapters: {lora_flop_share(cfg, args) * 100:.1f}% of the "
         "patched Linear layers' own FLOPs (what the unmerged mode costs ideally; merged costs nothing per step)",
         "",
         "| variant | median ms | min ms | vs merged, min/min | vs merged, median of per-round ratios |",
