@@ -207,6 +207,15 @@ def check_interrupted() -> None:
         raise Interrupted("interrupted by the user")
 
 
+_progress_enabled = True
+
+
+def set_headless_progress(enabled: bool) -> None:
+    """The runner's ``--quiet`` turns the tqdm bars off."""
+    global _progress_enabled
+    _progress_enabled = enabled
+
+
 class Progress:
     """A progress bar: ComfyUI's UI bar inside ComfyUI, tqdm outside."""
 
@@ -221,7 +230,7 @@ class Progress:
             from tqdm.auto import tqdm
 
             self._tqdm = tqdm(total=self.total, desc=desc, leave=False, file=sys.stderr,
-                              disable=not _headless_progress_enabled())
+                              disable=not _progress_enabled)
 
     def update(self, n: int = 1, preview: Any = None) -> None:
         """Advance by ``n``; ``preview`` is a ComfyUI latent preview tuple when available."""
@@ -256,18 +265,6 @@ def latent_previewer(channels: int) -> Optional[Callable[[torch.Tensor], Any]]:
         return None
     return lambda x0: previewer.decode_latent_to_preview_image("JPEG", x0)
 
-
-_progress_enabled = True
-
-
-def set_headless_progress(enabled: bool) -> None:
-    """The runner's ``--quiet`` turns the tqdm bars off."""
-    global _progress_enabled
-    _progress_enabled = enabled
-
-
-def _headless_progress_enabled() -> bool:
-    return _progress_enabled
 
 
 # --------------------------------------------------------------------------- names and folders

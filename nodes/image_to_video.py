@@ -16,10 +16,10 @@ import torch.nn.functional as F
 
 from ..samplers.conditioning import WanConditioning, encode_first_frame, encode_i2v_condition
 from ..wan.clip_vision import preprocess as clip_preprocess
+from ..wan.latent_stats import stats_for_channels
 from . import comfy_adapter
 from .handles import ClipVisionHandle, ModelHandle
 from .latent_nodes import DIT_PATCH
-from .sampler_nodes import STATS_BY_CHANNELS
 from .types import CATEGORY, CLIP_VISION, CONDITIONING, IMAGE, LATENT, MODEL, VAE
 
 
@@ -56,7 +56,7 @@ def check_size(model: ModelHandle, vae, width: int, height: int, length: int, wh
 
 def latent_encoder(vae):
     """Pixels ``[B, 3, F, H, W]`` in [-1, 1] → normalised latents, on the VAE's device and dtype."""
-    stats = STATS_BY_CHANNELS[vae.z_dim]
+    stats = stats_for_channels(vae.z_dim)
     parameter = next(vae.parameters())
 
     def encode(pixels: torch.Tensor) -> torch.Tensor:

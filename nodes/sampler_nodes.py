@@ -17,14 +17,13 @@ from ..samplers.noise import seeded_noise
 from ..samplers.schedules import SCHEDULES, build_schedule
 from ..samplers.solvers import SOLVERS
 from ..wan.attention import use_backend
-from ..wan.latent_stats import WAN21, WAN22, LatentStats
+from ..wan.latent_stats import LatentStats, stats_for_channels
 from . import comfy_adapter
 from .handles import ModelHandle
 from .lora_nodes import build_lora_stack
 from .types import CATEGORY, CONDITIONING, LATENT, LORA_STACK, MODEL
 
 SCHEDULER_NAMES = sorted(SCHEDULES) + ["distilled"]
-STATS_BY_CHANNELS = {WAN21.channels: WAN21, WAN22.channels: WAN22}
 
 
 class WanFlowMoESampler:
@@ -106,13 +105,13 @@ class WanFlowMoESampler:
 
 def latent_stats_for(raw: torch.Tensor, model: ModelHandle) -> LatentStats:
     """The VAE statistics that match the latent's channel count (16: VAE 2.1, 48: VAE 2.2)."""
-    if raw.ndim != 5 or raw.shape[1] not in STATS_BY_CHANNELS:
+    if raw.ndim != 5 or raw.shape[1] not in (16, 48):
         raise ValueError(f"MoE sampler: latent has shape {tuple(raw.shape)}; expected [batch, 16 or 48, frames, h, w]")
     wanted = model.variant.config.out_dim
     if wanted != raw.shape[1]:
         raise ValueError(f"MoE sampler: the latent has {raw.shape[1]} channels but {model.variant.name} works on "
                          f"{wanted} (TI2V-5B uses the Wan 2.2 VAE, every other model the Wan 2.1 VAE)")
-    return STATS_BY_CHANNELS[raw.shape[1]]
+    return stats_for_channels(raw.shape[1])
 
 
 def _match_batch(cond: WanConditioning, batch: int) -> WanConditioning:
