@@ -338,8 +338,11 @@ def test_stack_misuse_is_refused(model, spec):
     with pytest.raises(ValueError, match="expert must be"):
         stack.apply(model, "middle")
     with stack.apply(model, "high"):
-        with pytest.raises(RuntimeError, match="already applied"):
+        with pytest.raises(RuntimeError, match="already has a LoRA stack applied"):
             stack.apply(model, "high")
+        with pytest.raises(RuntimeError, match="already has a LoRA stack applied"):
+            one_lora_stack(write_kohya(spec)).apply(model, "high")
+    one_lora_stack(write_kohya(spec)).apply(model, "high").remove()  # free again after remove()
     with pytest.raises(KeyError, match="no LoRA named"):
         stack.set_strength("z", high=1.0)
 

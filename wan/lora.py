@@ -384,6 +384,11 @@ class StackedLora:
         return self.strength_high if expert == "high" else self.strength_low
 
 
+# Set on a model while a stack is applied to it: baked backups only restore correctly when one
+# application at a time owns the model.
+_APPLIED_ATTR = "_wanflow_applied_loras"
+
+
 class LoraStack:
     """Any number of LoRAs, each with a high-noise and a low-noise strength.
 
@@ -429,10 +434,12 @@ class LoraStack:
             raise ValueError(f"expert must be one of {EXPERTS}, got {expert!r}")
         if mode not in ("unmerged", "merged"):
             raise ValueError(f"mode must be 'unmerged' or 'merged', got {mode!r}")
-        if any(applied.model is model for applied in self._applied):
-            raise RuntimeError("this stack is already applied to this model; remove() it first")
+        if getattr(model, _APPLIED_ATTR, None) is not None:
+            raise RuntimeError("this model already has a LoRA stack applied; remove() it first "
+                               "(one stack per model; a stack holds any number of LoRAs)")
         applied = AppliedLoras(self, model, expert, mode, torch.device(backup_device))
         self._applied.append(applied)
+        setattr(model, _APPLIED_ATTR, applied)
         return applied
 
 
@@ -527,6 +534,8 @@ class AppliedLoras:
         self._baked.clear()
         if self in self.stack._applied:
             self.stack._applied.remove(self)
+        if getattr(self.model, _APPLIED_ATTR, None) is self:
+            setattr(self.model, _APPLIED_ATTR, None)
 
     def __enter__(self) -> AppliedLoras:
         return self
