@@ -16,7 +16,7 @@ from typing import Any, Optional
 from ..nodes import comfy_adapter
 from . import node_specs
 from .errors import (InvalidWorkflow, MissingFileError, NodeFailed, RunInterrupted, RunnerError)
-from .workflow import Workflow, is_link
+from .workflow import Workflow, is_link, unknown_type_message
 
 log = logging.getLogger("wanflow.runner")
 
@@ -35,8 +35,7 @@ def validate(prompt: dict[str, dict], classes: dict[str, type]) -> list[str]:
     for node_id, entry in prompt.items():
         kind = entry["class_type"]
         if kind not in classes:
-            raise InvalidWorkflow(f"unknown node type {kind!r} (is the pack that provides it installed?)",
-                                  node_id, kind)
+            raise InvalidWorkflow(unknown_type_message(kind), node_id, kind)
     for node_id, entry in prompt.items():
         _validate_node(prompt, classes, node_id, entry)
     order = execution_order(prompt, classes)

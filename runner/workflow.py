@@ -103,8 +103,7 @@ def ui_to_prompt(ui: dict, classes: dict[str, type]) -> dict[str, dict]:
         if node.get("mode", 0) in (MODE_MUTED, MODE_BYPASS) or kind in UI_ONLY_TYPES:
             continue
         if kind not in classes:
-            raise InvalidWorkflow(f"unknown node type {kind!r} (is the pack that provides it installed?)",
-                                  node_id, kind)
+            raise InvalidWorkflow(unknown_type_message(kind, ui), node_id, kind)
         values = node.get("widgets_values") or []
         if isinstance(values, dict):
             inputs = dict(values)
@@ -129,6 +128,16 @@ def ui_to_prompt(ui: dict, classes: dict[str, type]) -> dict[str, dict]:
             meta["dropped"] = dropped
         prompt[node_id] = {"class_type": kind, "inputs": inputs, "_meta": meta}
     return prompt
+
+
+def unknown_type_message(kind: str, ui: Optional[dict] = None) -> str:
+    """Why a node type cannot run headless, and what can."""
+    subgraphs = {str(g.get("id")) for g in ((ui or {}).get("definitions") or {}).get("subgraphs") or []}
+    if kind in subgraphs:
+        return ("this node is a subgraph, which the headless runner does not run yet; unpack it in ComfyUI "
+                "(right-click > Unpack Subgraph) and save again")
+    return (f"unknown node type {kind!r}: the headless runner runs the WanFlow nodes, LoadImage and the UI-only "
+            "nodes (notes, primitives, reroutes); other packs' and core nodes need ComfyUI itself")
 
 
 def _resolve_link(graph: _UIGraph, link_id: int, target_id: str, target_slot: int, seen: set) -> Any:

@@ -207,3 +207,14 @@ def test_demo_writes_a_video_and_says_random_weights(tmp_path, capsys):
     assert len(videos) == 1 and str(videos[0]) in captured.out
     with av.open(str(videos[0])) as container:
         assert len(list(container.decode(video=0))) == 5
+
+
+def test_subgraphs_and_core_nodes_get_a_clear_error(dirs, capsys):
+    flow = load_save_ui()
+    flow["definitions"] = {"subgraphs": [{"id": "0b4c-uuid", "nodes": [], "links": []}]}
+    flow["nodes"].append(ui_node(8, "0b4c-uuid"))
+    assert run_cli(dirs, flow) == errors.EXIT_INVALID
+    assert "subgraph" in capsys.readouterr().err
+    api = {"1": {"class_type": "KSampler", "inputs": {}}}
+    assert run_cli(dirs, api) == errors.EXIT_INVALID
+    assert "need ComfyUI itself" in capsys.readouterr().err
