@@ -140,6 +140,19 @@ def inference_dtype(device: Optional[torch.device] = None) -> torch.dtype:
     return torch.bfloat16
 
 
+def module_bytes(module: torch.nn.Module) -> int:
+    """Bytes of a module's parameters and buffers (what moving it to a device costs)."""
+    tensors = list(module.parameters()) + list(module.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def make_room(bytes_needed: int, device: Optional[torch.device] = None) -> None:
+    """Free memory on ``device`` (inside ComfyUI: unload its other models) when it is short."""
+    device = device or compute_device()
+    if device.type != "cpu" and free_memory_bytes(device) < bytes_needed:
+        free_memory(bytes_needed, device)
+
+
 @contextmanager
 def model_on_compute_device(module: torch.nn.Module) -> Iterator[torch.device]:
     """Run a block with ``module`` on the compute device, then move it back to the offload device.
@@ -150,10 +163,7 @@ def model_on_compute_device(module: torch.nn.Module) -> Iterator[torch.device]:
     if device == offload:
         yield device
         return
-    size = sum(p.numel() * p.element_size() for p in module.parameters())
-    size += sum(b.numel() * b.element_size() for b in module.buffers())
-    if free_memory_bytes(device) < size:
-        free_memory(size, device)
+    make_room(module_bytes(module), device)
     module.to(device)
     try:
         yield device

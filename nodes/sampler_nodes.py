@@ -78,6 +78,8 @@ class WanFlowMoESampler:
         noise = seeded_noise(raw.shape, seed)
         cond = _match_batch(conditioning, raw.shape[0])
         device = comfy_adapter.compute_device()
+        experts = [m.model for m in (model_high, model_low) if m is not None]
+        comfy_adapter.make_room(max(comfy_adapter.module_bytes(m) for m in experts), device)  # one expert at a time
         sampler = MoESampler(model_high.model, model_low.model if model_low is not None else None,
                              device=device, offload_device=comfy_adapter.offload_device(),
                              compute_dtype=comfy_adapter.inference_dtype(device))
