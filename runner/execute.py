@@ -156,7 +156,7 @@ def execution_order(prompt: dict[str, dict], classes: dict[str, type]) -> list[s
 
 # --------------------------------------------------------------------------- execution
 
-def run(workflow: Workflow, classes: dict[str, type], progress: bool = True) -> RunResult:
+def run(workflow: Workflow, classes: dict[str, type]) -> RunResult:
     """Validate then execute; output files appear only if every node succeeded."""
     prompt = workflow.prompt
     order = validate(prompt, classes)
