@@ -215,6 +215,34 @@ def render(name: str, classes: dict[str, type] | None = None) -> dict:
     return build(nodes, classes or node_classes(), title)
 
 
+def thumbnail(title: str, subtitle: str) -> "Image.Image":
+    """A plain title card: ComfyUI's template browser shows ``<name>.jpg`` next to the JSON."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    width, height = 512, 288
+    y = _gradient(width, height)
+    card = Image.fromarray(y)
+    draw = ImageDraw.Draw(card)
+    try:
+        big, small = ImageFont.load_default(size=30), ImageFont.load_default(size=18)
+    except TypeError:  # Pillow < 10.1 has one fixed-size default font
+        big = small = ImageFont.load_default()
+    draw.text((28, 28), "WanFlow", fill=(255, 255, 255), font=small)
+    draw.text((28, 110), title, fill=(255, 255, 255), font=big)
+    draw.text((28, 160), subtitle, fill=(220, 230, 255), font=small)
+    return card
+
+
+def _gradient(width: int, height: int):
+    """A dark blue-violet diagonal gradient as a uint8 array."""
+    import numpy as np
+
+    y, x = np.mgrid[0:height, 0:width]
+    t = (x / width + y / height) / 2
+    rgb = np.stack([40 + 60 * t, 30 + 30 * t, 90 + 80 * t], axis=-1)
+    return rgb.astype(np.uint8)
+
+
 def as_text(workflow: dict) -> str:
     return json.dumps(workflow, indent=2, ensure_ascii=False) + "\n"
 
@@ -226,7 +254,12 @@ def main(argv: list[str] | None = None) -> int:
     stale = []
     for name in TEMPLATES:
         path = WORKFLOWS_DIR / f"{name}.json"
-        text = as_text(render(name))
+        workflow = render(name)
+        text = as_text(workflow)
+        picture = path.with_suffix(".jpg")
+        if not picture.exists() and not args.check:
+            title = workflow["extra"]["info"]["title"]
+            thumbnail(title, "ComfyUI template  |  wanflow run " + path.name).save(picture, quality=85)
         if path.exists() and path.read_text(encoding="utf-8") == text:
             continue
         stale.append(path.name)

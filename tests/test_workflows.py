@@ -27,6 +27,11 @@ def load(path):
 
 def test_every_template_is_shipped_and_up_to_date():
     assert [p.stem for p in FILES] == sorted(templates.TEMPLATES)
+    for path in FILES:  # the template browser shows <name>.jpg next to the JSON
+        from PIL import Image
+
+        with Image.open(path.with_suffix(".jpg")) as picture:
+            assert picture.format == "JPEG" and picture.size == (512, 288)
     for name in templates.TEMPLATES:
         text = (ROOT / "workflows" / f"{name}.json").read_text(encoding="utf-8")
         assert text == templates.as_text(templates.render(name)), \
