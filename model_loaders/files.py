@@ -8,7 +8,10 @@ file's key names and feed the model one tensor at a time without ever holding tw
 Safetensors files are parsed by our own small header reader instead of ``safe_open``: it lets us
 check every offset up front (truncated downloads, HTML error pages and LFS pointers saved as
 ``.safetensors`` get a clear message) and read each tensor with one ``readinto`` into a tensor we
-own, so no file mapping stays resident next to the loaded weights.
+own, so no file mapping stays resident next to the loaded weights. (Zero-copy views of a memory
+map load faster, but tensor offsets in safetensors files are not 64-byte aligned and CPU kernels
+then round differently than on normally allocated weights: the same model would give slightly
+different outputs depending on which file it came from.)
 
 ``.pth``/``.pt``/``.ckpt``/``.bin`` are pickles: they are opened only with
 ``torch.load(weights_only=True)``; anything that needs arbitrary unpickling is refused.
