@@ -137,6 +137,8 @@ OTHER_FILES = {
              "model.diffusion_model.label_emb.0.0.weight": (1280, 2816)},
     "sd1": {"model.diffusion_model.input_blocks.0.0.weight": (320, 4, 3, 3)},
     "flux": {"double_blocks.0.img_attn.qkv.weight": (9216, 3072)},
+    "wan_vace_module": {"vace_patch_embedding.weight": (5120, 96, 1, 2, 2),
+                        "vace_blocks.0.after_proj.weight": (5120, 5120)},
 }
 
 
@@ -147,7 +149,8 @@ def test_classify_other_files(kind):
 
 @pytest.mark.parametrize("kind, words", [("wan_vae_2.1", "Wan 2.1 VAE"), ("umt5", "text-encoder loader"),
                                          ("clip_vision", "CLIP vision loader"), ("lora", "LoRA"),
-                                         ("sdxl", "Stable Diffusion XL")])
+                                         ("sdxl", "Stable Diffusion XL"),
+                                         ("wan_vace_module", "VACE add-on module.*full VACE model")])
 def test_non_dit_files_name_what_they_are(kind, words):
     with pytest.raises(WrongModelError, match=words):
         detect_dit_variant(OTHER_FILES[kind], "file.safetensors")
