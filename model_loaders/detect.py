@@ -77,13 +77,13 @@ def classify(shapes: Shapes) -> FileKind:
         return FileKind("lora", "a LoRA (low-rank adapter) file", LOADERS["lora"])
     if _has(keys, "head.modulation") and _has(keys, "patch_embedding.weight"):
         return FileKind("wan_dit", "a Wan diffusion model (DiT)", LOADERS["dit"])
+    if _has(keys, "condition_embedder.time_proj.weight") or _has(keys, "blocks.0.attn1.to_q.weight"):
+        return FileKind("wan_dit_diffusers", "a Wan diffusion model (DiT) in diffusers format",
+                        LOADERS["dit"])
     if _has(keys, "vace_patch_embedding.weight"):
         return FileKind("wan_vace_module", "a Wan VACE add-on module without its base model "
                         "(kijai's *VACE_module* files)", "no WanFlow loader yet: load a full VACE "
                         "model instead (e.g. wan2.1_vace_14B_fp16.safetensors) with the Wan model loader")
-    if _has(keys, "condition_embedder.time_proj.weight") or _has(keys, "blocks.0.attn1.to_q.weight"):
-        return FileKind("wan_dit_diffusers", "a Wan diffusion model (DiT) in diffusers format",
-                        LOADERS["dit"])
     if _has(keys, "decoder.middle.0.residual.0.gamma"):
         v22 = _has(keys, "decoder.upsamples.0.upsamples.0.residual.2.weight")
         return FileKind("wan_vae_2.2" if v22 else "wan_vae_2.1",
