@@ -247,7 +247,9 @@ def render(rows: list[dict]) -> str:
         "- Both low-memory paths keep one copy of the weights. `load_file` returns tensors mapped "
         "from the file (pages stay in the page cache and count once touched); ours reads each "
         "tensor once into its own buffer (no file stays mapped or open), which costs one memory "
-        "copy and is why it is slower here.",
+        "copy and is why it is slower here. We keep the copy on purpose: tensors at unaligned file "
+        "offsets make CPU kernels round differently, so mapped weights would give outputs that "
+        "depend on the file layout.",
         "- `peer_classic` builds the model with its own parameters first and copies the state dict "
         "into them: two copies.",
         "- bf16 -> fp8 at load time converts tensor by tensor through reused scratch buffers; "

@@ -128,7 +128,7 @@ def test_legacy_raw_pickle_with_code_is_refused(tmp_path):
     path = tmp_path / "old.ckpt"
     with open(path, "wb") as f:
         pickle.dump({"x": _Exploit(str(marker))}, f, protocol=2)
-    with pytest.raises(CheckpointError):
+    with pytest.raises(UnsafeCheckpointError, match="io.open"):
         open_checkpoint(path)
     assert not marker.exists()
 
