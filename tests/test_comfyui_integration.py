@@ -145,3 +145,14 @@ def test_latent_convention_matches_core_vae(server, tmp_path):
     assert report["encode_max_diff"] < 1e-4 * max(1.0, report["latent_scale"])
     assert report["core_frames_shape"] == report["our_frames_shape"] == [5, 32, 32, 3]
     assert report["decode_max_diff"] < 1e-4 and report["core_latent_through_our_decode_max_diff"] < 1e-4
+
+
+def test_template_browser_serves_templates_and_thumbnails(server):
+    with urllib.request.urlopen(server["url"] + "/workflow_templates", timeout=60) as response:
+        listed = json.loads(response.read())
+    assert sorted(listed[PACK_NAME]) == sorted(TEMPLATE_NAMES)
+    for name in TEMPLATE_NAMES:
+        for suffix, kind in ((".json", "application/json"), (".jpg", "image/jpeg")):
+            url = f"{server['url']}/api/workflow_templates/{PACK_NAME}/{name}{suffix}"
+            with urllib.request.urlopen(url, timeout=60) as response:
+                assert response.status == 200 and response.headers["Content-Type"].startswith(kind)
