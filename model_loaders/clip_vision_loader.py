@@ -16,7 +16,7 @@ from . import clip_keys
 from .detect import classify, wrong_model_error
 from .errors import WrongModelError
 from .files import Checkpoint, PathLike, open_checkpoint
-from .storage import StorageChoice, ensure_no_meta, load_into
+from .storage import StorageChoice, ensure_no_meta, load_into, parse_storage_dtype
 
 HEAD_WIDTH = 80  # open-clip ViT-H/14: 1280 wide, 16 heads
 
@@ -29,11 +29,12 @@ class LoadedCLIPVision:
 
 
 def load_clip_vision(path: PathLike, storage_dtype: StorageChoice = None) -> LoadedCLIPVision:
+    storage = parse_storage_dtype(storage_dtype)  # a bad choice fails before any file work
     ckpt, layout = open_clip_checkpoint(path)
     config = config_from_shapes(ckpt)
     with torch.device("meta"):
         model = CLIPVisionTower(config)
-    load_into(model, ckpt, storage_dtype, expected=f"a CLIP vision tower ({config.num_layers} layers)")
+    load_into(model, ckpt, storage, expected=f"a CLIP vision tower ({config.num_layers} layers)")
     ensure_no_meta(model, str(path))
     dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters()})
     return LoadedCLIPVision(model.eval(), f"{layout}, {', '.join(dtypes)}", str(path))

@@ -22,7 +22,7 @@ from .detect import WanVariant, classify, detect_dit_variant, wrong_model_error
 from .errors import CheckpointError
 from .files import Checkpoint, PathLike, common_prefix, open_checkpoint, strip_prefix
 from .storage import (FP8_DTYPES, INPUT_SCALE_SUFFIX, SCALED_FP8_MARKER, StorageChoice,
-                      ensure_no_meta, find_weight_scales, load_into)
+                      ensure_no_meta, find_weight_scales, load_into, parse_storage_dtype)
 
 COMFY_PREFIX = "model.diffusion_model."
 EXPERT_FOLDERS = {"high": ("high_noise_model", "transformer"), "low": ("low_noise_model", "transformer_2")}
@@ -45,12 +45,13 @@ def load_dit(path: PathLike, storage_dtype: StorageChoice = None, *,
     ``expert`` ("high"/"low") picks a Wan 2.2 A14B expert from an official or diffusers folder
     holding both, and overrides the expert read from the file name.
     """
+    storage = parse_storage_dtype(storage_dtype)  # a bad choice fails before any file work
     path = resolve_dit_path(path, expert)
     ckpt, file_format = open_dit_checkpoint(path)
     variant = detect_variant(ckpt, path, expert)
     with torch.device("meta"):
         model = WanDiT(variant.config)
-    load_into(model, ckpt, storage_dtype, expected=variant.name)
+    load_into(model, ckpt, storage, expected=variant.name)
     ensure_no_meta(model, str(path))
     return LoadedDiT(model.eval(), variant, file_format, str(path))
 

@@ -23,7 +23,8 @@ from . import umt5_keys
 from .detect import classify, wrong_model_error
 from .errors import CheckpointError
 from .files import Checkpoint, PathLike, open_checkpoint, prefix_holding
-from .storage import StorageChoice, ensure_no_meta, find_weight_scales, load_into
+from .storage import (StorageChoice, ensure_no_meta, find_weight_scales, load_into,
+                      parse_storage_dtype)
 
 SPIECE_KEY = "spiece_model"
 TEXT_PREFIXES = ("text_encoders.umt5xxl.transformer.", "text_encoders.umt5xxl.", "text_encoder.",
@@ -49,13 +50,14 @@ class LoadedTextEncoder:
 def load_text_encoder(path: PathLike, storage_dtype: StorageChoice = None,
                       tokenizer: Optional[PathLike] = None) -> LoadedTextEncoder:
     """Load umT5 weights and the matching SentencePiece tokenizer."""
+    storage = parse_storage_dtype(storage_dtype)  # a bad choice fails before any file work
     ckpt, layout = open_text_encoder_checkpoint(path)
     spiece = ckpt[SPIECE_KEY] if SPIECE_KEY in ckpt else None
     weights = ckpt.without({SPIECE_KEY})
     config = config_from_shapes(weights)
     with torch.device("meta"):
         model = UMT5Encoder(config)
-    load_into(model, weights, storage_dtype, expected=f"a umT5 encoder ({config.num_layers} layers)")
+    load_into(model, weights, storage, expected=f"a umT5 encoder ({config.num_layers} layers)")
     ensure_no_meta(model, str(path))
     tok, tok_source = find_tokenizer(Path(path), spiece, tokenizer, config.text_len)
     scaled = find_weight_scales(weights).is_scaled

@@ -16,7 +16,8 @@ from ..wan.vae2_2 import WanVAE22, WanVAE22Config
 from . import vae_keys
 from .detect import classify, wrong_model_error
 from .files import Checkpoint, PathLike, open_checkpoint, prefix_holding, strip_prefix
-from .storage import StorageChoice, ensure_no_meta, find_weight_scales, load_into
+from .storage import (StorageChoice, ensure_no_meta, find_weight_scales, load_into,
+                      parse_storage_dtype)
 
 VAE_PREFIXES = ("vae.", "first_stage_model.", "model.", "module.")
 VAE_MARKERS = ("decoder.middle.0.residual.0.gamma", "decoder.mid_block.resnets.0.norm1.gamma")
@@ -34,6 +35,7 @@ class LoadedVAE:
 
 def load_vae(path: PathLike, storage_dtype: StorageChoice = None) -> LoadedVAE:
     """Load a Wan VAE file or diffusers ``vae/`` folder."""
+    storage = parse_storage_dtype(storage_dtype)  # a bad choice fails before any file work
     ckpt, layout = open_vae_checkpoint(path)
     scales = find_weight_scales(ckpt)
     shapes = {k: v for k, v in ckpt.meta_tensors().items()
@@ -42,7 +44,7 @@ def load_vae(path: PathLike, storage_dtype: StorageChoice = None) -> LoadedVAE:
     version = "2.2" if isinstance(config, WanVAE22Config) else "2.1"
     with torch.device("meta"):
         model = WanVAE22(config) if isinstance(config, WanVAE22Config) else WanVAE21(config)
-    load_into(model, ckpt, storage_dtype, expected=f"a Wan {version} VAE ({config})")
+    load_into(model, ckpt, storage, expected=f"a Wan {version} VAE ({config})")
     ensure_no_meta(model, str(path))
     dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters()})
     return LoadedVAE(model.eval(), version, f"{layout}, {', '.join(dtypes)}", str(path))

@@ -269,6 +269,12 @@ def test_unknown_storage_dtype():
         parse_storage_dtype("int4")
 
 
+def test_bad_storage_dtype_fails_before_reading_the_file(tmp_path):
+    missing = tmp_path / "not_even_there.safetensors"
+    with pytest.raises(ValueError, match="storage dtype 'int4' is unknown"):
+        load_dit(missing, "int4")
+
+
 def test_zip_that_is_not_a_torch_file(tmp_path):
     path = tmp_path / "model.pth"
     with zipfile.ZipFile(path, "w") as z:
