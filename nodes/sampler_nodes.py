@@ -74,7 +74,9 @@ class WanFlowMoESampler:
         raw = latent["samples"]
         stats = latent_stats_for(raw, model_high)
         schedule = build_schedule(scheduler, steps, shift, denoise)
-        start = stats.normalize(raw.float()) if denoise < 1.0 else None
+        start = None
+        if denoise < 1.0:  # ComfyUI's rule: an all-zero latent is "empty" and stays 0 in the sampler's space
+            start = stats.normalize(raw.float()) if raw.any() else torch.zeros_like(raw, dtype=torch.float32)
         noise = seeded_noise(raw.shape, seed)
         cond = _match_batch(conditioning, raw.shape[0])
         device = comfy_adapter.compute_device()

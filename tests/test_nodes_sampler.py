@@ -94,3 +94,15 @@ def test_lora_select_chains_and_sampler_applies_then_removes(experts, tmp_path):
     for key, value in high.model.state_dict().items():
         assert torch.equal(value, before[key]), key
     ca.configure_headless(None, None, None)
+
+
+def test_denoise_below_one_starts_from_the_input_latent(experts):
+    high, _ = experts
+    torch.manual_seed(9)
+    source = {"samples": torch.randn(1, 16, 2, 4, 4)}
+    light = run(high, latent=source, denoise=0.2, steps=2)
+    full = run(high, latent=source, denoise=1.0, steps=2)
+    # A light denoise stays close to the input; a full one ignores it.
+    assert (light - source["samples"]).abs().mean() < (full - source["samples"]).abs().mean()
+    empty = run(high, latent={"samples": torch.zeros(1, 16, 2, 4, 4)}, denoise=0.5, steps=2)
+    assert torch.isfinite(empty).all()
