@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Union
 
 import torch
 
@@ -355,6 +355,21 @@ def model_path(folder: str, name: str, what: str = "model") -> str:
         if _headless.models_dir is None:
             raise MissingFile(f"{what}: {name!r} not found: no models folder was given (use --models DIR)")
     raise MissingFile(f"{what}: {name!r} not found in {folder} (searched: {', '.join(map(str, searched))})")
+
+
+def model_file_verdict(folder: str, name: str, what: str) -> Union[bool, str]:
+    """For a node's VALIDATE_INPUTS: True when ``name`` is a safe name of an existing model file.
+
+    Inside ComfyUI a problem is returned as text, which ComfyUI shows on the node; outside it the
+    error is raised, so the headless runner can tell a missing file (exit 4) from a bad name (3).
+    """
+    try:
+        model_path(folder, name, what)
+    except (UnsafeFileName, MissingFile) as exc:
+        if in_comfyui():
+            return str(exc)
+        raise
+    return True
 
 
 def input_directory() -> str:

@@ -6,6 +6,7 @@ file from the right folder, check the name before the run, and report what was d
 from __future__ import annotations
 
 import logging
+from typing import Union
 
 from ..model_loaders.clip_vision_loader import load_clip_vision
 from ..model_loaders.dit_loader import load_dit
@@ -45,10 +46,9 @@ class WanFlowModelLoader:
         }}
 
     @classmethod
-    def VALIDATE_INPUTS(cls, model_name: str) -> bool:
+    def VALIDATE_INPUTS(cls, model_name: str) -> Union[bool, str]:
         """Checked before the run: a safe name of a file that exists."""
-        comfy_adapter.model_path("diffusion_models", model_name, "model loader: model_name")
-        return True
+        return comfy_adapter.model_file_verdict("diffusion_models", model_name, "model loader: model_name")
 
     def load(self, model_name: str, storage_dtype: str, attention: str) -> dict:
         path = comfy_adapter.model_path("diffusion_models", model_name, "model loader: model_name")
@@ -77,9 +77,8 @@ class WanFlowVAELoader:
         }}
 
     @classmethod
-    def VALIDATE_INPUTS(cls, vae_name: str) -> bool:
-        comfy_adapter.model_path("vae", vae_name, "VAE loader: vae_name")
-        return True
+    def VALIDATE_INPUTS(cls, vae_name: str) -> Union[bool, str]:
+        return comfy_adapter.model_file_verdict("vae", vae_name, "VAE loader: vae_name")
 
     def load(self, vae_name: str) -> tuple:
         loaded = load_vae(comfy_adapter.model_path("vae", vae_name, "VAE loader: vae_name"))
@@ -106,9 +105,9 @@ class WanFlowTextEncoderLoader:
         }}
 
     @classmethod
-    def VALIDATE_INPUTS(cls, text_encoder_name: str) -> bool:
-        comfy_adapter.model_path("text_encoders", text_encoder_name, "text encoder loader: text_encoder_name")
-        return True
+    def VALIDATE_INPUTS(cls, text_encoder_name: str) -> Union[bool, str]:
+        return comfy_adapter.model_file_verdict("text_encoders", text_encoder_name,
+                                                "text encoder loader: text_encoder_name")
 
     def load(self, text_encoder_name: str, device: str) -> tuple:
         path = comfy_adapter.model_path("text_encoders", text_encoder_name, "text encoder loader: text_encoder_name")
@@ -135,9 +134,8 @@ class WanFlowCLIPVisionLoader:
         }}
 
     @classmethod
-    def VALIDATE_INPUTS(cls, clip_vision_name: str) -> bool:
-        comfy_adapter.model_path("clip_vision", clip_vision_name, "CLIP vision loader: clip_vision_name")
-        return True
+    def VALIDATE_INPUTS(cls, clip_vision_name: str) -> Union[bool, str]:
+        return comfy_adapter.model_file_verdict("clip_vision", clip_vision_name, "CLIP vision loader: clip_vision_name")
 
     def load(self, clip_vision_name: str) -> tuple:
         path = comfy_adapter.model_path("clip_vision", clip_vision_name, "CLIP vision loader: clip_vision_name")

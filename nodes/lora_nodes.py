@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 from ..model_loaders.lora_files import LoraFile, read_lora_file
 from ..wan.lora import LoraStack
@@ -61,11 +61,12 @@ class WanFlowLoraSelect:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, lora_high: str, lora_low: str) -> bool:
+    def VALIDATE_INPUTS(cls, lora_high: str, lora_low: str) -> Union[bool, str]:
         """Checked before the run: safe names of files that exist in the loras folder."""
         for name, what in ((lora_high, "LoRA select: lora_high"), (lora_low, "LoRA select: lora_low")):
-            if name != NONE:
-                comfy_adapter.model_path("loras", name, what)
+            verdict = True if name == NONE else comfy_adapter.model_file_verdict("loras", name, what)
+            if verdict is not True:
+                return verdict
         return True
 
     def select(self, lora_high: str, strength_high: float, lora_low: str, strength_low: float,

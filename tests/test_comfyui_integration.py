@@ -156,3 +156,12 @@ def test_template_browser_serves_templates_and_thumbnails(server):
             url = f"{server['url']}/api/workflow_templates/{PACK_NAME}/{name}{suffix}"
             with urllib.request.urlopen(url, timeout=60) as response:
                 assert response.status == 200 and response.headers["Content-Type"].startswith(kind)
+
+
+def test_missing_model_file_is_reported_on_the_node(server):
+    """Without the official files ComfyUI rejects the prompt, naming each loader and what it searched."""
+    result = _run([HARNESS / "run_workflow.py", "--server", server["url"], ROOT / "workflows" / "wan22_a14b_t2v.json"],
+                  timeout=300)
+    assert result.returncode == 2, result.stdout[-3000:]
+    assert "custom_validation_failed" in result.stdout
+    assert "'wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors' not found in diffusion_models" in result.stdout
