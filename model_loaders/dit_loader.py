@@ -104,7 +104,7 @@ def detect_variant(ckpt: Checkpoint, path: PathLike, expert: Optional[str] = Non
 
 
 def describe_format(ckpt: Checkpoint, prefix: str, diffusers: bool) -> str:
-    """A short human description such as "ComfyUI scaled fp8 (float8_e4m3fn)"."""
+    """A short human description such as "ComfyUI, scaled fp8 (float8_e4m3fn)"."""
     scales = find_weight_scales(ckpt)
     dtypes = {ckpt.info(k).dtype for k in ckpt if k.endswith(".weight")}
     fp8 = sorted(str(d).replace("torch.", "") for d in dtypes & set(FP8_DTYPES))
