@@ -20,7 +20,7 @@ from ..wan.latent_stats import stats_for_channels
 from . import comfy_adapter
 from .handles import ClipVisionHandle, ModelHandle
 from .latent_nodes import DIT_PATCH
-from .types import CATEGORY, CLIP_VISION, CONDITIONING, IMAGE, LATENT, MODEL, VAE
+from .types import CLIP_VISION, CONDITIONING, CONDITIONING_MENU, IMAGE, LATENT, MODEL, VAE
 
 
 def fit_image(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
@@ -69,7 +69,7 @@ def latent_encoder(vae):
 class WanFlowImageToVideo:
     DESCRIPTION = ("Start (and optional end) image conditioning, chosen from the model: Wan 2.1 I2V/FLF2V "
                    "(CLIP + image latent), Wan 2.2 I2V-A14B (image latent) or TI2V-5B (first-frame latent).")
-    CATEGORY = CATEGORY
+    CATEGORY = CONDITIONING_MENU
     RETURN_TYPES = (CONDITIONING, LATENT)
     RETURN_NAMES = ("conditioning", "latent")
     FUNCTION = "build"

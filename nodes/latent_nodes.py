@@ -6,7 +6,7 @@ import logging
 import torch
 
 from . import comfy_adapter
-from .types import CATEGORY, LATENT, VAE
+from .types import CONDITIONING_MENU, LATENT, VAE
 
 log = logging.getLogger("wanflow")
 
@@ -21,7 +21,7 @@ def round_size(value: int, multiple: int) -> int:
 class WanFlowEmptyVideoLatent:
     DESCRIPTION = ("Start latent for text-to-video: zeros of [batch, channels, (frames-1)/4+1, height/s, width/s] "
                    "for the given VAE. Sizes are rounded to what the model needs, and the node says so.")
-    CATEGORY = CATEGORY
+    CATEGORY = CONDITIONING_MENU
     RETURN_TYPES = (LATENT, "INT", "INT", "INT")
     RETURN_NAMES = ("latent", "width", "height", "length")
     FUNCTION = "create"

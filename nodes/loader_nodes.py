@@ -16,7 +16,7 @@ from ..model_loaders.storage import STORAGE_DTYPES
 from ..wan.attention import available_backends
 from . import comfy_adapter
 from .handles import ClipVisionHandle, ModelHandle, TextEncoderHandle
-from .types import CATEGORY, CLIP_VISION, MODEL, TEXT_ENCODER, VAE
+from .types import CLIP_VISION, LOADERS, MODEL, TEXT_ENCODER, VAE
 
 log = logging.getLogger("wanflow")
 
@@ -26,7 +26,7 @@ STORAGE_CHOICES = ["default"] + list(STORAGE_DTYPES)
 class WanFlowModelLoader:
     DESCRIPTION = ("Load a Wan DiT (official, Comfy-Org, kijai or diffusers files; bf16/fp16/fp8/scaled fp8) and "
                    "detect its variant from the weights.")
-    CATEGORY = CATEGORY
+    CATEGORY = LOADERS
     RETURN_TYPES = (MODEL, "STRING")
     RETURN_NAMES = ("model", "variant")
     OUTPUT_TOOLTIPS = ("The loaded model.", "What was detected, e.g. 'Wan 2.2 T2V-14B (high-noise expert)'.")
@@ -64,7 +64,7 @@ class WanFlowModelLoader:
 
 class WanFlowVAELoader:
     DESCRIPTION = "Load a Wan VAE: 2.1 (wan_2.1_vae, for 14B/1.3B models) or 2.2 (wan2.2_vae, for TI2V-5B)."
-    CATEGORY = CATEGORY
+    CATEGORY = LOADERS
     RETURN_TYPES = (VAE,)
     RETURN_NAMES = ("vae",)
     FUNCTION = "load"
@@ -89,7 +89,7 @@ class WanFlowVAELoader:
 class WanFlowTextEncoderLoader:
     DESCRIPTION = ("Load the umT5-XXL text encoder (ComfyUI umt5_xxl_* files with their embedded tokenizer, the "
                    "official .pth, or an HF folder). It can stay on the CPU to save video memory.")
-    CATEGORY = CATEGORY
+    CATEGORY = LOADERS
     RETURN_TYPES = (TEXT_ENCODER,)
     RETURN_NAMES = ("text_encoder",)
     FUNCTION = "load"
@@ -120,7 +120,7 @@ class WanFlowTextEncoderLoader:
 
 class WanFlowCLIPVisionLoader:
     DESCRIPTION = "Load the CLIP vision model used by Wan 2.1 I2V and FLF2V (clip_vision_h.safetensors)."
-    CATEGORY = CATEGORY
+    CATEGORY = LOADERS
     RETURN_TYPES = (CLIP_VISION,)
     RETURN_NAMES = ("clip_vision",)
     FUNCTION = "load"

@@ -13,7 +13,7 @@ from typing import Optional, Union
 from ..model_loaders.lora_files import LoraFile, read_lora_file
 from ..wan.lora import LoraStack
 from . import comfy_adapter
-from .types import CATEGORY, LORA_STACK
+from .types import CONDITIONING_MENU, LORA_STACK
 
 NONE = "none"
 
@@ -35,7 +35,7 @@ class LoraChoice:
 class WanFlowLoraSelect:
     DESCRIPTION = ("Add a LoRA (or a high/low pair) to the stack. Single-expert models (Wan 2.1, TI2V-5B) "
                    "use the high-noise file and strength. Chain several of these nodes.")
-    CATEGORY = CATEGORY
+    CATEGORY = CONDITIONING_MENU
     RETURN_TYPES = (LORA_STACK,)
     RETURN_NAMES = ("lora_stack",)
     FUNCTION = "select"

@@ -16,7 +16,7 @@ from ..samplers.vace_conditioning import build_vace_context
 from . import comfy_adapter
 from .image_to_video import latent_encoder
 from .latent_nodes import DIT_PATCH
-from .types import CATEGORY, CONDITIONING, IMAGE, LATENT, MASK, VAE
+from .types import CONDITIONING, CONDITIONING_MENU, IMAGE, LATENT, MASK, VAE
 
 MAX_REFERENCES = 4
 
@@ -37,7 +37,7 @@ def reference_frames(images: list[Optional[torch.Tensor]]) -> list[torch.Tensor]
 class WanFlowReferenceToVideo:
     DESCRIPTION = ("VACE conditioning: 1-4 reference images (letterboxed on white, as in the official code), an "
                    "optional control video and mask, and a strength. Use with a Wan VACE model.")
-    CATEGORY = CATEGORY
+    CATEGORY = CONDITIONING_MENU
     RETURN_TYPES = (CONDITIONING, LATENT)
     RETURN_NAMES = ("conditioning", "latent")
     FUNCTION = "build"

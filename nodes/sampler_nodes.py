@@ -21,7 +21,7 @@ from ..wan.latent_stats import LatentStats, stats_for_channels
 from . import comfy_adapter
 from .handles import ModelHandle
 from .lora_nodes import build_lora_stack
-from .types import CATEGORY, CONDITIONING, LATENT, LORA_STACK, MODEL
+from .types import CONDITIONING, LATENT, LORA_STACK, MODEL, SAMPLING
 
 SCHEDULER_NAMES = sorted(SCHEDULES) + ["distilled"]
 
@@ -29,7 +29,7 @@ SCHEDULER_NAMES = sorted(SCHEDULES) + ["distilled"]
 class WanFlowMoESampler:
     DESCRIPTION = ("Denoise with a high-noise expert and an optional low-noise expert (Wan 2.2 A14B), switching at "
                    "the official boundary; also runs single models (Wan 2.1, TI2V-5B).")
-    CATEGORY = CATEGORY
+    CATEGORY = SAMPLING
     RETURN_TYPES = (LATENT,)
     RETURN_NAMES = ("latent",)
     FUNCTION = "sample"

@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 
 from . import comfy_adapter, video_files
-from .types import CATEGORY, IMAGE
+from .types import IMAGE, VIDEO
 
 FORMATS = ("mp4", "webp", "png")
 
@@ -15,7 +15,7 @@ class WanFlowSaveVideo:
     """Writes ``prefix_00001_.mp4`` (or .webp, or one PNG per frame) in the output folder."""
 
     DESCRIPTION = "Save frames as an mp4 (H.264), an animated webp or PNG frames, with the workflow embedded."
-    CATEGORY = CATEGORY
+    CATEGORY = VIDEO
     RETURN_TYPES = ()
     FUNCTION = "save"
     OUTPUT_NODE = True

@@ -10,7 +10,7 @@ from ..samplers.conditioning import WanConditioning
 from ..wan.umt5 import encode_prompts
 from . import comfy_adapter
 from .handles import TextEncoderHandle
-from .types import CATEGORY, CONDITIONING, TEXT_ENCODER
+from .types import CONDITIONING, CONDITIONING_MENU, TEXT_ENCODER
 
 # The official Wan negative prompt (shared_config.sample_neg_prompt in Wan 2.1 / 2.2).
 OFFICIAL_NEGATIVE_PROMPT = (
@@ -67,7 +67,7 @@ def encode_cached(handle: TextEncoderHandle, prompts: list[str]) -> list[torch.T
 
 class WanFlowTextEncode:
     DESCRIPTION = "Encode the positive and negative prompts with umT5 (results cached by prompt text)."
-    CATEGORY = CATEGORY
+    CATEGORY = CONDITIONING_MENU
     RETURN_TYPES = (CONDITIONING,)
     RETURN_NAMES = ("conditioning",)
     FUNCTION = "encode"

@@ -6,6 +6,10 @@ accident; ``IMAGE``, ``MASK``, ``LATENT`` and ``INT`` are ComfyUI's standard typ
 ``{"samples": raw VAE latents [batch, channels, frames, height, width]}``.
 """
 CATEGORY = "WanFlow"
+LOADERS = f"{CATEGORY}/loaders"
+CONDITIONING_MENU = f"{CATEGORY}/conditioning"
+SAMPLING = f"{CATEGORY}/sampling"
+VIDEO = f"{CATEGORY}/video"
 
 MODEL = "WANFLOW_MODEL"
 VAE = "WANFLOW_VAE"

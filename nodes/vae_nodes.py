@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from . import comfy_adapter
-from .types import CATEGORY, IMAGE, LATENT, VAE
+from .types import IMAGE, LATENT, VAE, VIDEO
 
 
 def image_to_pixels(images: torch.Tensor) -> torch.Tensor:
@@ -36,7 +36,7 @@ def check_video_size(vae, frames: int, height: int, width: int, what: str) -> No
 
 class WanFlowVAEDecode:
     DESCRIPTION = "Decode raw Wan latents to frames, streaming one latent frame at a time."
-    CATEGORY = CATEGORY
+    CATEGORY = VIDEO
     RETURN_TYPES = (IMAGE,)
     RETURN_NAMES = ("images",)
     FUNCTION = "decode"
@@ -86,7 +86,7 @@ class WanFlowVAEDecode:
 
 class WanFlowVAEEncode:
     DESCRIPTION = "Encode frames to raw Wan latents (ComfyUI LATENT)."
-    CATEGORY = CATEGORY
+    CATEGORY = VIDEO
     RETURN_TYPES = (LATENT,)
     FUNCTION = "encode"
 
