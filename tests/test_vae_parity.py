@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from wanflow.model_loaders import vae_keys
-from wanflow.wan import latent_stats
+from wanflow.wan import latent_stats, vae_common
 from wanflow.wan.vae2_1 import TINY_WAN21_VAE, WAN21_VAE, WanVAE21
 from wanflow.wan.vae2_2 import TINY_WAN22_VAE, WAN22_VAE, WanVAE22, patchify, unpatchify
 from wanflow.wan.vae_common import blend_weights, tile_starts
@@ -80,6 +80,25 @@ def test_decode_chunks_stream_one_latent_frame_at_a_time(pair):
     assert torch.equal(out, torch.cat(chunks, dim=2))
     with pytest.raises(ValueError, match="expected"):
         ours.decode(z, out=torch.empty(1, 3, 8, 2, 2))
+
+
+def test_feature_cache_stops_growing(pair, monkeypatch):
+    """The only state carried between chunks is the feature cache: after the second latent
+    frame its size must stay fixed, whatever the clip length."""
+    _, ours, _ = pair
+    sizes = []
+
+    class MeasuredCache(vae_common.FeatureCache):
+        def start_chunk(self) -> None:
+            sizes.append(sum(v.numel() for v in self.slots if isinstance(v, torch.Tensor)))
+            super().start_chunk()
+
+    monkeypatch.setattr(vae_common, "FeatureCache", MeasuredCache)
+    z = torch.randn(1, ours.z_dim, 5, 2, 2, generator=torch.Generator().manual_seed(9))
+    for _ in ours.decode_chunks(z):
+        pass
+    assert sizes[0] == 0 and sizes[1] > 0
+    assert sizes[2] == sizes[3] == sizes[4]
 
 
 def test_tiled_decode(pair):
