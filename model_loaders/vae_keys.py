@@ -66,7 +66,7 @@ def _split(key: str) -> tuple[str, str]:
 
 
 def _is_resample(part: str) -> bool:
-    return part.split(".")[0] in ("resample", "time_conv")
+    return part in RESAMPLE_PARTS
 
 
 def _residual_to_diffusers(part: str, key: str) -> str:
