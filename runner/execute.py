@@ -36,9 +36,9 @@ def validate(prompt: dict[str, dict], classes: dict[str, type]) -> list[str]:
         kind = entry["class_type"]
         if kind not in classes:
             raise InvalidWorkflow(unknown_type_message(kind), node_id, kind)
-    for node_id, entry in prompt.items():
-        _validate_node(prompt, classes, node_id, entry)
-    order = execution_order(prompt, classes)
+    order = execution_order(prompt, classes)  # as in ComfyUI, nodes no output needs are not checked
+    for node_id in order:
+        _validate_node(prompt, classes, node_id, prompt[node_id])
     for node_id in order:
         _run_validate_inputs(classes, node_id, prompt[node_id])
     return order
@@ -143,8 +143,11 @@ def execution_order(prompt: dict[str, dict], classes: dict[str, type]) -> list[s
             cycle = " -> ".join(path[path.index(node_id):] + [node_id])
             raise InvalidWorkflow(f"the workflow has a cycle: {cycle}")
         state[node_id] = "active"
-        for value in prompt[node_id]["inputs"].values():
+        for name, value in prompt[node_id]["inputs"].items():
             if is_link(value):
+                if value[0] not in prompt:
+                    raise InvalidWorkflow(f"input {name!r} is linked to node {value[0]}, which does not exist "
+                                          "(or is muted)", node_id, prompt[node_id]["class_type"])
                 visit(value[0], path + [node_id])
         state[node_id] = "done"
         order.append(node_id)

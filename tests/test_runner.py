@@ -218,3 +218,13 @@ def test_subgraphs_and_core_nodes_get_a_clear_error(dirs, capsys):
     api = {"1": {"class_type": "KSampler", "inputs": {}}}
     assert run_cli(dirs, api) == errors.EXIT_INVALID
     assert "need ComfyUI itself" in capsys.readouterr().err
+
+
+def test_nodes_no_output_needs_are_not_checked_but_bad_links_are(dirs):
+    api = {"1": {"class_type": "LoadImage", "inputs": {"image": "still.png"}},
+           "2": {"class_type": "WanFlowSaveVideo",
+                 "inputs": {"images": ["1", 0], "filename_prefix": "a", "format": "png", "fps": 8.0, "quality": 90}},
+           "3": {"class_type": "WanFlowVAEDecode", "inputs": {}}}  # unconnected leftover: ignored, as in ComfyUI
+    assert run_cli(dirs, api) == errors.EXIT_OK
+    api["2"]["inputs"]["images"] = ["7", 0]
+    assert run_cli(dirs, api) == errors.EXIT_INVALID
