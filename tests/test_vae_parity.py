@@ -80,6 +80,8 @@ def test_decode_chunks_stream_one_latent_frame_at_a_time(pair):
     assert torch.equal(out, torch.cat(chunks, dim=2))
     with pytest.raises(ValueError, match="expected"):
         ours.decode(z, out=torch.empty(1, 3, 8, 2, 2))
+    out64 = torch.empty(out.shape, dtype=torch.float64)
+    assert torch.equal(ours.decode_tiled(z, tile=4, overlap=1, out=out64), out.double())
 
 
 def test_feature_cache_stops_growing(pair, monkeypatch):

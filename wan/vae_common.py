@@ -360,7 +360,8 @@ class StreamingVideoVAE(nn.Module):
 
         Each tile streams over time like :meth:`decode` and is added into ``out`` with its weight
         divided by the sum of all tiles' weights at that pixel, so no second full-size buffer is
-        needed. Not bit-identical to :meth:`decode`: a tile's convs see zero padding at its borders.
+        needed. ``out`` may have another dtype or device (e.g. the CPU) than ``z``. Not
+        bit-identical to :meth:`decode`: a tile's convs see zero padding at its borders.
         """
         if overlap < 0 or tile <= overlap:
             raise ValueError(f"decode_tiled: need 0 <= overlap < tile, got tile={tile}, overlap={overlap}")
@@ -382,7 +383,7 @@ class StreamingVideoVAE(nn.Module):
             start = 0
             for chunk in self.decode_chunks(z[:, :, :, lat_rows, lat_cols]):
                 n = chunk.shape[2]
-                out[:, :, start:start + n, rows, cols] += chunk.to(out.dtype) * weight
+                out[:, :, start:start + n, rows, cols] += chunk.to(out.device, out.dtype) * weight
                 start += n
         return out
 
