@@ -35,6 +35,11 @@ from . import dit_keys
 # Canonical patch types
 # --------------------------------------------------------------------------------------------
 
+def _f32(t: torch.Tensor, device: Optional[torch.device]) -> torch.Tensor:
+    """``t`` as float32 on ``device`` (moved first, so big products run where the model is)."""
+    return t.to(device=device).float()
+
+
 @dataclass
 class LowRank:
     """``ΔW = (alpha / rank) · up @ down`` (plain LoRA)."""
@@ -55,10 +60,10 @@ class LowRank:
     def shape(self) -> tuple[int, ...]:
         return (self.up.shape[0], *self.down.shape[1:])
 
-    def delta(self) -> torch.Tensor:
-        """The full fp32 weight delta (merged mode and non-Linear targets)."""
-        up = self.up.float().flatten(1)
-        down = self.down.float().flatten(1)
+    def delta(self, device: Optional[torch.device] = None) -> torch.Tensor:
+        """The full fp32 weight delta, computed on ``device`` (merged mode, non-Linear targets)."""
+        up = _f32(self.up, device).flatten(1)
+        down = _f32(self.down, device).flatten(1)
         return (up @ down).reshape(self.shape) * self.scale
 
 
@@ -84,9 +89,9 @@ class LoHa:
     def shape(self) -> tuple[int, ...]:
         return (self.w1_a.shape[0], self.w1_b.shape[1])
 
-    def delta(self) -> torch.Tensor:
-        w1 = self.w1_a.float() @ self.w1_b.float()
-        w2 = self.w2_a.float() @ self.w2_b.float()
+    def delta(self, device: Optional[torch.device] = None) -> torch.Tensor:
+        w1 = _f32(self.w1_a, device) @ _f32(self.w1_b, device)
+        w2 = _f32(self.w2_a, device) @ _f32(self.w2_b, device)
         return w1 * w2 * self.scale
 
 
@@ -102,9 +107,9 @@ class LoKr:
     w2_b: Optional[torch.Tensor] = None
     alpha: Optional[float] = None
 
-    def _factor(self, which: int) -> torch.Tensor:
+    def _factor(self, which: int, device: Optional[torch.device]) -> torch.Tensor:
         full, a, b = (self.w1, self.w1_a, self.w1_b) if which == 1 else (self.w2, self.w2_a, self.w2_b)
-        return full.float() if full is not None else a.float() @ b.float()
+        return _f32(full, device) if full is not None else _f32(a, device) @ _f32(b, device)
 
     @property
     def rank(self) -> Optional[int]:
@@ -129,8 +134,8 @@ class LoKr:
         r2, c2 = rows_cols(self.w2, self.w2_a, self.w2_b)
         return (r1 * r2, c1 * c2)
 
-    def delta(self) -> torch.Tensor:
-        return torch.kron(self._factor(1), self._factor(2)) * self.scale
+    def delta(self, device: Optional[torch.device] = None) -> torch.Tensor:
+        return torch.kron(self._factor(1, device), self._factor(2, device)) * self.scale
 
 
 @dataclass
@@ -143,8 +148,8 @@ class FullDiff:
     def shape(self) -> tuple[int, ...]:
         return tuple(self.diff.shape)
 
-    def delta(self) -> torch.Tensor:
-        return self.diff.float()
+    def delta(self, device: Optional[torch.device] = None) -> torch.Tensor:
+        return _f32(self.diff, device)
 
 
 WeightPatch = Union[LowRank, LoHa, LoKr, FullDiff]

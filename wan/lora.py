@@ -280,7 +280,7 @@ class DenseAdapter(nn.Module):
         if s == 0:
             return x.new_zeros(())
         patch = dataclasses.replace(self.template, **{n: getattr(self, n) for n in self.tensor_fields})
-        delta = patch.delta().to(x.device)
+        delta = patch.delta(x.device)
         return F.linear(x, (delta.reshape(delta.shape[0], -1) * s).to(x.dtype))
 
 
@@ -306,7 +306,8 @@ Adapter = Union[LowRankAdapter, DenseAdapter, BiasAdapter]
 # Baking deltas into stored tensors (merged mode, and non-Linear targets in both modes)
 # --------------------------------------------------------------------------------------------
 
-Delta = tuple[Strength, Callable[[], torch.Tensor]]  # (strength, fp32 delta without strength)
+# (strength, device -> fp32 delta without the strength)
+Delta = tuple[Strength, Callable[[torch.device], torch.Tensor]]
 
 
 @dataclass
@@ -351,7 +352,7 @@ def _bake(baked: _Baked) -> None:
     scale = None if baked.original_scale is None else baked.original_scale.to(original.device)
     value = ops.dequantize(original, torch.float32, scale)
     for s, delta in active:
-        value = value + s * delta().to(original.device).reshape(value.shape)
+        value = value + s * delta(original.device).reshape(value.shape)
     _store(baked.slot, value, scale)
 
 
@@ -498,7 +499,8 @@ class AppliedLoras:
             if as_adapter:
                 self._add_adapter(module, BiasAdapter(patch.bias, strength, device))
             else:
-                self._add_delta(_Slot(module, "bias"), strength, patch.bias.float)
+                bias = patch.bias
+                self._add_delta(_Slot(module, "bias"), strength, lambda device: bias.to(device).float())
 
     def _add_adapter(self, module: ops.Linear, adapter: Adapter) -> None:
         index = 0
@@ -509,7 +511,8 @@ class AppliedLoras:
         module.adapters.append(adapter)
         self._adapters.append((module, name, adapter))
 
-    def _add_delta(self, slot: _Slot, strength: Strength, delta: Callable[[], torch.Tensor]) -> None:
+    def _add_delta(self, slot: _Slot, strength: Strength,
+                   delta: Callable[[torch.device], torch.Tensor]) -> None:
         key = (id(slot.owner), slot.attr)
         if key not in self._baked:
             scale = _scale_of(slot)
