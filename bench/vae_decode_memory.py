@@ -22,7 +22,8 @@ it rarely returns, so its RSS can jump by tens of MiB at a random chunk without 
 alive; a fixed threshold maps every large tensor separately and unmaps it on free, so RSS tracks
 live tensors. The 1.15x limit is checked on the fixed-threshold run; both are reported.
 
-Usage: ``python bench/vae_decode_memory.py`` (writes bench/results/vae_decode_memory.md).
+Usage: ``python bench/vae_decode_memory.py`` (Wan 2.1, writes bench/results/vae_decode_memory.md);
+``--version 2.2`` writes bench/results/vae_decode_memory_vae22.md.
 """
 from __future__ import annotations
 
@@ -70,16 +71,26 @@ def _reset_peak() -> bool:
         return False
 
 
-def run_case(impl: str, dim: int, latent_frames: int, height: int, width: int, seed: int) -> dict:
+def build_ours(version: str, dim: int):
+    """Our VAE of ``version`` with base width ``dim`` (2.2: decoder 1.6x wider, as released)."""
+    if version == "2.1":
+        from wanflow.wan.vae2_1 import WanVAE21, WanVAE21Config
+
+        return WanVAE21(WanVAE21Config(dim=dim))
+    from wanflow.wan.vae2_2 import WanVAE22, WanVAE22Config
+
+    return WanVAE22(WanVAE22Config(dim=dim, decoder_dim=dim * 8 // 5))
+
+
+def run_case(impl: str, version: str, dim: int, latent_frames: int, height: int, width: int, seed: int) -> dict:
     """One decode in this process; returns the measurements (sizes in MiB, time in s)."""
     import torch
 
     from wanflow.model_loaders import vae_keys
-    from wanflow.wan.vae2_1 import WanVAE21, WanVAE21Config
 
-    cfg = WanVAE21Config(dim=dim)
     torch.manual_seed(seed)
-    ours = WanVAE21(cfg).eval()  # weights initialised in place: no transient copies
+    ours = build_ours(version, dim).eval()  # weights initialised in place: no transient copies
+    cfg = ours.config
     if impl == "diffusers":
         from diffusers import AutoencoderKLWan
 
@@ -110,18 +121,17 @@ def run_case(impl: str, dim: int, latent_frames: int, height: int, width: int, s
                 peak_reset=reset_ok, checksum=float(result.double().abs().mean()))
 
 
-def time_interleaved(dim: int, latent_frames: int, height: int, width: int, reps: int) -> dict:
+def time_interleaved(version: str, dim: int, latent_frames: int, height: int, width: int, reps: int) -> dict:
     """Best-of-``reps`` decode time of ours and diffusers, alternating in one process so that
     load from other jobs on a shared machine hits both alike."""
     import torch
     from diffusers import AutoencoderKLWan
 
     from wanflow.model_loaders import vae_keys
-    from wanflow.wan.vae2_1 import WanVAE21, WanVAE21Config
 
-    cfg = WanVAE21Config(dim=dim)
     torch.manual_seed(0)
-    ours = WanVAE21(cfg).eval()
+    ours = build_ours(version, dim).eval()
+    cfg = ours.config
     theirs = AutoencoderKLWan(**vae_keys.diffusers_config(cfg)).eval()
     theirs.load_state_dict(vae_keys.official_to_diffusers(ours.state_dict()))
     z = torch.randn(1, cfg.z_dim, latent_frames, height, width, generator=torch.Generator().manual_seed(0))
@@ -153,7 +163,7 @@ def _cpu_name() -> str:
 
 
 def _child(impl: str, args: argparse.Namespace, latent_frames: int, malloc: str) -> dict:
-    cmd = [sys.executable, __file__, "--child", impl, "--latent-frames", str(latent_frames),
+    cmd = [sys.executable, __file__, "--child", impl, "--latent-frames", str(latent_frames), "--version", args.version,
            "--dim", str(args.dim), "--height", str(args.height), "--width", str(args.width)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     env.update(MALLOC_MODES[malloc])
@@ -163,9 +173,11 @@ def _child(impl: str, args: argparse.Namespace, latent_frames: int, malloc: str)
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dim", type=int, default=32, help="VAE 2.1 base channels (released model: 96)")
-    parser.add_argument("--height", type=int, default=8, help="latent height (pixels: x8)")
-    parser.add_argument("--width", type=int, default=16, help="latent width (pixels: x8)")
+    parser.add_argument("--version", choices=("2.1", "2.2"), default="2.1", help="which Wan VAE")
+    parser.add_argument("--dim", type=int, help="base channels (released: 96 for 2.1, 160 for 2.2); "
+                        "default 32 (2.1) / 20 (2.2)")
+    parser.add_argument("--height", type=int, help="latent height; default 8 (2.1) / 4 (2.2)")
+    parser.add_argument("--width", type=int, help="latent width; default 16 (2.1) / 8 (2.2)")
     parser.add_argument("--frames", type=int, nargs=2, default=(5, 21), help="short and long latent frame counts")
     parser.add_argument("--time-reps", type=int, default=3, help="interleaved timing repetitions (0: skip)")
     parser.add_argument("--time-frames", type=int, default=2, help="latent frames for the interleaved timing")
@@ -173,9 +185,14 @@ def main() -> int:
     parser.add_argument("--child", choices=("ours", "diffusers"), help=argparse.SUPPRESS)
     parser.add_argument("--latent-frames", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    defaults = {"2.1": (32, 8, 16), "2.2": (20, 4, 8)}[args.version]  # 64x128 pixels either way
+    args.dim, args.height, args.width = (given if given is not None else default for given, default in
+                                         zip((args.dim, args.height, args.width), defaults))
+    results_file = RESULTS if args.version == "2.1" else RESULTS.with_name("vae_decode_memory_vae22.md")
 
     if args.child:
-        print(json.dumps(run_case(args.child, args.dim, args.latent_frames, args.height, args.width, seed=0)))
+        print(json.dumps(run_case(args.child, args.version, args.dim, args.latent_frames, args.height, args.width,
+                                  seed=0)))
         return 0
 
     short, long = args.frames
@@ -190,7 +207,7 @@ def main() -> int:
 
     timing = None
     if args.time_reps > 0:
-        timing = time_interleaved(args.dim, args.time_frames, args.height, args.width, args.time_reps)
+        timing = time_interleaved(args.version, args.dim, args.time_frames, args.height, args.width, args.time_reps)
         print(f"  interleaved timing ({args.time_frames} latent frames, best of {args.time_reps}): {timing}", flush=True)
 
     def ratio(malloc: str, impl: str, field: str = "working") -> float:
@@ -201,16 +218,19 @@ def main() -> int:
 
     same = abs(rows["fixed", "ours", long]["checksum"] - rows["fixed", "diffusers", long]["checksum"]) < 1e-4
     passed = ratio("fixed", "ours") <= LIMIT
+    factor = 8 if args.version == "2.1" else 16
+    model_dims = (f"{args.dim} (released: 96)" if args.version == "2.1" else
+                  f"{args.dim}, decoder {args.dim * 8 // 5} (released: 160, 256)")
     lines = [
-        f"# VAE decode memory: {short} vs {long} latent frames",
+        f"# Wan {args.version} VAE decode memory: {short} vs {long} latent frames",
         "",
         f"- date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}",
         f"- commit: {_git_commit()}",
         f"- machine: {_cpu_name()}, {os.cpu_count()} cores (shared with other jobs: times are noisy), "
         f"Linux {platform.release()}, Python {platform.python_version()}",
         f"- torch {__import__('torch').__version__}, diffusers {__import__('diffusers').__version__}",
-        f"- model: Wan 2.1 VAE, random weights, base dim {args.dim} (released: 96), fp32, batch 1; "
-        f"latents {args.height}x{args.width} -> {args.height * 8}x{args.width * 8} px",
+        f"- model: Wan {args.version} VAE, random weights, base dim {model_dims}, fp32, batch 1; "
+        f"latents {args.height}x{args.width} -> {args.height * factor}x{args.width * factor} px",
         "- method: fresh subprocess per case; peak = VmHWM after a `clear_refs 5` reset just before decode; "
         "working = peak - RSS(model + latents) - output bytes; malloc `fixed` = MALLOC_MMAP_THRESHOLD_=65536 "
         "(RSS tracks live tensors), `default` = glibc defaults (see the script's docstring)",
@@ -237,12 +257,14 @@ def main() -> int:
                      f"ours {timing['ours']:.2f} s, diffusers {timing['diffusers']:.2f} s, "
                      f"ratio {timing['ours'] / timing['diffusers']:.3f}x (the per-case times above are single "
                      "runs on a shared machine)")
+    longest = rows["fixed", "ours", long]
     lines += [
         "",
         "Notes: diffusers `AutoencoderKLWan` also decodes one latent frame at a time with the same cache "
         "scheme, so its working memory is flat too; it differs by concatenating the output chunk by chunk "
         "(`torch.cat` per frame: O(T^2) copying, and output + copy alive at the end) where we write into "
-        "one preallocated output. At this size the output (7.6 MiB for 81 frames) is small against the "
+        f"one preallocated output. At this size the output ({longest['output']:.1f} MiB for "
+        f"{longest['frames']} frames) is small against the "
         "conv work buffers, so that difference hardly shows in the peaks. Peak RSS of the diffusers "
         "process is higher mostly because importing diffusers itself costs memory.",
     ]
@@ -251,8 +273,8 @@ def main() -> int:
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(text)
+        results_file.parent.mkdir(parents=True, exist_ok=True)
+        results_file.write_text(text)
     return 0 if passed else 1
 
 
