@@ -200,3 +200,13 @@ def test_a_lora_and_a_full_diff_on_one_module_are_both_kept(model):
     patch = parse_lora(sd, target_names(model)).patches["head.head"]
     assert [type(w) for w in patch.weights] == [LowRank, FullDiff]
     assert patch.bias is not None and sorted(patch.keys) == sorted(sd)
+
+
+def test_read_torch_pickle_weights_only(tmp_path, spec):
+    sd = WRITERS["comfyui_updown"](spec)
+    torch.save({"state_dict": sd}, tmp_path / "old_style.ckpt")
+    lora = read_lora_file(tmp_path / "old_style.ckpt")
+    assert sorted(lora.state_dict) == sorted(sd) and lora.default_alpha is None
+    torch.save([1, 2, 3], tmp_path / "not_a_dict.pt")
+    with pytest.raises(ValueError, match="expected a dict of tensors"):
+        read_lora_file(tmp_path / "not_a_dict.pt")
