@@ -3,8 +3,15 @@ diffusers ``AutoencoderKLWan``, for both VAE versions.
 
 Keys are converted module path by module path; the parameter name at the end (``weight``,
 ``bias``, ``gamma``, a ComfyUI ``scale_weight``) is kept. Renames are listed in the tables
-below; the only arithmetic is Wan 2.1's flat decoder list ``decoder.upsamples.i``, which diffusers
-splits into ``up_blocks.{i // per_block}``.
+below; the block-level rules are (X = a residual part from RESIDUAL_PARTS, R = a resample part):
+
+    2.1  encoder.downsamples.i.X|R              ↔ encoder.down_blocks.i.X'|R
+    2.1  decoder.upsamples.i.X   (i % 4 < 3)    ↔ decoder.up_blocks.{i // 4}.resnets.{i % 4}.X'
+    2.1  decoder.upsamples.i.R   (i % 4 == 3)   ↔ decoder.up_blocks.{i // 4}.upsamplers.0.R
+    2.2  encoder.downsamples.b.downsamples.j.X  ↔ encoder.down_blocks.b.resnets.j.X'   (last j: .downsampler.R)
+    2.2  decoder.upsamples.b.upsamples.j.X      ↔ decoder.up_blocks.b.resnets.j.X'     (last j: .upsampler.R)
+
+(4 = residual blocks per decoder level + 1, read from the keys.)
 """
 from __future__ import annotations
 
