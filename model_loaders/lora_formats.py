@@ -428,7 +428,7 @@ def describe_foreign(keys: Iterable[str]) -> Optional[str]:
     return None
 
 
-_WIDTH_NAMES = {1536: "Wan 2.1 1.3B", 3072: "Wan 2.2 TI2V-5B", 5120: "Wan 14B (2.1 or 2.2 A14B)"}
+_WIDTH_NAMES = {1536: "Wan 2.1 1.3B", 3072: "Wan 2.2 TI2V-5B", 5120: "Wan 14B: 2.1 or 2.2 A14B"}
 
 
 def width_name(width: int) -> str:
