@@ -31,6 +31,7 @@ import platform
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -178,7 +179,7 @@ def commit() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/wanflow_load_memory"))
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "wanflow_load_memory")
     parser.add_argument("--out", type=Path, help="write the Markdown report here")
     parser.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
     parser.add_argument("--child", nargs=2, metavar=("LOADER", "FILE"), help=argparse.SUPPRESS)

@@ -1,7 +1,7 @@
 """The workflow templates shipped in ``workflows/``, described once and generated from the node classes.
 
 Widget values are the official Wan settings of each model (Wan2.2 / Wan2.1 configs and
-``generate.py`` defaults, see /work/shared/reference/wan-architecture.md section 1.2); file names
+``generate.py`` defaults, see ../shared/reference/wan-architecture.md section 1.2); file names
 are the Comfy-Org repackaged ones most ComfyUI users already have.
 
     python -m wanflow.runner.templates          # rewrite workflows/*.json

@@ -2,7 +2,7 @@
 
 Each writer takes an official-key state dict (from a tiny :class:`WanDiT` with random weights)
 and writes it the way that release does: same file/folder names, key prefixes, dtypes, scale keys
-and metadata markers (see /work/shared/reference/ecosystem-formats.md). Weights are rounded to
+and metadata markers (see ../shared/reference/ecosystem-formats.md). Weights are rounded to
 bf16 first, so every lossless format (fp32, bf16, fp16 for these magnitudes) holds exactly the
 same numbers and must give bit-identical outputs; fp8 formats differ by their quantisation only.
 

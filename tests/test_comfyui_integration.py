@@ -2,7 +2,7 @@
 
 Runs only when ``COMFYUI_PATH`` points to a ComfyUI git checkout (bare or not); see
 docs/comfyui-check.md. ``COMFYUI_HARNESS`` is the harness folder (default
-/work/shared/comfyui-harness); ``COMFYUI_WORKDIR`` keeps the built ComfyUI + venv between runs
+../shared/comfyui-harness beside the checkout); ``COMFYUI_WORKDIR`` keeps the built ComfyUI + venv between runs
 (default: a fresh temporary folder, which takes minutes to build).
 """
 import json
@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE_NAMES = [p.stem for p in (ROOT / "workflows").glob("*.json")]
 PACK_NAME = "comfyui-wanflow"
-HARNESS = Path(os.environ.get("COMFYUI_HARNESS", "/work/shared/comfyui-harness"))
+HARNESS = Path(os.environ.get("COMFYUI_HARNESS", ROOT.parent / "shared" / "comfyui-harness"))
 
 pytestmark = pytest.mark.skipif(not os.environ.get("COMFYUI_PATH"),
                                 reason="set COMFYUI_PATH to a ComfyUI checkout to run the real-ComfyUI check")
