@@ -362,10 +362,30 @@ def model_file_verdict(folder: str, name: str, what: str) -> Union[bool, str]:
 
     Inside ComfyUI a problem is returned as text, which ComfyUI shows on the node; outside it the
     error is raised, so the headless runner can tell a missing file (exit 4) from a bad name (3).
+    ``None`` is what ComfyUI passes for an input fed by a link: it is checked when the node runs.
     """
+    if name is None:
+        return True
     try:
         model_path(folder, name, what)
     except (UnsafeFileName, MissingFile) as exc:
+        if in_comfyui():
+            return str(exc)
+        raise
+    return True
+
+
+def output_prefix_verdict(prefix: Optional[str], what: str) -> Union[bool, str]:
+    """For a save node's VALIDATE_INPUTS: True when ``prefix`` stays inside the output folder.
+
+    Checked before the run, so a bad prefix fails in a second rather than after sampling. Same
+    conventions as :func:`model_file_verdict` (text inside ComfyUI, raised outside, None = linked).
+    """
+    if prefix is None:
+        return True
+    try:
+        _output_folder(prefix, what)
+    except UnsafeFileName as exc:
         if in_comfyui():
             return str(exc)
         raise
@@ -420,11 +440,7 @@ def reserve_output_file(prefix: str, extension: str, what: str = "filename_prefi
     and counts files being staged by the current headless run. Returns the paths where the
     caller must write (in a staging folder during a headless run) and the final names.
     """
-    check_file_name(prefix, what)
-    out_root = Path(output_directory()).resolve()
-    final_dir = (out_root / prefix).parent.resolve()
-    if not final_dir.is_relative_to(out_root):
-        raise UnsafeFileName(f"{what}: {prefix!r} leaves the output folder {out_root}")
+    out_root, final_dir = _output_folder(prefix, what)
     stem = Path(prefix).name
     taken = {p.name for p in final_dir.iterdir()} if final_dir.is_dir() else set()
     taken |= {final.name for _, final in _headless.staged if final.parent == final_dir}
@@ -447,6 +463,16 @@ def reserve_output_file(prefix: str, extension: str, what: str = "filename_prefi
         _headless.staged.append((staged, final))
         writes.append(staged)
     return OutputFiles(writes, names, subfolder)
+
+
+def _output_folder(prefix: str, what: str) -> tuple[Path, Path]:
+    """The output root and the folder ``prefix`` writes into; rejects prefixes that leave the root."""
+    check_file_name(prefix, what)
+    out_root = Path(output_directory()).resolve()
+    final_dir = (out_root / prefix).parent.resolve()
+    if not final_dir.is_relative_to(out_root):
+        raise UnsafeFileName(f"{what}: {prefix!r} leaves the output folder {out_root}")
+    return out_root, final_dir
 
 
 def _counter_of(name: str, stem: str) -> int:

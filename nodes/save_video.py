@@ -1,7 +1,7 @@
 """Save video node: mp4 (H.264), animated webp or PNG frames, workflow embedded, never overwriting."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
@@ -38,6 +38,11 @@ class WanFlowSaveVideo:
             },
             "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, filename_prefix: str) -> Union[bool, str]:
+        """Checked before the run: the prefix stays inside the output folder."""
+        return comfy_adapter.output_prefix_verdict(filename_prefix, "save video: filename_prefix")
 
     def save(self, images: torch.Tensor, filename_prefix: str, format: str, fps: float, quality: int,
              prompt: Optional[dict] = None, extra_pnginfo: Optional[dict] = None) -> dict:

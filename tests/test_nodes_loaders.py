@@ -42,6 +42,9 @@ def test_model_loader_bad_names(models):
         WanFlowModelLoader.VALIDATE_INPUTS("nope.safetensors")
     with pytest.raises(ca.UnsafeFileName, match="'..'"):
         WanFlowModelLoader.VALIDATE_INPUTS("../diffusion_models/x.safetensors")
+    assert WanFlowModelLoader.VALIDATE_INPUTS(None) is True  # fed by a link: checked when the node runs
+    with pytest.raises(ca.UnsafeFileName, match="'..'"):
+        WanFlowModelLoader().load("../diffusion_models/x.safetensors", "default", "sdpa")
 
 
 def test_vae_text_encoder_and_clip_loaders_on_tiny_files(tmp_path):

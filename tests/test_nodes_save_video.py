@@ -88,5 +88,14 @@ def test_bad_prefix_and_bad_images(out):
     assert not out.exists() or not any(out.rglob("*.mp4"))
 
 
+def test_prefix_is_validated_before_the_run(out):
+    assert WanFlowSaveVideo.VALIDATE_INPUTS("WanFlow/video") is True
+    assert WanFlowSaveVideo.VALIDATE_INPUTS(None) is True  # fed by a link: checked when the node runs
+    for bad, why in (("../escape", "'..'"), ("/abs/video", "absolute path"), ("", "expected a file name")):
+        with pytest.raises(ca.UnsafeFileName, match=f"save video: filename_prefix: .*{why}"):
+            WanFlowSaveVideo.VALIDATE_INPUTS(bad)
+    assert not out.exists()
+
+
 def test_quality_to_crf():
     assert [quality_to_crf(q) for q in (100, 90, 1)] == [0, 19, 51]

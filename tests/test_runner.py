@@ -115,17 +115,27 @@ def test_primitive_node_value_feeds_widget(dirs):
 
 
 @pytest.mark.parametrize("breakage, code, message", [
-    (lambda f: f["nodes"].append(ui_node(7, "NoSuchNode")), errors.EXIT_INVALID, "unknown node type 'NoSuchNode'"),
+    (lambda f: f["nodes"].append(ui_node(7, "NoSuchNode")), errors.EXIT_INVALID,
+     "node 7 (NoSuchNode): unknown node type 'NoSuchNode'"),
     (lambda f: f["nodes"][0]["widgets_values"].__setitem__(0, "missing.png"), errors.EXIT_MISSING_FILE,
-     "'missing.png' not found"),
-    (lambda f: f["nodes"][0]["widgets_values"].__setitem__(0, "../input/still.png"), errors.EXIT_INVALID, "'..'"),
-    (lambda f: f["nodes"][0]["widgets_values"].__setitem__(0, "/etc/passwd"), errors.EXIT_INVALID, "absolute path"),
-    (lambda f: f["nodes"][2]["widgets_values"].__setitem__(0, "../out"), errors.EXIT_INVALID, "filename_prefix"),
+     "node 1 (LoadImage): LoadImage: image: 'missing.png' not found"),
+    (lambda f: f["nodes"][0]["widgets_values"].__setitem__(0, "../input/still.png"), errors.EXIT_INVALID,
+     "node 1 (LoadImage): LoadImage: image: '../input/still.png' contains '..'"),
+    (lambda f: f["nodes"][0]["widgets_values"].__setitem__(0, "/etc/passwd"), errors.EXIT_INVALID,
+     "node 1 (LoadImage): LoadImage: image: '/etc/passwd' is an absolute path"),
+    (lambda f: f["nodes"][2]["widgets_values"].__setitem__(0, "../out"), errors.EXIT_INVALID,
+     "node 3 (WanFlowSaveVideo): save video: filename_prefix: '../out' contains '..'"),
+    (lambda f: f["nodes"][2]["widgets_values"].__setitem__(0, "/tmp/out"), errors.EXIT_INVALID,
+     "node 3 (WanFlowSaveVideo): save video: filename_prefix: '/tmp/out' is an absolute path"),
     (lambda f: f["links"].__setitem__(0, [1, 1, 1, 2, 0, "MASK"]), errors.EXIT_INVALID,
-     "wrong link type: input 'images' expects IMAGE, but node 1 (LoadImage) output 1 gives MASK"),
-    (lambda f: f["nodes"][2]["widgets_values"].__setitem__(1, "gif"), errors.EXIT_INVALID, "'gif' is not one of"),
-    (lambda f: f["nodes"][2]["widgets_values"].__setitem__(2, 0), errors.EXIT_INVALID, "outside [1.0, 120.0]"),
-    (lambda f: f["nodes"][2]["widgets_values"].pop(), errors.EXIT_INVALID, "widgets_values has 3 entries, expected 4"),
+     "node 3 (WanFlowSaveVideo): wrong link type: input 'images' expects IMAGE, but node 1 (LoadImage) output 1 "
+     "gives MASK"),
+    (lambda f: f["nodes"][2]["widgets_values"].__setitem__(1, "gif"), errors.EXIT_INVALID,
+     "node 3 (WanFlowSaveVideo): widget 'format': 'gif' is not one of"),
+    (lambda f: f["nodes"][2]["widgets_values"].__setitem__(2, 0), errors.EXIT_INVALID,
+     "node 3 (WanFlowSaveVideo): widget 'fps': 0 is outside [1.0, 120.0]"),
+    (lambda f: f["nodes"][2]["widgets_values"].pop(), errors.EXIT_INVALID,
+     "node 3 (WanFlowSaveVideo): widgets_values has 3 entries, expected 4"),
     (lambda f: f["nodes"].pop(2), errors.EXIT_INVALID, "no output node"),
 ])
 def test_bad_workflows_fail_clearly_and_write_nothing(dirs, capsys, breakage, code, message):
@@ -134,6 +144,15 @@ def test_bad_workflows_fail_clearly_and_write_nothing(dirs, capsys, breakage, co
     assert run_cli(dirs, flow) == code
     err = capsys.readouterr().err
     assert message in err, err
+    assert outputs(dirs) == []
+
+
+def test_bad_output_prefix_fails_before_any_node_runs(dirs, capsys):
+    """The prefix is checked with the other inputs, not after the (long) nodes before the save ran."""
+    (dirs / "input" / "broken.png").write_bytes(b"not an image")  # would fail at run time (exit 5)
+    flow = load_save_ui("broken.png", prefix="../escape")
+    assert run_cli(dirs, flow) == errors.EXIT_INVALID
+    assert "node 3 (WanFlowSaveVideo): save video: filename_prefix: '../escape'" in capsys.readouterr().err
     assert outputs(dirs) == []
 
 
