@@ -118,22 +118,28 @@ def test_wan21_clip_features_are_the_penultimate_hidden_states():
 
 
 def test_vace_reference_context_equals_wan_vace_pipeline(vae21):
+    """Two references of other aspect ratios, letterboxed on white by diffusers' own preprocess_conditions.
+
+    The official code puts the references first in the order given (``cat([*ref_latent, z])``);
+    diffusers prepends them one at a time, i.e. in reverse, so it gets them in reverse order here.
+    """
+    from diffusers.video_processor import VideoProcessor
+    from PIL import Image
+
     ours, theirs = vae21
-    reference = image(24, 16, 5)  # portrait: letterboxed on white into the 32x16 landscape frame
-    cond, _ = WanFlowReferenceToVideo().build(text(), ours, reference, 32, 16, 9, 1.0)
+    gen = torch.Generator().manual_seed(5)
+    pictures = [torch.randint(0, 256, (h, w, 3), generator=gen, dtype=torch.uint8) for h, w in ((24, 16), (8, 40))]
+    references = [(p.float() / 255.0)[None] for p in pictures]  # IMAGE, exactly what the PIL files hold
+    cond, latent = WanFlowReferenceToVideo().build(text(), ours, references[0], 32, 16, 9, 1.0,
+                                                   reference_2=references[1])
     pipe = SimpleNamespace(vae=theirs, vae_scale_factor_temporal=4, vae_scale_factor_spatial=8,
+                           video_processor=VideoProcessor(vae_scale_factor=8),
                            transformer=SimpleNamespace(config=SimpleNamespace(patch_size=(1, 2, 2))))
-    video = torch.zeros(1, 3, 9, 16, 32)
-    mask = torch.ones_like(video)
-    ref = as_pixels(reference)[0]
-    scale = min(16 / 24, 32 / 16)
-    small = torch.nn.functional.interpolate(ref[None], size=(int(24 * scale), int(16 * scale)), mode="bilinear",
-                                            align_corners=False)[0]
-    canvas = torch.ones(3, 16, 32)
-    top, left = (16 - small.shape[1]) // 2, (32 - small.shape[2]) // 2
-    canvas[:, top:top + small.shape[1], left:left + small.shape[2]] = small  # diffusers' preprocess_conditions
-    latents = WanVACEPipeline.prepare_video_latents(pipe, video, mask, [[canvas]], None, torch.device("cpu"))
-    masks = WanVACEPipeline.prepare_masks(pipe, mask, [[canvas]], None)
+    video, mask, canvases = WanVACEPipeline.preprocess_conditions(
+        pipe, None, None, [[Image.fromarray(p.numpy()) for p in reversed(pictures)]], 1, 16, 32, 9, torch.float32,
+        torch.device("cpu"))
+    latents = WanVACEPipeline.prepare_video_latents(pipe, video, mask, canvases, None, torch.device("cpu"))
+    masks = WanVACEPipeline.prepare_masks(pipe, mask, canvases, None)
     expected = torch.cat([latents, masks], dim=1)
-    assert cond.vace_trim_frames == 1
+    assert cond.vace_trim_frames == 2 and latent["samples"].shape == (1, 16, 2 + 3, 2, 4)
     torch.testing.assert_close(cond.vace_context, expected, **TOL)
