@@ -104,6 +104,9 @@ class WanFlowImageToVideo:
         what = "image-to-video"
         check_size(model, vae, width, height, length, what)
         config = model.variant.config
+        if config.flf_pos_len is not None and end_image is None:
+            raise ValueError(f"{what}: {model.variant.name} is a first-last-frame model and needs an end_image "
+                             "as well as the start_image")
         start = fit_image(start_image, width, height)
         end = fit_image(end_image, width, height) if end_image is not None else None
         latent_shape = vae.latent_shape((1, 3, length, height, width))

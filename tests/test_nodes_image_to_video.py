@@ -76,6 +76,8 @@ def test_wan21_i2v_and_flf2v_add_clip_features(vaes, clip):
     assert torch.isfinite(out["samples"]).all()
     with pytest.raises(ValueError, match="needs CLIP vision features"):
         build(handle("i2v", "2.1", "i2v"), vae21, start)
+    with pytest.raises(ValueError, match="first-last-frame model and needs an end_image"):
+        build(flf, vae21, start, clip_vision=clip)
 
 
 def test_ti2v_first_frame(vaes):
