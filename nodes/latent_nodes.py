@@ -20,7 +20,8 @@ def round_size(value: int, multiple: int) -> int:
 
 class WanFlowEmptyVideoLatent:
     DESCRIPTION = ("Start latent for text-to-video: zeros of [batch, channels, (frames-1)/4+1, height/s, width/s] "
-                   "for the given VAE. Sizes are rounded to what the model needs, and the node says so.")
+                   "for the given VAE. Sizes are rounded to what the model needs, and the node says so (on the node and in "
+                   "the log).")
     CATEGORY = CONDITIONING_MENU
     RETURN_TYPES = (LATENT, "INT", "INT", "INT")
     RETURN_NAMES = ("latent", "width", "height", "length")
@@ -39,15 +40,17 @@ class WanFlowEmptyVideoLatent:
             "batch_size": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "Videos generated at once."}),
         }}
 
-    def create(self, vae, width: int, height: int, length: int, batch_size: int) -> tuple:
+    def create(self, vae, width: int, height: int, length: int, batch_size: int) -> dict:
         if (length - 1) % vae.temporal_factor:
             below = length - (length - 1) % vae.temporal_factor
             raise ValueError(f"empty video latent: length {length} is not 4n+1; use {below} or {below + 4}")
         multiple = vae.spatial_factor * DIT_PATCH
         new_width, new_height = round_size(width, multiple), round_size(height, multiple)
+        text = f"{new_width}x{new_height}, {length} frames"
         if (new_width, new_height) != (width, height):
+            text += f" ({width}x{height} rounded: the model needs multiples of {multiple})"
             log.warning("empty video latent: %dx%d rounded to %dx%d (the model needs multiples of %d)",
                         width, height, new_width, new_height, multiple)
         shape = vae.latent_shape((batch_size, 3, length, new_height, new_width))
         samples = torch.zeros(shape, device=comfy_adapter.offload_device())
-        return ({"samples": samples}, new_width, new_height, length)
+        return {"ui": {"text": [text]}, "result": ({"samples": samples}, new_width, new_height, length)}

@@ -165,3 +165,13 @@ def test_missing_model_file_is_reported_on_the_node(server):
     assert result.returncode == 2, result.stdout[-3000:]
     assert "custom_validation_failed" in result.stdout
     assert "'wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors' not found in diffusion_models" in result.stdout
+
+
+def test_frontend_extension_is_served(server):
+    """ComfyUI lists web/wanflow.js (status lines on the loader and the empty latent) among the frontend extensions."""
+    with urllib.request.urlopen(server["url"] + "/extensions", timeout=60) as response:
+        extensions = json.loads(response.read())
+    path = f"/extensions/{PACK_NAME}/wanflow.js"
+    assert path in extensions
+    with urllib.request.urlopen(server["url"] + path, timeout=60) as response:
+        assert response.status == 200 and b"WanFlowModelLoader" in response.read()

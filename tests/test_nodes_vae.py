@@ -63,12 +63,15 @@ def test_encode_rejects_bad_sizes(vae21, vae22):
 
 
 def test_empty_latent_matches_comfyui_layout(vae21, vae22, caplog):
-    latent, w, h, n = WanFlowEmptyVideoLatent().create(vae21, 832, 480, 81, 1)
+    out = WanFlowEmptyVideoLatent().create(vae21, 832, 480, 81, 1)
+    latent, w, h, n = out["result"]
     assert latent["samples"].shape == (1, 16, 21, 60, 104) and not latent["samples"].any()
-    assert (w, h, n) == (832, 480, 81)
+    assert (w, h, n) == (832, 480, 81) and out["ui"]["text"] == ["832x480, 81 frames"]
     with caplog.at_level(logging.WARNING, logger="wanflow"):
-        latent, w, h, _ = WanFlowEmptyVideoLatent().create(vae22, 1280, 720, 121, 2)
+        out = WanFlowEmptyVideoLatent().create(vae22, 1280, 720, 121, 2)
+    latent, w, h, _ = out["result"]
     assert (w, h) == (1280, 704) and "rounded to 1280x704" in caplog.text
+    assert out["ui"]["text"] == ["1280x704, 121 frames (1280x720 rounded: the model needs multiples of 32)"]
     assert latent["samples"].shape == (2, 48, 31, 44, 80)
     with pytest.raises(ValueError, match="length 80 is not 4n\\+1; use 77 or 81"):
         WanFlowEmptyVideoLatent().create(vae21, 832, 480, 80, 1)

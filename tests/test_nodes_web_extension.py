@@ -1,4 +1,4 @@
-"""web/wanflow.js: the model loader draws the variant it detected, without adding a widget.
+"""web/wanflow.js: the model loader draws the variant it detected (status text), without adding a widget.
 
 Runs the extension under Node.js with a stand-in for the frontend's ``app`` module (ComfyUI
 serves the file at /extensions/<pack>/wanflow.js, so it imports ../../scripts/app.js).
@@ -23,9 +23,11 @@ const report = { names: app.extensions.map((e) => e.name) };
 function NodeType() {}
 NodeType.prototype.onExecuted = function () { this.calledOriginal = true; };
 const Other = function () {};
+const Latent = function () {};
 for (const ext of app.extensions) {
   await ext.beforeRegisterNodeDef(NodeType, { name: "WanFlowModelLoader" });
   await ext.beforeRegisterNodeDef(Other, { name: "WanFlowVAELoader" });
+  await ext.beforeRegisterNodeDef(Latent, { name: "WanFlowEmptyVideoLatent" });
 }
 const node = new NodeType();
 node.size = [300, 60];
@@ -45,6 +47,7 @@ report.size = node.size;
 report.calledOriginal = node.calledOriginal === true;
 report.widgets = node.widgets.length;
 report.otherPatched = typeof Other.prototype.onDrawForeground === "function";
+report.latentPatched = typeof Latent.prototype.onDrawForeground === "function";
 console.log(JSON.stringify(report));
 """
 
@@ -61,12 +64,12 @@ def test_loader_draws_the_detected_variant(tmp_path):
     result = subprocess.run([NODE, "driver.mjs"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report["names"] == ["WanFlow.DetectedVariant"]
+    assert report["names"] == ["WanFlow.StatusText"]
     assert report["drawnBeforeRun"] == 0
     assert report["drawn"] == [["Detected: Wan 2.2 T2V-14B (high-noise expert)", 10, 114]]
     assert report["size"] == [300, 118]  # grown to fit the line under the widgets
     assert report["calledOriginal"] and report["widgets"] == 3  # chained, and no widget added
-    assert not report["otherPatched"]
+    assert not report["otherPatched"] and report["latentPatched"]
 
 
 def test_pack_declares_the_web_directory():

@@ -1,11 +1,13 @@
-// WanFlow frontend extension: show on the model loader what it detected in the file.
+// WanFlow frontend extension: one line of status text on some nodes after they ran.
 //
-// WanFlow Model Loader returns {"ui": {"text": ["Wan 2.2 T2V-14B (high-noise expert) (...)"]}};
-// ComfyUI passes that to node.onExecuted. The text is drawn under the widgets instead of being
-// added as a widget, so a saved workflow keeps exactly the node's widgets_values.
+// The model loader reports the variant it detected ("Wan 2.2 T2V-14B (high-noise expert) ..."),
+// the empty video latent the size it used (and that it rounded). Each returns
+// {"ui": {"text": [...]}}, which ComfyUI passes to node.onExecuted. The text is drawn under the
+// widgets instead of being added as a widget, so a saved workflow keeps exactly the node's
+// widgets_values.
 import { app } from "../../scripts/app.js";
 
-const NODE_TYPE = "WanFlowModelLoader";
+const LABELS = { WanFlowModelLoader: "Detected", WanFlowEmptyVideoLatent: "Latent" };
 const LINE_HEIGHT = 18;
 
 function fitText(ctx, text, width) {
@@ -16,15 +18,16 @@ function fitText(ctx, text, width) {
 }
 
 app.registerExtension({
-  name: "WanFlow.DetectedVariant",
+  name: "WanFlow.StatusText",
   async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (nodeData?.name !== NODE_TYPE) return;
+    const label = LABELS[nodeData?.name];
+    if (!label) return;
 
     const onExecuted = nodeType.prototype.onExecuted;
     nodeType.prototype.onExecuted = function (output) {
       onExecuted?.apply(this, arguments);
       const text = Array.isArray(output?.text) ? output.text.join(" ") : "";
-      this.wanflowDetected = text;
+      this.wanflowStatus = text;
       if (text && typeof this.computeSize === "function") {
         const needed = this.computeSize()[1] + LINE_HEIGHT;
         if (this.size[1] < needed) this.setSize([this.size[0], needed]);
@@ -35,12 +38,12 @@ app.registerExtension({
     const onDrawForeground = nodeType.prototype.onDrawForeground;
     nodeType.prototype.onDrawForeground = function (ctx) {
       onDrawForeground?.apply(this, arguments);
-      if (!this.wanflowDetected || this.flags?.collapsed) return;
+      if (!this.wanflowStatus || this.flags?.collapsed) return;
       ctx.save();
       ctx.font = "12px sans-serif";
       ctx.fillStyle = "#9c9";
       ctx.textBaseline = "bottom";
-      const line = fitText(ctx, "Detected: " + this.wanflowDetected, this.size[0] - 20);
+      const line = fitText(ctx, `${label}: ${this.wanflowStatus}`, this.size[0] - 20);
       ctx.fillText(line, 10, this.size[1] - 4);
       ctx.restore();
     };
