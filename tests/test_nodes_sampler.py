@@ -106,3 +106,27 @@ def test_denoise_below_one_starts_from_the_input_latent(experts):
     assert (light - source["samples"]).abs().mean() < (full - source["samples"]).abs().mean()
     empty = run(high, latent={"samples": torch.zeros(1, 16, 2, 4, 4)}, denoise=0.5, steps=2)
     assert torch.isfinite(empty).all()
+
+
+def test_boundary_zero_is_the_variants_official_switch(experts):
+    """boundary 0 = the variant's default (T2V 0.875, I2V 0.900); a set value overrides it.
+
+    Shift 12, 8 steps: timesteps 999 988 972 952 922 877 | 799 631, so the three rules give
+    6, 5 and 4 high-noise steps.
+    """
+    import dataclasses
+
+    high, low = experts
+    i2v_high = dataclasses.replace(high, variant=dataclasses.replace(
+        high.variant, task="i2v", defaults=official_defaults("2.2", "i2v", "14B")))
+    calls = {"high": 0, "low": 0}
+    hooks = [m.model.register_forward_hook(lambda *a, name=name: calls.__setitem__(name, calls[name] + 1))
+             for name, m in (("high", high), ("low", low))]
+    try:
+        for model, boundary, high_steps in ((high, 0.0, 6), (i2v_high, 0.0, 5), (high, 0.95, 4)):
+            calls.update(high=0, low=0)
+            run(model, low, steps=8, boundary=boundary)
+            assert calls == {"high": high_steps, "low": 8 - high_steps}, (model.variant.task, boundary, calls)
+    finally:
+        for hook in hooks:
+            hook.remove()
