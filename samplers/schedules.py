@@ -91,6 +91,13 @@ def official_unipc(steps: int, shift: float) -> Schedule:
 
     The 0.999 is the float32 value of the scheduler's ``σ_max`` (its training table runs 1 − α
     for α in ``linspace(1, 1/1000, 1000)``), read back as a Python float.
+
+    At high shift and many steps (shift 16 from 68 steps, 12 from 92, 8 from 144) the first two
+    truncated timesteps are both 999. The official scheduler finds its first step by timestep
+    and takes the second match, so it solves from σ1 while the model ran for σ0, then fails on
+    its last step (UniPC order 0): there is no official output to match. We deliberately do not
+    copy that: every step runs from σ0, as the official scheduler does with its start index
+    pinned to 0 (tests/test_solvers.py checks this against diffusers).
     """
     _check_steps_shift(steps, shift, "official_unipc")
     sigma_max = float(np.float32(1.0 - 1.0 / NUM_TRAIN_TIMESTEPS))

@@ -69,6 +69,35 @@ def test_unipc_matches_diffusers_over_40_steps(shift):
     assert (ours - ref).abs().max().item() < 1e-5
 
 
+def test_unipc_starts_at_the_first_sigma_when_the_grid_repeats_its_first_timestep():
+    """Shift 16 from 68 steps (12 from 92, 8 from 144): the truncated grid starts 999, 999.
+
+    The official scheduler (and diffusers', same code) finds its first step by looking the
+    timestep up and takes the second match, so it solves from σ1 while the model was called for
+    σ0, and its last step then has order 0 and fails its own assertion: there is no official
+    result to match. We keep the grid's meaning and run every step from σ0, which is that
+    scheduler with its start pinned to index 0 (``set_begin_index(0)``).
+    """
+    steps, shift = 68, 16.0
+    schedule = S.official_unipc(steps, shift)
+    assert schedule.timesteps[:2].tolist() == [999, 999]
+    sigmas = official_float64_sigmas(float(np.float32(0.999)), steps, shift, False)
+
+    def reference(begin_index):
+        sched = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                        num_train_timesteps=1000, flow_shift=1.0)
+        sched.set_timesteps(sigmas=sigmas)
+        if begin_index is not None:
+            sched.set_begin_index(begin_index)
+        return run_diffusers(sched, model)
+
+    model = ToyVelocity(seed=6)
+    with pytest.raises(AssertionError):
+        reference(begin_index=None)              # the official lookup cannot finish this grid
+    ours = run_ours(sample_unipc, schedule, model)
+    assert (ours - reference(begin_index=0)).abs().max().item() < 1e-5
+
+
 @pytest.mark.parametrize("shift", [12.0, 5.0])
 def test_dpmpp_2m_matches_diffusers_over_40_steps(shift):
     schedule = S.official_dpmpp(40, shift)
