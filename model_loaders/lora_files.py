@@ -66,7 +66,14 @@ def peft_alpha(folder: pathlib.Path) -> Optional[float]:
     config_path = folder / "adapter_config.json"
     if not config_path.is_file():
         return None
-    config = json.loads(config_path.read_text())
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"PEFT config {config_path} (read for the LoRA's lora_alpha) is not "
+                         f"readable JSON: {err}") from err
+    if not isinstance(config, dict):
+        raise ValueError(f"PEFT config {config_path}: expected a JSON object, found "
+                         f"{type(config).__name__}")
     alpha = config.get("lora_alpha")
     if alpha is None:
         return None
@@ -80,9 +87,14 @@ _LOW = re.compile(r"(^|[^a-z])(low[_-]?noise|low)([^a-z]|$)", re.IGNORECASE)
 
 
 def guess_expert(path: PathLike) -> Optional[Expert]:
-    """Which Wan 2.2 A14B expert a file name says it is for (``…high_noise…``, ``HIGH``), or None."""
-    text = str(pathlib.Path(path).with_suffix(""))
-    high, low = bool(_HIGH.search(text)), bool(_LOW.search(text))
-    if high == low:
-        return None
-    return "high" if high else "low"
+    """Which Wan 2.2 A14B expert a file is for (``…high_noise…``, ``HIGH``), or None.
+
+    The file name decides; only when it names neither (or both) does its own folder's name
+    (``high_noise_model/…``). Folders further up (a user's models root) are never read.
+    """
+    path = pathlib.Path(path)
+    for text in (path.stem, path.parent.name):
+        high, low = bool(_HIGH.search(text)), bool(_LOW.search(text))
+        if high != low:
+            return "high" if high else "low"
+    return None

@@ -74,6 +74,18 @@ def test_scale_rules():
     assert low.scale == 4.0 and low.shape == (8, 6)
 
 
+def test_lokr_puts_the_w1_factor_outside_and_loha_multiplies_elementwise():
+    """LyCORIS: ΔW[i·r2 + k, j·c2 + l] = w1[i, j] · w2[k, l] (w1 is the outer, small factor)."""
+    g = torch.Generator().manual_seed(0)
+    w1, w2_a, w2_b = (torch.randn(*s, generator=g) for s in [(2, 3), (4, 2), (2, 5)])
+    w2 = w2_a @ w2_b
+    expected = (w1[:, None, :, None] * w2[None, :, None, :]).reshape(8, 15) * (6.0 / 2)
+    torch.testing.assert_close(LoKr(w1=w1, w2_a=w2_a, w2_b=w2_b, alpha=6.0).delta(), expected)
+    a, b, c, d = (torch.randn(*s, generator=g) for s in [(5, 3), (3, 4), (5, 2), (2, 4)])
+    loha = LoHa(a, b, c, d, alpha=1.5)
+    torch.testing.assert_close(loha.delta(), (a @ b) * (c @ d) * 0.5)   # rank = rows of w1_b
+
+
 def test_lightx2v_diffs_map_to_modules_and_modulation(model):
     sd = {
         "diffusion_model.blocks.1.diff_m": torch.randn(1, 6, 48),
@@ -165,6 +177,9 @@ def test_read_safetensors_and_peft_config(tmp_path, spec):
     assert sorted(lora.state_dict) == sorted(sd)
     (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 4, "lora_alpha": 16, "use_rslora": True}))
     assert read_lora_file(tmp_path / "adapter_model.safetensors").default_alpha == 32.0  # 16·√4
+    (tmp_path / "adapter_config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="adapter_config.json.*not readable JSON"):
+        read_lora_file(tmp_path / "adapter_model.safetensors")
 
 
 def test_read_errors_name_the_file(tmp_path):
@@ -187,6 +202,9 @@ def test_read_errors_name_the_file(tmp_path):
     ("Wan2.2-T2V-A14B-4steps-lora-rank64-Seko-V1.1/low_noise_model.safetensors", "low"),
     ("my_style_lora.safetensors", None),
     ("highway_lowlands.safetensors", None),
+    ("Wan2.2-Lightning/high_noise_model/adapter.safetensors", "high"),  # the folder says it
+    ("/home/low/loras/high_noise_v2.safetensors", "high"),                # the name wins
+    ("/data/high_res/ComfyUI/models/loras/style.safetensors", None),     # roots are not read
 ])
 def test_guess_expert(name, expert):
     assert guess_expert(name) == expert
