@@ -86,13 +86,16 @@ def test_decode_chunks_stream_one_latent_frame_at_a_time(pair):
 
 def test_feature_cache_stops_growing(pair, monkeypatch):
     """The only state carried between chunks is the feature cache: after the second latent
-    frame its size must stay fixed, whatever the clip length."""
+    frame its size must stay fixed, whatever the clip length, and its buffers are reused in
+    place (no new long-lived tensor per latent frame to fragment the heap)."""
     _, ours, _ = pair
-    sizes = []
+    sizes, buffers = [], []
 
     class MeasuredCache(vae_common.FeatureCache):
         def start_chunk(self) -> None:
-            sizes.append(sum(v.numel() for v in self.slots if isinstance(v, torch.Tensor)))
+            tensors = [v for v in self.slots if isinstance(v, torch.Tensor)]
+            sizes.append(sum(v.numel() for v in tensors))
+            buffers.append([v.data_ptr() for v in tensors])
             super().start_chunk()
 
     monkeypatch.setattr(vae_common, "FeatureCache", MeasuredCache)
@@ -101,6 +104,7 @@ def test_feature_cache_stops_growing(pair, monkeypatch):
         pass
     assert sizes[0] == 0 and sizes[1] > 0
     assert sizes[2] == sizes[3] == sizes[4]
+    assert len(buffers[2]) > 0 and buffers[2] == buffers[3] == buffers[4]
 
 
 def test_tiled_decode(pair):

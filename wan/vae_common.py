@@ -60,6 +60,29 @@ def frames_to_keep(x: torch.Tensor, previous: Optional[torch.Tensor]) -> torch.T
     return keep
 
 
+def update_cache(previous: Optional[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """A conv's cache after it has run on ``x``: what :func:`frames_to_keep` gives, written into
+    ``previous`` itself once that holds a full ``CACHE_T`` frames of the same size.
+
+    From the third latent frame on, every conv thus reuses one cache buffer. Cloning a new one per
+    chunk instead leaves a long-lived block wherever the allocator put it among that chunk's
+    temporaries; glibc's default malloc then cannot reuse the freed space for the next chunk's
+    large temporaries and its heap (RSS) creeps up with the clip length.
+    """
+    full = (previous is not None and previous.shape[2] == CACHE_T and previous.dtype == x.dtype
+            and previous.device == x.device and previous.shape[:2] == x.shape[:2]
+            and previous.shape[3:] == x.shape[3:])
+    if not full:
+        return frames_to_keep(x, previous)
+    n = x.shape[2]
+    if n < CACHE_T:  # shift the cache left by n frames; CACHE_T = 2, so n = 1 and no overlap
+        previous[:, :, :CACHE_T - n].copy_(previous[:, :, n:])
+        previous[:, :, CACHE_T - n:].copy_(x)
+    else:
+        previous.copy_(x[:, :, -CACHE_T:])
+    return previous
+
+
 class CausalConv3d(ops.Conv3d):
     """3-D conv that pads time only at the front (2·p frames), so it never looks ahead.
 
@@ -82,9 +105,8 @@ class CausalConv3d(ops.Conv3d):
     def streamed(self, x: torch.Tensor, cache: FeatureCache) -> torch.Tensor:
         """Run on one chunk, reading and updating this conv's slot in ``cache``."""
         previous = cache.take()
-        keep = frames_to_keep(x, previous)  # type: ignore[arg-type]
         out = self(x, previous)  # type: ignore[arg-type]
-        cache.put(keep)
+        cache.put(update_cache(previous, x))  # type: ignore[arg-type]
         return out
 
 
@@ -204,12 +226,9 @@ class Resample(nn.Module):
             cache.put(_SKIPPED)
             return x
         real_previous = None if isinstance(previous, str) else previous
-        keep = x[:, :, -CACHE_T:].clone()
-        if keep.shape[2] < CACHE_T:
-            pad = real_previous[:, :, -1:] if real_previous is not None else torch.zeros_like(keep)
-            keep = torch.cat([pad.to(keep.device), keep], dim=2)
         y = self.time_conv(x, real_previous)
-        cache.put(keep)
+        # After the skipped first chunk a short x is topped up with a zero frame.
+        cache.put(update_cache(real_previous if real_previous is not None else torch.zeros_like(x[:, :, :1]), x))
         b, c, t, h, w = x.shape
         return y.reshape(b, 2, c, t, h, w).permute(0, 2, 3, 1, 4, 5).reshape(b, c, 2 * t, h, w)
 
@@ -219,9 +238,9 @@ class Resample(nn.Module):
         if previous is None:  # first chunk (one frame): pass through, remember it
             cache.put(x.clone())
             return x
-        keep = x[:, :, -1:].clone()
         y = self.time_conv(torch.cat([previous[:, :, -1:].to(x.device), x], dim=2))  # type: ignore[index]
-        cache.put(keep)
+        last = x[:, :, -1:]
+        cache.put(previous.copy_(last) if previous.shape == last.shape else last.clone())  # type: ignore[union-attr]
         return y
 
 
