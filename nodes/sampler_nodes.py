@@ -71,6 +71,7 @@ class WanFlowMoESampler:
     def sample(self, model_high: ModelHandle, conditioning: WanConditioning, latent: dict, seed: int, steps: int, shift: float,
                solver: str, scheduler: str, cfg_high: float, cfg_low: float, boundary: float, denoise: float,
                model_low: Optional[ModelHandle] = None, lora_stack: Optional[tuple] = None) -> tuple[dict]:
+        check_experts(model_high, model_low)
         raw = latent["samples"]
         stats = latent_stats_for(raw, model_high)
         schedule = build_schedule(scheduler, steps, shift, denoise)
@@ -105,6 +106,18 @@ class WanFlowMoESampler:
                 raise comfy_adapter.Interrupted(str(exc)) from exc
         out = stats.denormalize(result.latent.float()).to(comfy_adapter.offload_device())
         return ({"samples": out},)
+
+
+def check_experts(high: ModelHandle, low: Optional[ModelHandle]) -> None:
+    """Two experts wired the wrong way round would sample without error but badly: refuse it.
+
+    (A low-noise expert alone on model_high is allowed: some run it as a single model.)
+    """
+    if low is None:
+        return
+    if high.variant.expert == "low" or low.variant.expert == "high":
+        raise ValueError(f"MoE sampler: model_high is {high.variant.name} and model_low is {low.variant.name}; "
+                         "connect the high-noise expert to model_high and the low-noise expert to model_low")
 
 
 def latent_stats_for(raw: torch.Tensor, model: ModelHandle) -> LatentStats:

@@ -57,6 +57,13 @@ def test_batch_repeats_single_prompt(experts):
     assert out.shape == (2, 16, 1, 4, 4)
 
 
+def test_swapped_experts_are_refused(experts):
+    high, low = experts
+    with pytest.raises(ValueError, match="connect the high-noise expert to model_high"):
+        run(low, high)
+    assert run(low).shape == (1, 16, 2, 4, 4)  # a low-noise expert alone is a valid single model
+
+
 def test_wrong_latent_channels(experts):
     with pytest.raises(ValueError, match="the latent has 48 channels but .* works on 16"):
         run(experts[0], latent={"samples": torch.zeros(1, 48, 1, 4, 4)})
