@@ -107,7 +107,9 @@ class MoESampler:
     ``high`` / ``low`` are DiTs (or any callable with the DiT forward signature
     ``model(x, t, context, *, y=None, clip_fea=None, vace_context=None, vace_scale=1.0)`` returning
     the velocity). ``device`` is where compute happens (default: where ``high`` is).
-    ``batched_cfg=False`` runs cond and uncond as two forwards to save memory.
+    ``batched_cfg=False`` runs cond and uncond as two forwards to save memory; a batched
+    forward that runs out of device memory also falls back to two forwards for the rest of
+    that run (logged).
     ``compute_dtype``: dtype of the latent handed to the DiT, which computes in that dtype. By
     default it follows the high expert's weights (fp32 → fp32, bf16/fp16 → same, fp8 → bf16).
     The solver state always stays float32.
@@ -162,7 +164,10 @@ class MoESampler:
         x = noised_start(noise.to(self.device, torch.float32), float(schedule.sigmas[0]),
                          None if latent is None else latent.to(self.device, torch.float32))
 
+        batched = self.batched_cfg
+
         def denoise(x_t: torch.Tensor, step: int) -> torch.Tensor:
+            nonlocal batched
             if hooks.interrupt is not None and hooks.interrupt():
                 raise SamplingInterrupted(step)
             name = HIGH if step < switch else LOW
@@ -170,9 +175,21 @@ class MoESampler:
             t = cond.model_timestep(schedule.timesteps[step], x_t)
             scale = cfg_at(cfg[name], step, where=f"cfg_{name}")
             x_in = cond.impose_first_frame(x_t).to(self.compute_dtype)
-            velocity = guided_velocity(model, x_in, t, cond.context,
-                                       cond.negative_context, scale, batched=self.batched_cfg,
-                                       extras=extras)
+
+            def guided(batch_cfg: bool) -> torch.Tensor:
+                return guided_velocity(model, x_in, t, cond.context, cond.negative_context, scale,
+                                       batched=batch_cfg, extras=extras)
+
+            try:
+                velocity = guided(batched)
+            except torch.OutOfMemoryError:
+                if not (batched and scale != 1.0 and cond.negative_context is not None):
+                    raise                                # it was not a batched cond+uncond pass
+                batched = False
+                logger.warning("step %d: batched cond+uncond forward ran out of memory; running "
+                               "them as two forwards for the rest of this run", step)
+                _release_cached_memory(self.device)
+                velocity = guided(False)
             return x_t - sigmas[step] * velocity.to(x_t.dtype)
 
         def after_step(step: int, x_next: torch.Tensor, x0: torch.Tensor) -> None:
@@ -189,3 +206,9 @@ class MoESampler:
                 self.residency.offload_all()
         x = cond.impose_first_frame(x)
         return SamplingResult(cond.trim(x), switch, split)
+
+
+def _release_cached_memory(device: torch.device) -> None:
+    """Hand the failed batched forward's cached blocks back before retrying with less."""
+    if device.type == "cuda" and torch.cuda.is_available():
+        torch.cuda.empty_cache()

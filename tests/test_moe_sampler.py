@@ -120,6 +120,31 @@ def test_batched_and_sequential_cfg_agree():
     assert [c["batch"] for c in high_calls] == [1, 1] * second.switch_step
 
 
+class OutOfMemoryWhenBatched(ToyExpert):
+    """Stands in for a GPU that cannot hold the batched cond+uncond forward."""
+
+    def forward(self, x, t, context, **kwargs):
+        if x.shape[0] == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (test double)")
+        return super().forward(x, t, context, **kwargs)
+
+
+def test_batched_cfg_out_of_memory_falls_back_to_two_forwards(caplog):
+    schedule = S.official_unipc(10, 5.0)
+    reference = MoESampler(ToyExpert(0), ToyExpert(1), batched_cfg=False).sample(
+        noise(), schedule, t2v_cond(), cfg_high=5.0).latent
+    high, low = OutOfMemoryWhenBatched(0), OutOfMemoryWhenBatched(1)
+    with caplog.at_level(logging.WARNING, logger="wanflow.samplers.moe"):
+        result = MoESampler(high, low).sample(noise(), schedule, t2v_cond(), cfg_high=5.0)
+    assert torch.equal(result.latent, reference)
+    assert [c["batch"] for c in high.calls + low.calls] == [1] * 20   # one failed try, then 2/step
+    assert sum("ran out of memory" in r.getMessage() for r in caplog.records) == 1
+    with pytest.raises(torch.OutOfMemoryError):                 # a single pass has no fallback
+        MoESampler(OutOfMemoryWhenBatched(0)).sample(
+            torch.cat([noise(), noise()]), schedule,
+            WanConditioning(context=torch.cat([text(1), text(1)])), cfg_high=1.0)
+
+
 def test_guided_velocity_formula():
     model = ToyExpert(0)
     x, t = noise(), torch.tensor([500.0])
