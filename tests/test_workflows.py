@@ -119,6 +119,41 @@ def test_official_defaults():
     assert ti2v[7]["widgets_values"] == [1280, 704, 121] and ti2v[10]["widgets_values"][2] == 24.0
     lora = {n["id"]: n for n in load(ROOT / "workflows" / "wan22_a14b_lora_stack_4step.json")["nodes"]}
     assert lora[8]["widgets_values"][2:8] == [4, 5.0, "distilled", "distilled", 1.0, 1.0]
+    # The note promises the experts switch after 2 of the 4 steps (the T2V boundary, 0.875).
+    from wanflow.samplers.schedules import build_schedule
+
+    assert "switching experts after 2 steps" in lora[1]["widgets_values"][0]
+    assert int((build_schedule("distilled", 4, 5.0).timesteps >= 875).sum()) == 2
+
+
+OFFICIAL = {  # template -> the model whose official settings (model_loaders/detect.py) it uses
+    "wan22_a14b_t2v": ("2.2", "t2v", "14B"),
+    "wan22_a14b_i2v": ("2.2", "i2v", "14B"),
+    "wan22_ti2v_5b": ("2.2", "ti2v", "5B"),
+    "wan21_vace_r2v": ("2.1", "vace", "14B"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL))
+def test_widget_defaults_are_the_official_settings(name):
+    """Steps, shift, guidance per expert, solver, size, frames and fps against the variant's official table."""
+    from wanflow.model_loaders.detect import official_defaults
+
+    defaults = official_defaults(*OFFICIAL[name])
+    nodes = {n["id"]: n for n in load(ROOT / "workflows" / f"{name}.json")["nodes"]}
+    widgets = {nid: node_specs.map_widgets_values(CLASSES[n["type"]], n["widgets_values"], name)
+               for nid, n in nodes.items() if n["type"] not in UI_ONLY_TYPES}
+    by_type = {nodes[nid]["type"]: values for nid, values in widgets.items()}
+    sampler, save = by_type["WanFlowMoESampler"], by_type["WanFlowSaveVideo"]
+    size = next(v for t, v in by_type.items() if t in ("WanFlowEmptyVideoLatent", "WanFlowImageToVideo",
+                                                        "WanFlowReferenceToVideo"))
+    assert (sampler["steps"], sampler["shift"]) == (defaults.steps, defaults.shift)
+    assert sampler["solver"] == sampler["scheduler"] == defaults.solver
+    assert sampler["cfg_high"] == defaults.guide_scale
+    assert sampler["cfg_low"] == (defaults.guide_scale_low_noise or defaults.guide_scale)
+    assert sampler["boundary"] == 0.0 and sampler["denoise"] == 1.0  # 0 = the variant's own boundary
+    assert (size["width"], size["height"]) in defaults.sizes and size["length"] == defaults.frames
+    assert save["fps"] == defaults.fps
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
