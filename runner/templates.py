@@ -97,7 +97,8 @@ def i2v_a14b() -> tuple[str, list[Node]]:
         _files_note(1, "Wan 2.2 A14B image-to-video", [_row(m) for m in (high, low, umt5, vae)],
                     "Put your start picture in ComfyUI's `input` folder (or `--input DIR`). Official settings: "
                     "1280x720, 81 frames at 16 fps, 40 UniPC steps, shift 5, guidance 3.5 on both experts, switch at "
-                    "t = 900. Wan 2.2 I2V needs no CLIP vision model."),
+                    "t = 900. The picture is scaled to cover the size and centre-cropped: for a portrait picture "
+                    "set 720x1280. Wan 2.2 I2V needs no CLIP vision model."),
         Node(2, "WanFlowModelLoader", (0.0, 0.0), {"model_name": I2V_HIGH}, title="High-noise expert", models=[high]),
         Node(3, "WanFlowModelLoader", (0.0, 200.0), {"model_name": I2V_LOW}, title="Low-noise expert", models=[low]),
         *_text_nodes(I2V_PROMPT),
@@ -122,7 +123,8 @@ def ti2v_5b() -> tuple[str, list[Node]]:
     nodes = [
         _files_note(1, "Wan 2.2 TI2V-5B (text + image to video)", [_row(m) for m in (model, umt5, vae)],
                     "TI2V-5B uses the Wan 2.2 VAE. Official settings: 1280x704, 121 frames at 24 fps, 50 UniPC "
-                    "steps, shift 5, guidance 5. Put your start picture in the `input` folder; for text-only "
+                    "steps, shift 5, guidance 5. Put your start picture in the `input` folder (it is scaled to "
+                    "cover the size and centre-cropped: for a portrait picture set 704x1280); for text-only "
                     "video, replace Image to Video with an Empty Video Latent."),
         Node(2, "WanFlowModelLoader", (0.0, 0.0), {"model_name": TI2V_5B}, models=[model]),
         *_text_nodes(I2V_PROMPT),
