@@ -267,6 +267,16 @@ def main() -> int:
         f"{longest['frames']} frames) is small against the "
         "conv work buffers, so that difference hardly shows in the peaks. Peak RSS of the diffusers "
         "process is higher mostly because importing diffusers itself costs memory.",
+        "",
+        "Default malloc: our decoder keeps no per-frame allocation of its own (every conv's 2-frame "
+        "cache buffer is overwritten in place from the third latent frame on), so what still moves is "
+        "where the allocator puts torch's temporaries. At these widths CPU conv3d takes torch's im2col "
+        "path (`slow_conv3d`; oneDNN takes over for larger inputs such as the released widths), whose "
+        "column buffer holds 27 values (the 3x3x3 taps) per input channel and output position: 13.5 "
+        "to 108 MiB per call here. glibc serves the ones below its dynamic mmap ceiling (32 MiB) from "
+        "the heap, and the heap keeps the highest point any of them ever landed at, so the "
+        "default-malloc peak moves in steps of such a buffer from run to run; the fixed-threshold "
+        "run shows the memory actually in use.",
     ]
     if not all(r["peak_reset"] for r in rows.values()):
         lines.append("- WARNING: /proc/self/clear_refs was not writable; peaks include model construction")
