@@ -2,7 +2,7 @@
 
 * **Unmerged** (default): each patched ``ops.Linear`` gets a callable in ``Linear.adapters``
   (also a child module, so ``.to()`` moves it) that adds ``Σ strength · scale · up(down(x))``
-  over the stack's LoRAs to its output. The base weight is never copied or touched, so it works
+  over the stack's LoRAs to its output, accumulated in place into that output. The base weight is never copied or touched, so it works
   on bf16, fp8 and scaled-fp8 weights alike, and a strength change is read at the next call.
 * **Merged**: the deltas are added into the stored weights (dequantised to fp32, patched,
   stored back in the weight's own dtype; fp8 is re-quantised with round-to-nearest, growing
@@ -214,12 +214,26 @@ def _clip_branch_note(unmatched: Mapping[str, str]) -> str:
 Strength = Callable[[], float]
 
 
+def _add_product(y: torch.Tensor, a: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``y += a @ weightᵀ`` in place over the last dimension; ``y`` is a Linear's fresh output.
+
+    One ``addmm_`` accumulates the product into ``y`` (a single GEMM with β = 1) instead of
+    materialising it and adding it in a second pass over the output.
+    """
+    if not y.is_contiguous():
+        y = y.contiguous()
+    y.view(-1, y.shape[-1]).addmm_(a.reshape(-1, a.shape[-1]), weight.t())
+    return y
+
+
 class LowRankAdapter(nn.Module):
-    """``x -> Σᵢ strengthᵢ · scaleᵢ · upᵢ(downᵢ(x))`` for every low-rank patch on one Linear.
+    """``y += Σᵢ strengthᵢ · scaleᵢ · upᵢ(downᵢ(x))`` for every low-rank patch on one Linear.
 
     The factors of all the stack's LoRAs on this layer are concatenated along the rank, so a
-    stack costs two thin matmuls and one add per layer however many LoRAs it holds. Strengths
-    are read at each call (cheap: a per-rank scale vector is rebuilt only when they change).
+    stack costs two thin matmuls per layer however many LoRAs it holds; the second one
+    accumulates straight into the layer's output (``addmm_``), so no output-sized temporary is
+    made and no separate add pass runs. Strengths are read at each call (cheap: a per-rank scale
+    vector is rebuilt only when they change).
 
     Adapters are also registered as child modules of their Linear (non-persistent buffers, so
     state dicts are unchanged): moving the model with ``.to()`` moves them along.
@@ -251,16 +265,16 @@ class LowRankAdapter(nn.Module):
             self._rank_scale, self._rank_scale_key = per_rank.to(device, dtype), key
         return self._rank_scale
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         rank_scale = self.rank_scale(x.device, x.dtype)
         if rank_scale is None:
-            return x.new_zeros(())
-        h = F.linear(x, self.down.to(x.device, x.dtype)) * rank_scale
-        return F.linear(h, self.up.to(x.device, x.dtype))
+            return y
+        h = F.linear(x, self.down.to(x.device, x.dtype)).mul_(rank_scale)
+        return _add_product(y, h, self.up.to(x.device, x.dtype))
 
 
 class DenseAdapter(nn.Module):
-    """``x -> strength · x @ ΔWᵀ`` for LoHa, LoKr and full ``.diff`` patches on a Linear.
+    """``y += strength · x @ ΔWᵀ`` for LoHa, LoKr and full ``.diff`` patches on a Linear.
 
     The delta is rebuilt from the patch's own (small, for LoHa/LoKr) factors at each call rather
     than kept as a second full-size weight.
@@ -275,28 +289,28 @@ class DenseAdapter(nn.Module):
             self.register_buffer(name, getattr(patch, name).to(device), persistent=False)
         self.strength = strength
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         s = self.strength()
         if s == 0:
-            return x.new_zeros(())
+            return y
         patch = dataclasses.replace(self.template, **{n: getattr(self, n) for n in self.tensor_fields})
         delta = patch.delta(x.device)
-        return F.linear(x, (delta.reshape(delta.shape[0], -1) * s).to(x.dtype))
+        return _add_product(y, x, (delta.reshape(delta.shape[0], -1) * s).to(x.dtype))
 
 
 class BiasAdapter(nn.Module):
-    """``x -> strength · diff_b``: a bias delta, added to a Linear's output."""
+    """``y += strength · diff_b``: a bias delta, added to a Linear's output."""
 
     def __init__(self, diff_b: torch.Tensor, strength: Strength, device: torch.device) -> None:
         super().__init__()
         self.register_buffer("diff_b", diff_b.to(device).flatten(), persistent=False)
         self.strength = strength
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         s = self.strength()
         if s == 0:
-            return x.new_zeros(())
-        return self.diff_b.to(x.device, x.dtype) * s
+            return y
+        return y.add_(self.diff_b.to(x.device, x.dtype), alpha=s)
 
 
 Adapter = Union[LowRankAdapter, DenseAdapter, BiasAdapter]

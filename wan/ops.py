@@ -4,8 +4,8 @@ Real Wan files come in bf16, fp16, fp32, fp8 (e4m3fn / e5m2) and ComfyUI's "scal
 (fp8 weight times a per-layer fp32 ``scale_weight``). Our layers store the weight exactly as
 loaded and cast it for each call, so a 14B fp8 model stays 14 GB in memory.
 
-:class:`Linear` also carries run-time LoRA adapters (``adapters``): callables ``x -> delta``
-added to the output, so a LoRA never needs a copy of the base weight.
+:class:`Linear` also carries run-time LoRA adapters (``adapters``): callables ``(x, y) -> y`` that
+add their delta to the layer's output ``y``, so a LoRA never needs a copy of the base weight.
 """
 from __future__ import annotations
 
@@ -51,17 +51,26 @@ class CastWeights:
             self.register_buffer("scale_weight", scale.to(torch.float32))  # type: ignore[attr-defined]
 
 
+# adapter(x, y) -> y: adds a LoRA delta for input ``x`` to the layer output ``y`` and returns it.
+Adapter = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 class Linear(CastWeights, nn.Linear):
-    """nn.Linear over a storage-dtype weight, with optional run-time LoRA adapters."""
+    """nn.Linear over a storage-dtype weight, with optional run-time LoRA adapters.
+
+    Each adapter gets the input and this layer's freshly computed output and may add its delta
+    in place (``wan/lora.py`` accumulates the low-rank product straight into ``y`` with
+    ``addmm_``), so a LoRA costs no extra output-sized tensor and no separate add pass.
+    """
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.adapters: list[Callable[[torch.Tensor], torch.Tensor]] = []
+        self.adapters: list[Adapter] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(x, self.compute_weight(x.dtype), self.compute_bias(x.dtype))
         for adapter in self.adapters:
-            y = y + adapter(x)
+            y = adapter(x, y)
         return y
 
 
