@@ -50,6 +50,14 @@ def test_decode_streams_into_image(vae21, tiled):
         torch.testing.assert_close(images, expected)
 
 
+def test_tiled_decode_passes_tile_size_and_overlap(vae21):
+    """A latent spanning several tiles: the node decodes exactly as decode_tiled with its widgets."""
+    z = torch.randn(1, 16, 2, 6, 10, generator=torch.Generator().manual_seed(2))
+    (images,) = WanFlowVAEDecode().decode({"samples": z}, vae21, True, 4, 2)
+    torch.testing.assert_close(images, pixels_to_image(vae21.decode_tiled(z, tile=4, overlap=2)))
+    assert not torch.allclose(images, pixels_to_image(vae21.decode_tiled(z, tile=8, overlap=2)))
+
+
 def test_decode_rejects_wrong_vae(vae22):
     with pytest.raises(ValueError, match=r"this VAE decodes \[batch, 48"):
         WanFlowVAEDecode().decode({"samples": torch.zeros(1, 16, 2, 4, 4)}, vae22, False, 32, 8)
