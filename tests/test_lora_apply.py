@@ -335,6 +335,8 @@ def test_stack_misuse_is_refused(model, spec):
         stack.add("x", high={}, low=None)
     with pytest.raises(ValueError, match="high expert, the low expert or both"):
         stack.add("y", high=None, low=None)
+    with pytest.raises(TypeError, match=r"LoRA 'y': low= must be a state dict .* got str"):
+        stack.add("y", high=None, low="loras/style.safetensors")
     with pytest.raises(ValueError, match="expert must be"):
         stack.apply(model, "middle")
     with stack.apply(model, "high"):

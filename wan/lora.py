@@ -23,6 +23,7 @@ keys that were not applied.
 """
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import functools
 import logging
@@ -420,6 +421,11 @@ class LoraStack:
             default_alpha: Optional[float] = None) -> StackedLora:
         if high is None and low is None:
             raise ValueError(f"LoRA {name!r}: give a LoRA for the high expert, the low expert or both")
+        for expert, source in (("high", high), ("low", low)):
+            if source is not None and not isinstance(source, (ParsedLora, collections.abc.Mapping)):
+                raise TypeError(f"LoRA {name!r}: {expert}= must be a state dict of tensors (e.g. "
+                                f"read_lora_file(path).state_dict) or a ParsedLora, got "
+                                f"{type(source).__name__}")
         if any(entry.name == name for entry in self.loras):
             raise ValueError(f"LoRA {name!r} is already in the stack; names must be unique")
         entry = StackedLora(name, high, low, float(strength_high), float(strength_low), default_alpha)
