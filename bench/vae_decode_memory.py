@@ -272,11 +272,11 @@ def main() -> int:
         "cache buffer is overwritten in place from the third latent frame on), so what still moves is "
         "where the allocator puts torch's temporaries. At these widths CPU conv3d takes torch's im2col "
         "path (`slow_conv3d`; oneDNN takes over for larger inputs such as the released widths), whose "
-        "column buffer holds 27 values (the 3x3x3 taps) per input channel and output position: 13.5 "
-        "to 108 MiB per call here. glibc serves the ones below its dynamic mmap ceiling (32 MiB) from "
-        "the heap, and the heap keeps the highest point any of them ever landed at, so the "
-        "default-malloc peak moves in steps of such a buffer from run to run; the fixed-threshold "
-        "run shows the memory actually in use.",
+        "column buffer holds 27 values (the 3x3x3 taps) per input channel and output position, tens "
+        "of MiB per call at these sizes. glibc serves such blocks below its dynamic mmap ceiling "
+        "(32 MiB) from the heap, each wherever free space fits, and peak RSS records the highest "
+        "point one ever reached, so the default-malloc peak moves in steps of such a buffer from run "
+        "to run (diffusers' too); the fixed-threshold run shows the memory actually in use.",
     ]
     if not all(r["peak_reset"] for r in rows.values()):
         lines.append("- WARNING: /proc/self/clear_refs was not writable; peaks include model construction")
