@@ -98,8 +98,15 @@ def build_lora_stack(choices: tuple) -> LoraStack:
     for index, choice in enumerate(choices):
         high = _read_cached(choice.high) if choice.high else None
         low = _read_cached(choice.low) if choice.low else None
-        alpha = (high or low).default_alpha
+        if high is not None and low is not None and high is not low:
+            # A high/low pair: one entry per file, so each keeps its own default alpha.
+            stack.add(f"{index + 1}: {choice.high}", high=high.state_dict, low=None,
+                      strength_high=choice.strength_high, default_alpha=high.default_alpha)
+            stack.add(f"{index + 1}: {choice.low}", high=None, low=low.state_dict,
+                      strength_low=choice.strength_low, default_alpha=low.default_alpha)
+            continue
+        source = high or low
         stack.add(f"{index + 1}: {choice.label}", high=high.state_dict if high else None,
                   low=low.state_dict if low else None, strength_high=choice.strength_high,
-                  strength_low=choice.strength_low, default_alpha=alpha)
+                  strength_low=choice.strength_low, default_alpha=source.default_alpha)
     return stack

@@ -137,3 +137,32 @@ def test_boundary_zero_is_the_variants_official_switch(experts):
     finally:
         for hook in hooks:
             hook.remove()
+
+
+def test_lora_pair_keeps_each_files_own_alpha(tmp_path):
+    """A high/low pair of PEFT folders with different lora_alpha: each file is scaled by its own."""
+    import json
+
+    from wanflow.nodes.lora_nodes import build_lora_stack
+
+    lora_dir = tmp_path / "models" / "loras"
+    for expert, alpha in (("high", 4.0), ("low", 16.0)):
+        folder = lora_dir / expert
+        folder.mkdir(parents=True)
+        save_file({"diffusion_model.blocks.0.self_attn.q.lora_A.weight": torch.ones(2, 48),
+                   "diffusion_model.blocks.0.self_attn.q.lora_B.weight": torch.ones(48, 2)},
+                  str(folder / "adapter_model.safetensors"))
+        (folder / "adapter_config.json").write_text(json.dumps({"lora_alpha": alpha, "r": 2}))
+    ca.configure_headless(tmp_path / "models", tmp_path / "in", tmp_path / "out")
+    try:
+        pair = LoraChoice("high/adapter_model.safetensors", "low/adapter_model.safetensors", 0.7, 0.9)
+        stack = build_lora_stack((pair,))
+        by_expert = {("high" if e.high is not None else "low"): e for e in stack.loras}
+        assert by_expert["high"].default_alpha == 4.0 and by_expert["high"].low is None
+        assert by_expert["low"].default_alpha == 16.0 and by_expert["low"].high is None
+        assert (by_expert["high"].strength_high, by_expert["low"].strength_low) == (0.7, 0.9)
+        same = build_lora_stack((LoraChoice("high/adapter_model.safetensors",
+                                            "high/adapter_model.safetensors", 1.0, 0.5),))
+        assert len(same.loras) == 1 and same.loras[0].high is same.loras[0].low
+    finally:
+        ca.configure_headless(None, None, None)
