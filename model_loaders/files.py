@@ -25,9 +25,11 @@ import pickle
 import re
 import struct
 import zipfile
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Optional, Union
+from typing import Callable, Iterable, Iterator, Mapping, Optional, Union
 
 import torch
 
@@ -38,6 +40,11 @@ PathLike = Union[str, os.PathLike]
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors format's own limit
+
+# Reads in flight at once. Most of a read's time is the kernel faulting in and zeroing the fresh
+# buffer's pages, not the copy; that work runs in parallel on other cores (measured on 2 cores,
+# 2.84 GB bf16 from the page cache: 1.6 s one at a time, 0.8 s with two reads in flight).
+READ_WORKERS = max(1, min(4, os.cpu_count() or 1))
 
 SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -295,6 +302,25 @@ class Checkpoint(Mapping[str, torch.Tensor]):
         if isinstance(source, SafetensorsFile):
             return source.read(source_key, buffer)
         return source.read(source_key)
+
+    def read_ahead(self, keys: Iterable[str],
+                   workers: int = READ_WORKERS) -> Iterator[tuple[str, torch.Tensor]]:
+        """``(key, self[key])`` for ``keys`` in order, with up to ``workers`` reads running ahead
+        in threads (file reads release the GIL). Each tensor still gets its own buffer, so the
+        result is the same as reading one by one; only the wall time differs."""
+        if workers <= 1:
+            yield from ((key, self[key]) for key in keys)
+            return
+        with ThreadPoolExecutor(workers, thread_name_prefix="wanflow-read") as pool:
+            pending: deque[tuple[str, Future]] = deque()
+            for key in keys:
+                pending.append((key, pool.submit(self.__getitem__, key)))
+                if len(pending) > workers:
+                    done_key, future = pending.popleft()
+                    yield done_key, future.result()
+            while pending:
+                done_key, future = pending.popleft()
+                yield done_key, future.result()
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._entries)

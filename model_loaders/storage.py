@@ -12,7 +12,7 @@ then converted right after it is read, so at most one extra tensor is alive at a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional, Union
+from typing import Callable, Iterator, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -221,19 +221,19 @@ def load_into(model: nn.Module, ckpt: Checkpoint, storage: StorageChoice = None,
     provided = set(ckpt) - scales.extra_keys - set(scales.scales.values())
     _check_keys(ckpt.name, set(targets), provided, expected)
 
+    for key, target in targets.items():
+        shape = ckpt.info(key).shape
+        if shape != tuple(target.shape):
+            raise WrongModelError(f"{ckpt.name}: {key!r} has shape {list(shape)}, but "
+                                  f"{expected} expects {list(target.shape)}.")
+
     modules = dict(model.named_modules())
     convert = Converter()
     state: dict[str, torch.Tensor] = {}
     layer_scales: dict[str, torch.Tensor] = {}
-    for key in targets:
+    for key, tensor in _read_all(ckpt, list(targets), convert, storage):
         owner_name, _, param = key.rpartition(".")
         owner = modules[owner_name]
-        shape = ckpt.info(key).shape
-        if shape != tuple(targets[key].shape):
-            raise WrongModelError(f"{ckpt.name}: {key!r} has shape {list(shape)}, but "
-                                  f"{expected} expects {list(targets[key].shape)}.")
-        # With a storage dtype most tensors are converted: read those into a reused buffer.
-        tensor = ckpt[key] if storage is None else convert.read(ckpt, key)
         scale_key = scales.scales.get(owner_name) if param == "weight" else None
         scale = ckpt[scale_key].to(torch.float32) if scale_key else None
         castable = isinstance(owner, ops.CastWeights) and not keep_float32(key)
@@ -255,6 +255,16 @@ def load_into(model: nn.Module, ckpt: Checkpoint, storage: StorageChoice = None,
     for name, module in modules.items():
         if isinstance(module, ops.CastWeights) and name not in layer_scales:
             module.set_scale_weight(None)
+
+
+def _read_all(ckpt: Checkpoint, keys: list[str], convert: Converter,
+              storage: Optional[StorageDtype]) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(key, tensor)`` in order. Kept as stored: each tensor in its own final buffer, several
+    reads in flight. Converted: one at a time through the converter's reused buffer, so the
+    tensors that are thrown away after conversion never each take fresh memory."""
+    if storage is None:
+        return ckpt.read_ahead(keys)
+    return ((key, convert.read(ckpt, key)) for key in keys)
 
 
 def _check_keys(name: str, wanted: set[str], provided: set[str], expected: str) -> None:
