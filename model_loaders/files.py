@@ -11,7 +11,8 @@ check every offset up front (truncated downloads, HTML error pages and LFS point
 own, so no file mapping stays resident next to the loaded weights. (Zero-copy views of a memory
 map load faster, but tensor offsets in safetensors files are not 64-byte aligned and CPU kernels
 then round differently than on normally allocated weights: the same model would give slightly
-different outputs depending on which file it came from.)
+different outputs depending on which file it came from.) Most of such a read's time is the kernel
+zeroing the fresh buffer's pages, so :meth:`Checkpoint.read_ahead` keeps a few reads in flight.
 
 ``.pth``/``.pt``/``.ckpt``/``.bin`` are pickles: they are opened only with
 ``torch.load(weights_only=True)``; anything that needs arbitrary unpickling is refused.
