@@ -323,7 +323,7 @@ class WanBlock(nn.Module):
         self.cross_attn = CrossAttention(dim, cfg.num_heads, cfg.eps, cfg.has_image_input)
         self.norm2 = LayerNorm32(dim, eps=cfg.eps, elementwise_affine=False)
         self.ffn = _feed_forward(dim, cfg.ffn_dim)
-        self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim ** 0.5)
+        self.modulation = nn.Parameter(torch.randn(1, 6, dim).mul_(dim ** -0.5))
 
     def forward(self, x: torch.Tensor, e0: torch.Tensor, context: torch.Tensor,
                 context_img: Optional[torch.Tensor], rope: tuple[torch.Tensor, torch.Tensor],
@@ -367,7 +367,7 @@ class Head(nn.Module):
         super().__init__()
         self.norm = LayerNorm32(cfg.dim, eps=cfg.eps, elementwise_affine=False)
         self.head = ops.Linear(cfg.dim, math.prod(cfg.patch_size) * cfg.out_dim)
-        self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim ** 0.5)
+        self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim).mul_(cfg.dim ** -0.5))
 
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         shift, scale = (self.modulation.float().unsqueeze(0) + e.unsqueeze(2)).unbind(dim=2)
