@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from .vae_common import (CausalConv3d, FeatureCache, Head, Resample, ResidualBlock, StreamingVideoVAE,
+from .vae_common import (StreamingEncoder, CausalConv3d, FeatureCache, Head, Resample, ResidualBlock, StreamingVideoVAE,
                          middle_blocks, run_blocks)
 
 
@@ -51,7 +51,7 @@ TINY_WAN21_VAE = WanVAE21Config(dim=8)
 """Same structure with 8 base channels: for tests."""
 
 
-class Encoder21(nn.Module):
+class Encoder21(StreamingEncoder):
     """Pixels ``[B, 3, F, H, W]`` → ``[B, 2·z_dim, T, H/8, W/8]`` (mu and log-variance)."""
 
     def __init__(self, cfg: WanVAE21Config) -> None:
@@ -70,12 +70,6 @@ class Encoder21(nn.Module):
         self.downsamples = nn.Sequential(*blocks)
         self.middle = middle_blocks(dims[-1], cfg.dropout)
         self.head = Head(dims[-1], cfg.z_dim * 2)
-
-    def forward(self, x: torch.Tensor, cache: FeatureCache) -> torch.Tensor:
-        x = self.conv1.streamed(x, cache)
-        x = run_blocks(self.downsamples, x, cache)
-        x = run_blocks(self.middle, x, cache)
-        return self.head(x, cache)
 
 
 class Decoder21(nn.Module):

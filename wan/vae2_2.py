@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .vae_common import (CausalConv3d, FeatureCache, Head, Resample, ResidualBlock, StreamingVideoVAE,
+from .vae_common import (StreamingEncoder, CausalConv3d, FeatureCache, Head, Resample, ResidualBlock, StreamingVideoVAE,
                          middle_blocks, run_blocks)
 
 PATCH = 2
@@ -153,7 +153,7 @@ class UpResidualBlock(nn.Module):
         return main + self.avg_shortcut(x, first_chunk)
 
 
-class Encoder22(nn.Module):
+class Encoder22(StreamingEncoder):
     """Packed pixels ``[B, 12, F, H/2, W/2]`` → ``[B, 2·z_dim, T, H/16, W/16]``."""
 
     def __init__(self, cfg: WanVAE22Config) -> None:
@@ -168,12 +168,6 @@ class Encoder22(nn.Module):
             for level, (in_dim, out_dim) in enumerate(zip(dims[:-1], dims[1:]))))
         self.middle = middle_blocks(dims[-1], cfg.dropout)
         self.head = Head(dims[-1], cfg.z_dim * 2)
-
-    def forward(self, x: torch.Tensor, cache: FeatureCache) -> torch.Tensor:
-        x = self.conv1.streamed(x, cache)
-        x = run_blocks(self.downsamples, x, cache)
-        x = run_blocks(self.middle, x, cache)
-        return self.head(x, cache)
 
 
 class Decoder22(nn.Module):

@@ -266,6 +266,24 @@ def middle_blocks(dim: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(ResidualBlock(dim, dim, dropout), AttentionBlock(dim), ResidualBlock(dim, dim, dropout))
 
 
+class StreamingEncoder(nn.Module):
+    """Encoder stage order shared by both VAEs: ``conv1 → downsamples → middle → head``.
+
+    Subclasses build those four modules; one chunk of frames flows through them with the cache.
+    """
+
+    conv1: CausalConv3d
+    downsamples: nn.Sequential
+    middle: nn.Sequential
+    head: Head
+
+    def forward(self, x: torch.Tensor, cache: FeatureCache) -> torch.Tensor:
+        x = self.conv1.streamed(x, cache)
+        x = run_blocks(self.downsamples, x, cache)
+        x = run_blocks(self.middle, x, cache)
+        return self.head(x, cache)
+
+
 class StreamingVideoVAE(nn.Module):
     """Chunked encode / streaming decode shared by both Wan VAEs.
 
