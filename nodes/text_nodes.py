@@ -7,16 +7,11 @@ from collections import OrderedDict
 import torch
 
 from ..samplers.conditioning import WanConditioning
+from ..samplers.guidance import OFFICIAL_NEGATIVE_PROMPT
 from ..wan.umt5 import encode_prompts
 from . import comfy_adapter
 from .handles import TextEncoderHandle
 from .types import CONDITIONING, CONDITIONING_MENU, TEXT_ENCODER
-
-# The official Wan negative prompt (shared_config.sample_neg_prompt in Wan 2.1 / 2.2).
-OFFICIAL_NEGATIVE_PROMPT = (
-    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，"
-    "JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，"
-    "手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走")
 
 CACHE_SIZE = 16
 

@@ -1,0 +1,72 @@
+"""Batches of WanNano clips for training, deterministic from a torch.Generator.
+
+The VAE sees short random crops of every look the models will produce (plain and outlined
+shapes; white, black, night-blue and grey backgrounds), so the style LoRAs and the R2V
+reference pictures stay inside what it can reconstruct. The diffusion models train on a fixed,
+cached set of whole clips (drawing clips in numpy would cost as much as a training step).
+Held-out combinations are never drawn.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..nano.clips import Placement, centre_at, random_placement, render_clip, render_frame, to_model_pixels
+from ..nano.vocabulary import BACKGROUNDS, FRAMES, NIGHT_BACKGROUND, Scene, training_scenes
+
+VAE_BACKGROUNDS = (*BACKGROUNDS.values(), NIGHT_BACKGROUND, (128, 128, 128))
+
+
+def _numpy_rng(generator: torch.Generator) -> np.random.Generator:
+    return np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
+
+
+def vae_batch(generator: torch.Generator, batch: int, frames: int = 5, crop: int = 32) -> torch.Tensor:
+    """Pixels ``[B, 3, frames, crop, crop]`` in [-1, 1]: random scenes, looks and crops."""
+    rng = _numpy_rng(generator)
+    scenes = training_scenes()
+    clips = []
+    for _ in range(batch):
+        scene = scenes[rng.integers(len(scenes))]
+        start = random_placement(scene, rng)
+        first = int(rng.integers(0, FRAMES - frames + 1))
+        style = ("plain", "plain", "outline")[rng.integers(3)]
+        bg = VAE_BACKGROUNDS[rng.integers(len(VAE_BACKGROUNDS))]
+        shifted = _advance(scene, start, first)
+        clip = np.stack([_frame(scene, shifted, f, style, bg) for f in range(frames)])
+        top, left = rng.integers(0, clip.shape[1] - crop + 1, size=2)
+        clips.append(to_model_pixels(clip[:, top:top + crop, left:left + crop]))
+    return torch.from_numpy(np.stack(clips))
+
+
+def _advance(scene: Scene, start: Placement, frames: int) -> Placement:
+    x, y = centre_at(scene, start, frames)
+    return Placement(x, y, start.size)
+
+
+def _frame(scene: Scene, start: Placement, frame: int, style: str, background) -> np.ndarray:
+    return render_frame(scene, *centre_at(scene, start, frame), start.size,
+                        "outline" if style == "outline" else "plain", background=background)
+
+
+@dataclass
+class ClipSet:
+    """A fixed set of whole clips ``uint8 [N, F, H, W, 3]`` with the scene of each."""
+
+    clips: np.ndarray
+    scenes: list[Scene]
+
+    def pixels(self, index) -> torch.Tensor:
+        """Model pixels ``[len(index), 3, F, H, W]`` in [-1, 1]."""
+        return torch.from_numpy(np.stack([to_model_pixels(self.clips[i]) for i in np.atleast_1d(index)]))
+
+
+def clip_set(seed: int, per_scene: int, scenes: list[Scene] | None = None, style: str = "plain") -> ClipSet:
+    """``per_scene`` clips of each scene (training scenes by default), random placements."""
+    rng = np.random.default_rng(seed)
+    scenes = training_scenes() if scenes is None else scenes
+    listed = [scene for scene in scenes for _ in range(per_scene)]
+    clips = np.stack([render_clip(scene, random_placement(scene, rng), style) for scene in listed])
+    return ClipSet(clips, listed)

@@ -1,0 +1,74 @@
+"""Train a Wan 2.1-architecture VAE as an autoencoder, through its streaming (causal) path.
+
+``WanVAE21.encode`` / ``decode`` are ``no_grad`` inference loops; training runs the same chunk
+structure (1 pixel frame, then 4 at a time; one latent frame at a time to decode) with gradients.
+The VAE is convolutional and causal, so it trains on short clips (1 + 4 frames) and small crops
+and then runs on whole clips.
+
+The diffusion models sample in ``latent_stats.WAN21``-normalised space, so the latent is pulled
+towards zero mean and unit variance *in that space* (a moment penalty per channel), and the
+decoder learns on slightly noisy latents so that imperfect samples still decode cleanly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..wan.latent_stats import WAN21
+from ..wan.vae2_1 import WanVAE21
+from ..wan.vae_common import FeatureCache
+
+
+@dataclass(frozen=True)
+class VAELossWeights:
+    l1: float = 1.0
+    mse: float = 1.0
+    moments: float = 0.05
+    latent_noise: float = 0.1
+    """Std of the noise added to the normalised latent before decoding."""
+
+
+def encode_with_grad(vae: WanVAE21, pixels: torch.Tensor) -> torch.Tensor:
+    """Raw mu ``[B, z, T, h, w]`` of pixels ``[B, 3, 4n+1, H, W]``, differentiable."""
+    cache = FeatureCache()
+    bounds = [(0, 1)] + [(s, s + 4) for s in range(1, pixels.shape[2], 4)]
+    chunks = []
+    for start, stop in bounds:
+        cache.start_chunk()
+        h = vae.encoder(pixels[:, :, start:stop], cache)
+        chunks.append(vae.conv1(h)[:, :vae.z_dim])
+    return torch.cat(chunks, dim=2)
+
+
+def decode_with_grad(vae: WanVAE21, z: torch.Tensor) -> torch.Tensor:
+    """Pixels ``[B, 3, 4(T-1)+1, H, W]`` (unclamped) of raw latents ``z``, differentiable."""
+    cache = FeatureCache()
+    chunks = []
+    for t in range(z.shape[2]):
+        cache.start_chunk()
+        chunks.append(vae.decoder(vae.conv2(z[:, :, t:t + 1]), cache, first_chunk=(t == 0)))
+    return torch.cat(chunks, dim=2)
+
+
+def moment_penalty(normalised: torch.Tensor) -> torch.Tensor:
+    """Squared distance of each channel's mean from 0 and variance from 1."""
+    dims = [0] + list(range(2, normalised.ndim))
+    mean = normalised.mean(dim=dims)
+    var = normalised.var(dim=dims)
+    return (mean.pow(2) + (var - 1).pow(2)).mean()
+
+
+def autoencoder_loss(vae: WanVAE21, pixels: torch.Tensor, weights: VAELossWeights,
+                     generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+    """Reconstruction + latent-moment loss of one batch; returns the loss and its parts."""
+    mu = encode_with_grad(vae, pixels)
+    normalised = WAN21.normalize(mu)
+    noise = torch.randn(normalised.shape, generator=generator) * weights.latent_noise
+    recon = decode_with_grad(vae, WAN21.denormalize(normalised + noise))
+    l1 = F.l1_loss(recon, pixels)
+    mse = F.mse_loss(recon, pixels)
+    moments = moment_penalty(normalised)
+    loss = weights.l1 * l1 + weights.mse * mse + weights.moments * moments
+    return loss, {"l1": l1.item(), "mse": mse.item(), "moments": moments.item()}
