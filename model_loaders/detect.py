@@ -163,6 +163,15 @@ OFFICIAL_DEFAULTS: dict[tuple[str, str, str], WanDefaults] = {
                                        guide_scale_low_noise=3.5, boundary=0.900),
     ("2.2", "ti2v", "5B"): WanDefaults("2.2", 5.0, 50, 5.0, 24, 121, ((1280, 704), (704, 1280))),
 }
+# WanNano (this pack's own tiny models, nano/models): 64x64, 17 frames, trained at shift 3.
+NANO_SIZES = ((64, 64),)
+NANO_DEFAULTS: dict[tuple[str, str, str], WanDefaults] = {
+    ("2.2", "t2v", "nano"): WanDefaults("2.1", 3.0, 20, 4.0, 16, 17, NANO_SIZES,
+                                        guide_scale_low_noise=3.0, boundary=0.875),
+    ("2.2", "i2v", "nano"): WanDefaults("2.1", 3.0, 20, 3.5, 16, 17, NANO_SIZES,
+                                        guide_scale_low_noise=3.5, boundary=0.900),
+    ("2.1", "vace", "nano"): WanDefaults("2.1", 3.0, 20, 4.0, 16, 17, NANO_SIZES),
+}
 # Not official Wan-AI releases: community expert pairs built on Wan 2.2 T2V-A14B (e.g. Comfy-Org's
 # wan2.2_fun_vace_{high,low}_noise_14B). They inherit the T2V-A14B settings.
 COMMUNITY_DEFAULTS: dict[tuple[str, str, str], WanDefaults] = {
@@ -172,7 +181,7 @@ COMMUNITY_DEFAULTS: dict[tuple[str, str, str], WanDefaults] = {
 
 def official_defaults(family: str, task: str, size: str) -> WanDefaults:
     """Defaults of the official variant, or of the closest one (same family and task)."""
-    for table in (OFFICIAL_DEFAULTS, COMMUNITY_DEFAULTS):
+    for table in (OFFICIAL_DEFAULTS, NANO_DEFAULTS, COMMUNITY_DEFAULTS):
         if (family, task, size) in table:
             return table[(family, task, size)]
     for (fam, tsk, _), defaults in OFFICIAL_DEFAULTS.items():
@@ -186,7 +195,7 @@ def official_defaults(family: str, task: str, size: str) -> WanDefaults:
 
 # --------------------------------------------------------------------------- DiT variants
 
-SIZE_BY_DIM = {1536: "1.3B", 3072: "5B", 5120: "14B"}
+SIZE_BY_DIM = {128: "nano", 1536: "1.3B", 3072: "5B", 5120: "14B"}
 HEAD_DIM = 128
 
 

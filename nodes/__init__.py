@@ -2,6 +2,7 @@
 
 Every node lives in the "WanFlow" menu; ``NODE_CLASS_MAPPINGS`` is what ComfyUI reads.
 """
+from . import comfy_adapter
 from .image_to_video import WanFlowImageToVideo
 from .latent_nodes import WanFlowEmptyVideoLatent
 from .loader_nodes import WanFlowCLIPVisionLoader, WanFlowModelLoader, WanFlowTextEncoderLoader, WanFlowVAELoader
@@ -43,3 +44,5 @@ NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
     "WanFlowVAEEncode": "WanFlow VAE Encode",
     "WanFlowSaveVideo": "WanFlow Save Video",
 }
+
+comfy_adapter.register_pack_models()  # the WanNano files appear in ComfyUI's model lists

@@ -19,6 +19,8 @@ from typing import Any, Callable, Iterator, Optional, Union
 
 import torch
 
+from ..nano.files import MODELS_DIR as NANO_MODELS_DIR
+
 MODEL_EXTENSIONS = (".safetensors", ".sft", ".pt", ".pt2", ".pth", ".bin", ".ckpt", ".pkl", ".gguf")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
@@ -301,10 +303,31 @@ def _check_folder_key(folder: str) -> None:
         raise KeyError(f"unknown model folder {folder!r}; expected one of {sorted(MODEL_FOLDERS)}")
 
 
+PACK_MODEL_FOLDERS = ("diffusion_models", "vae", "text_encoders", "loras")
+"""Folders of ``nano/models`` (the WanNano files shipped with the pack) offered next to the user's."""
+
+
+def _pack_folder(folder: str) -> Optional[Path]:
+    path = NANO_MODELS_DIR / folder
+    return path if folder in PACK_MODEL_FOLDERS and path.is_dir() else None
+
+
+def register_pack_models() -> None:
+    """Inside ComfyUI: list the pack's nano models in the usual model folders (after the user's own)."""
+    fp = _comfy_module("folder_paths")
+    if fp is None:
+        return
+    for folder in PACK_MODEL_FOLDERS:
+        path = _pack_folder(folder)
+        if path is not None:
+            fp.add_model_folder_path(folder, str(path), is_default=False)
+
+
 def _headless_folders(folder: str) -> list[Path]:
-    if _headless.models_dir is None:
-        return []
-    return [_headless.models_dir / sub for sub in MODEL_FOLDERS[folder]]
+    """The user's models folder (if given), then the pack's nano models."""
+    roots = [] if _headless.models_dir is None else [_headless.models_dir / sub for sub in MODEL_FOLDERS[folder]]
+    pack = _pack_folder(folder)
+    return roots + ([pack] if pack is not None else [])
 
 
 def _list_tree(root: Path, extensions: tuple[str, ...]) -> list[str]:
@@ -353,7 +376,8 @@ def model_path(folder: str, name: str, what: str = "model") -> str:
             if candidate.is_file() and candidate.is_relative_to(root.resolve()):
                 return str(candidate)
         if _headless.models_dir is None:
-            raise MissingFile(f"{what}: {name!r} not found: no models folder was given (use --models DIR)")
+            raise MissingFile(f"{what}: {name!r} not found: no models folder was given (use --models DIR); "
+                              f"searched the pack's nano models: {', '.join(map(str, searched)) or 'none'}")
     raise MissingFile(f"{what}: {name!r} not found in {folder} (searched: {', '.join(map(str, searched))})")
 
 

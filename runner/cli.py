@@ -1,7 +1,8 @@
 """``wanflow``: run ComfyUI workflows (UI or API format) from a shell, without the server.
 
     wanflow run WORKFLOW.json [--models DIR] [--input DIR] [--output DIR] [--set NODE.INPUT=VALUE ...]
-    wanflow demo [--output DIR]
+    wanflow demo [--prompt TEXT] [--seed N] [--output DIR] [--i2v IMAGE] [--r2v IMAGE ...] [--quiet]
+    wanflow train-nano [--stage NAME ...] [--work DIR] [--out DIR] [--seed N]
 
 Exit codes are listed in :mod:`runner.errors` (0 ok, 2 usage, 3 invalid workflow, 4 missing
 file, 5 a node failed, 130 interrupted, 1 internal error).
@@ -34,10 +35,44 @@ def build_parser() -> argparse.ArgumentParser:
                           "(e.g. --set 3.seed=42 --set 6.text='a cat')")
     run.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
-    demo = sub.add_parser("demo", help="render the T2V template on a built-in tiny model (no files needed)")
+    demo = sub.add_parser("demo", help="render a template on the WanNano models shipped with the pack (CPU, seconds)")
+    demo.add_argument("--prompt", default=None, help="e.g. 'a red circle moving left on a white background' "
+                      "(colours red/green/blue/yellow, shapes circle/square/triangle, directions left/right/up/down, "
+                      "backgrounds white/black, optional 'slowly')")
+    demo.add_argument("--seed", type=int, default=42, help="noise seed (default 42)")
     demo.add_argument("--output", type=Path, default=Path("output"), help="folder for the video (default ./output)")
+    demo.add_argument("--i2v", type=Path, metavar="IMAGE", help="image-to-video from this start picture")
+    demo.add_argument("--r2v", type=Path, nargs="+", default=[], metavar="IMAGE",
+                      help="reference-to-video from 1-2 pictures of the object")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    nano = sub.add_parser("train-nano", help="retrain the WanNano models from scratch (CPU, resumable stages)")
+    nano.add_argument("--stage", dest="stages", action="append", default=[], metavar="NAME",
+                      help="run only this stage (repeatable); stages in order: vae, text, t2v, i2v, vace, loras")
+    nano.add_argument("--work", type=Path, default=Path(".nano-work"),
+                      help="folder for checkpoints, loss logs and caches; a stopped run resumes from it")
+    nano.add_argument("--out", type=Path, help="models folder to write (default: the pack's nano/models)")
+    nano.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
+    nano.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
+
+
+def train_nano(args: argparse.Namespace) -> int:
+    """Run the nano training stages; prints each stage's time."""
+    from ..train import nano_recipe
+
+    ctx = nano_recipe.StageContext(work=args.work, seed=args.seed, quiet=args.quiet)
+    if args.out is not None:
+        ctx.out = args.out
+    stages = args.stages or list(nano_recipe.STAGES)
+    try:
+        timings = nano_recipe.run(stages, ctx)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"wanflow: error: {exc}", file=sys.stderr)
+        return errors.EXIT_USAGE
+    for name, seconds in timings.items():
+        print(f"{name}: {seconds / 60:.1f} min")
+    print(f"wanflow: models written to {ctx.out}", file=sys.stderr)
+    return errors.EXIT_OK
 
 
 def run_workflow(path: Path, models: Optional[Path], input_dir: Path, output_dir: Path,
@@ -59,6 +94,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on bad usage, 0 on --help
         return int(exc.code or 0)
+    if args.command == "train-nano":
+        logging.getLogger("wanflow").setLevel(logging.INFO)
+        return train_nano(args)
     comfy_adapter.set_headless_progress(not args.quiet)
     try:
         if args.command == "run":
@@ -66,7 +104,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         else:
             from . import demo
 
-            result = demo.run_demo(args.output)
+            result = demo.run_demo(args.output, args.prompt or demo.DEFAULT_PROMPT, args.seed, args.i2v, args.r2v)
     except errors.RunnerError as exc:
         print(f"wanflow: error: {exc}", file=sys.stderr)
         return exc.exit_code

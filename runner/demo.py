@@ -1,74 +1,75 @@
-"""``wanflow demo``: the T2V template end to end on the built-in tiny models, no files needed.
+"""``wanflow demo``: a template end to end on the WanNano models shipped in ``nano/models``.
 
-The same overrides let every template run on the tiny models (tests, the real-ComfyUI check):
-they swap the official file names for the tiny ones and shrink size, length and steps.
+Text-to-video by default; ``--i2v IMAGE`` runs image-to-video from a start picture and
+``--r2v IMAGE ...`` reference-to-video from 1-3 pictures of the object. The models know one small
+world (a coloured circle, square or triangle moving over a white or black background): words
+outside its vocabulary are reported, and the run goes on.
 """
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
-import numpy as np
-
-from . import execute, registry, templates, workflow
-from .tiny_models import FILES, RANDOM_WEIGHTS_NOTE, write_tiny_models
+from ..nano.vocabulary import TEMPLATE, unknown_words, vocabulary
+from . import errors, execute
+from .nano_runs import INPUT_IMAGES, TEMPLATE_FOR_TASK, missing_for, run_template_on_nano
 
 log = logging.getLogger("wanflow.runner")
 
-TINY_WIDTH, TINY_HEIGHT, TINY_LENGTH, TINY_STEPS = 32, 32, 5, 3
-INPUT_IMAGES = ("start_image.png", "reference_1.png", "reference_2.png")
+DEFAULT_PROMPT = "a blue square moving up on a black background"
+MAX_REFERENCES = len(INPUT_IMAGES["wan21_vace_r2v"])
 
 
-def _common(high: str, low: Optional[str], vae: str) -> list[str]:
-    sets = [f"2.model_name={high}", f"4.text_encoder_name={FILES.umt5}", f"6.vae_name={vae}",
-            f"7.width={TINY_WIDTH}", f"7.height={TINY_HEIGHT}", f"7.length={TINY_LENGTH}", f"8.steps={TINY_STEPS}"]
-    if low:
-        sets.append(f"3.model_name={low}")
-    return sets
+def check_prompt(prompt: str) -> list[str]:
+    """Warn (on stderr) about words the nano models never saw; returns them."""
+    unknown = unknown_words(prompt)
+    if unknown:
+        print(f"wanflow demo: warning: the nano models do not know {', '.join(map(repr, unknown))}; they know: "
+              f"{', '.join(vocabulary())} (e.g. '{TEMPLATE}')", file=sys.stderr)
+    return unknown
 
 
-TINY_OVERRIDES: dict[str, list[str]] = {
-    "wan22_a14b_t2v": _common(FILES.t2v_high, FILES.t2v_low, FILES.vae21),
-    "wan22_a14b_i2v": _common(FILES.i2v_high, FILES.i2v_low, FILES.vae21),
-    "wan22_ti2v_5b": _common(FILES.ti2v, None, FILES.vae22),
-    "wan21_vace_r2v": _common(FILES.vace, None, FILES.vae21),
-    "wan22_a14b_lora_stack_4step": [s for s in _common(FILES.t2v_high, FILES.t2v_low, FILES.vae21)
-                                    if not s.startswith("8.steps")] + [
-        f"12.lora_high={FILES.lora_high}", f"12.lora_low={FILES.lora_low}", f"13.lora_low={FILES.lora_low}",
-        f"14.lora_high={FILES.lora_high}", f"14.lora_low={FILES.lora_low}"],
-}
+def _task(i2v: Optional[Path], r2v: Sequence[Path]) -> str:
+    if i2v is not None and r2v:
+        raise errors.UsageError("demo: give --i2v or --r2v, not both")
+    if len(r2v) > MAX_REFERENCES:
+        raise errors.UsageError(f"demo: --r2v takes 1 to {MAX_REFERENCES} pictures, got {len(r2v)}")
+    for picture in [i2v, *r2v]:
+        if picture is not None and not Path(picture).is_file():
+            raise errors.MissingFileError(f"demo: picture {picture} does not exist")
+    return "i2v" if i2v is not None else "r2v" if r2v else "t2v"
 
 
-def write_input_images(folder: Path) -> None:
-    """Small colourful pictures under the names the templates load."""
-    from PIL import Image
-
+def _copy_inputs(task: str, i2v: Optional[Path], r2v: Sequence[Path], folder: Path) -> None:
+    """Copy the user's pictures into a scratch input folder under the names the template loads
+    (the user's files are never touched). One reference fills both reference inputs."""
     folder.mkdir(parents=True, exist_ok=True)
-    y, x = np.mgrid[0:48, 0:64]
-    for index, name in enumerate(INPUT_IMAGES):
-        picture = np.stack([(x * 4 + 60 * index) % 256, (y * 5) % 256, ((x + y) * 3) % 256], axis=-1)
-        Image.fromarray(picture.astype(np.uint8)).save(folder / name)
+    if task == "i2v":
+        shutil.copyfile(i2v, folder / INPUT_IMAGES["wan22_a14b_i2v"][0])
+    elif task == "r2v":
+        for index, name in enumerate(INPUT_IMAGES["wan21_vace_r2v"]):
+            shutil.copyfile(r2v[min(index, len(r2v) - 1)], folder / name)
 
 
-def run_template_on_tiny_models(name: str, models: Path, inputs: Path, extra: tuple[str, ...] = ()) -> execute.RunResult:
-    """Run template ``name`` headless on the tiny models in ``models`` (already written)."""
-    classes = registry.node_classes()
-    flow = workflow.load_workflow(templates.render(name, classes), classes, name)
-    workflow.apply_overrides(flow.prompt, TINY_OVERRIDES[name] + list(extra), classes)
-    return execute.run(flow, classes)
-
-
-def run_demo(output_dir: Path) -> execute.RunResult:
-    """Render the Wan 2.2 A14B T2V template to ``output_dir`` on the built-in tiny model."""
+def run_demo(output_dir: Path, prompt: str = DEFAULT_PROMPT, seed: int = 42, i2v: Optional[Path] = None,
+             r2v: Sequence[Path] = ()) -> execute.RunResult:
+    """Render ``prompt`` with the nano models into ``output_dir``."""
     from ..nodes import comfy_adapter
 
-    print(f"wanflow demo: {RANDOM_WEIGHTS_NOTE}", file=sys.stderr)
+    task = _task(i2v, list(r2v))
+    template = TEMPLATE_FOR_TASK[task]
+    missing = missing_for(template)
+    if missing:
+        raise errors.MissingFileError(f"demo: nano model files are missing: {', '.join(map(str, missing))}; "
+                                       "regenerate them with `wanflow train-nano`")
+    check_prompt(prompt)
     with tempfile.TemporaryDirectory(prefix="wanflow-demo-") as scratch:
-        models, inputs = Path(scratch) / "models", Path(scratch) / "input"
-        write_tiny_models(models)
-        write_input_images(inputs)
-        comfy_adapter.configure_headless(models, inputs, output_dir)
-        return run_template_on_tiny_models("wan22_a14b_t2v", models, inputs, ("10.filename_prefix=WanFlow/demo",))
+        inputs = Path(scratch) / "input"
+        _copy_inputs(task, i2v, list(r2v), inputs)
+        comfy_adapter.configure_headless(None, inputs, output_dir)
+        return run_template_on_nano(template, [f"5.positive={prompt}", f"8.seed={seed}",
+                                               f"10.filename_prefix=WanFlow/demo_{task}"])

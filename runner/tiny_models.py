@@ -3,8 +3,9 @@
 Every file is written in the layout users have on disk (Comfy-Org repackaged: DiT keys with the
 ``model.diffusion_model.`` prefix, VAE with official keys, umT5 and CLIP vision with HF keys and
 the tokenizer embedded as a ``spiece_model`` tensor), so the real loaders read them. The weights
-are random (seeded): the videos are noise, but every code path of a real run is exercised. A
-trained tiny model will replace the random DiT once it exists.
+are random (seeded): the videos are noise, but every code path of a real run is exercised in a
+fraction of a second, for every variant (WanNano, in ``nano/``, has trained models for T2V, I2V
+and VACE only).
 """
 from __future__ import annotations
 
@@ -23,9 +24,6 @@ from ..wan.tokenizer import UMT5Tokenizer
 from ..wan.umt5 import UMT5Config, UMT5Encoder
 from ..wan.vae2_1 import TINY_WAN21_VAE, WanVAE21
 from ..wan.vae2_2 import TINY_WAN22_VAE, WanVAE22
-
-RANDOM_WEIGHTS_NOTE = ("the built-in tiny model has RANDOM weights (no trained tiny model yet): the video "
-                       "shows noise, but every step of a real run is exercised")
 
 TEXT_DIM = 32
 CLIP_DIM = 80  # one head of 80 channels: the loader reads heads as width / 80, like ViT-H/14

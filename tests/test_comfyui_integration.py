@@ -33,7 +33,7 @@ def server(tmp_path_factory):
     work = Path(os.environ.get("COMFYUI_WORKDIR") or tmp_path_factory.mktemp("comfyui"))
     env = _run([HARNESS / "comfy_env.sh", os.environ["COMFYUI_PATH"], work], timeout=3600)
     assert env.returncode == 0, env.stderr[-3000:]
-    from wanflow.runner.demo import write_input_images
+    from wanflow.runner.tiny_runs import write_input_images
     from wanflow.runner.tiny_models import write_tiny_models
 
     write_tiny_models(work / "ComfyUI" / "models")  # tiny files next to whatever else is there
@@ -70,7 +70,7 @@ def test_check_pack_and_templates(server):
 @pytest.mark.parametrize("name", sorted(TEMPLATE_NAMES))
 def test_template_executes_on_tiny_models(server, name):
     """The template, converted to an API prompt against /object_info, runs in ComfyUI and saves a video."""
-    from wanflow.runner.demo import TINY_OVERRIDES
+    from wanflow.runner.tiny_runs import TINY_OVERRIDES
 
     sets = [arg for item in TINY_OVERRIDES[name] for arg in ("--set", item)]
     result = _run([HARNESS / "run_workflow.py", "--server", server["url"], ROOT / "workflows" / f"{name}.json",

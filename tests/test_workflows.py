@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from wanflow.nodes import comfy_adapter as ca
-from wanflow.runner import demo, node_specs, templates
+from wanflow.runner import node_specs, templates, tiny_runs
 from wanflow.runner.registry import node_classes
 from wanflow.runner.tiny_models import write_tiny_models
 from wanflow.runner.workflow import UI_ONLY_TYPES, load_workflow
@@ -169,7 +169,7 @@ def test_converts_to_a_prompt(path):
 def tiny_setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
     write_tiny_models(root / "models")
-    demo.write_input_images(root / "input")
+    tiny_runs.write_input_images(root / "input")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: threads only add overhead on shared cores
     yield root
@@ -183,13 +183,13 @@ def test_template_runs_end_to_end_on_tiny_models(tiny_setup, name):
     out = tiny_setup / "output" / name
     ca.configure_headless(tiny_setup / "models", tiny_setup / "input", out)
     ca.set_headless_progress(False)
-    result = demo.run_template_on_tiny_models(name, tiny_setup / "models", tiny_setup / "input")
+    result = tiny_runs.run_template_on_tiny_models(name, tiny_setup / "models", tiny_setup / "input")
     assert len(result.files) == 1 and result.files[0].suffix == ".mp4"
     with av.open(str(result.files[0])) as container:
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
         assert "workflow" in container.metadata and "prompt" in container.metadata
-    assert len(frames) == demo.TINY_LENGTH
-    assert frames[0].shape == (demo.TINY_HEIGHT, demo.TINY_WIDTH, 3)
+    assert len(frames) == tiny_runs.TINY_LENGTH
+    assert frames[0].shape == (tiny_runs.TINY_HEIGHT, tiny_runs.TINY_WIDTH, 3)
 
 
 def test_missing_model_file_fails_before_running(tiny_setup, capsys):
@@ -210,7 +210,7 @@ def test_wrong_image_size_for_the_model_fails_clearly(tiny_setup, capsys):
     path = tiny_setup / "i2v.json"
     path.write_text(json.dumps(templates.render("wan22_a14b_i2v")))
     out = tiny_setup / "output" / "wrong_size"
-    sets = [a for s in demo.TINY_OVERRIDES["wan22_a14b_i2v"] + ["7.width=40"] for a in ("--set", s)]
+    sets = [a for s in tiny_runs.TINY_OVERRIDES["wan22_a14b_i2v"] + ["7.width=40"] for a in ("--set", s)]
     code = cli.main(["run", str(path), "--models", str(tiny_setup / "models"), "--input", str(tiny_setup / "input"),
                      "--output", str(out), "--quiet", *sets])
     assert code == errors.EXIT_NODE_FAILED

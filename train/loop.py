@@ -63,6 +63,7 @@ def train(name: str, module: torch.nn.Module, params: Iterable[torch.nn.Paramete
     if start >= cfg.steps:
         return
     module.train()
+    _truncate_log(log_path, start)
     log_file = open(log_path, "a" if start else "w", newline="")
     writer = csv.writer(log_file)
     began = time.time()
@@ -92,6 +93,16 @@ def train(name: str, module: torch.nn.Module, params: Iterable[torch.nn.Paramete
         bar.close()
         log_file.close()
     module.eval()
+
+
+def _truncate_log(path: Path, start: int) -> None:
+    """Drop rows logged after the checkpoint we resume from (they will be logged again)."""
+    if not start or not path.exists():
+        return
+    rows = list(csv.reader(path.read_text().splitlines()))
+    kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) < start]
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows(kept)
 
 
 def _save(path: Path, step: int, module: torch.nn.Module, optimiser: torch.optim.Optimizer,

@@ -23,8 +23,9 @@ def _numpy_rng(generator: torch.Generator) -> np.random.Generator:
     return np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
 
 
-def vae_batch(generator: torch.Generator, batch: int, frames: int = 5, crop: int = 32) -> torch.Tensor:
-    """Pixels ``[B, 3, frames, crop, crop]`` in [-1, 1]: random scenes, looks and crops."""
+def vae_batch(generator: torch.Generator, batch: int, frames: int = 9, crop: int = 32) -> torch.Tensor:
+    """Pixels ``[B, 3, frames, crop, crop]`` in [-1, 1]: random scenes and looks, cropped around
+    the object (most of a whole frame is background, which the VAE learns early anyway)."""
     rng = _numpy_rng(generator)
     scenes = training_scenes()
     clips = []
@@ -36,7 +37,9 @@ def vae_batch(generator: torch.Generator, batch: int, frames: int = 5, crop: int
         bg = VAE_BACKGROUNDS[rng.integers(len(VAE_BACKGROUNDS))]
         shifted = _advance(scene, start, first)
         clip = np.stack([_frame(scene, shifted, f, style, bg) for f in range(frames)])
-        top, left = rng.integers(0, clip.shape[1] - crop + 1, size=2)
+        cx, cy = centre_at(scene, shifted, frames // 2)
+        top, left = (int(np.clip(c - crop / 2 + rng.uniform(-crop / 3, crop / 3), 0, clip.shape[1] - crop))
+                     for c in (cy, cx))
         clips.append(to_model_pixels(clip[:, top:top + crop, left:left + crop]))
     return torch.from_numpy(np.stack(clips))
 

@@ -5,29 +5,66 @@ structure (1 pixel frame, then 4 at a time; one latent frame at a time to decode
 The VAE is convolutional and causal, so it trains on short clips (1 + 4 frames) and small crops
 and then runs on whole clips.
 
+At this tiny width the VAE's per-pixel RMS norms make early learning very slow (a decoder alone
+needs hundreds of steps to map a flat latent to a flat colour; without the norms, a few dozen). So
+training starts with the norms *relaxed* to ``x * gamma`` and blends them back in
+(:func:`relaxed_norms`); from then on, and in every saved model, they are the real ones.
+
 The diffusion models sample in ``latent_stats.WAN21``-normalised space, so the latent is pulled
 towards zero mean and unit variance *in that space* (a moment penalty per channel), and the
 decoder learns on slightly noisy latents so that imperfect samples still decode cleanly.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from ..wan.latent_stats import WAN21
 from ..wan.vae2_1 import WanVAE21
-from ..wan.vae_common import FeatureCache
+from ..wan.vae_common import FeatureCache, RMSNorm
 
 
 @dataclass(frozen=True)
 class VAELossWeights:
     l1: float = 1.0
     mse: float = 1.0
+    object_weight: float = 4.0
+    """Extra weight of pixels that differ from the clip's background (its median colour)."""
     moments: float = 0.05
-    latent_noise: float = 0.1
+    latent_noise: float = 0.05
     """Std of the noise added to the normalised latent before decoding."""
+
+
+class _RelaxedRMSNorm(RMSNorm):
+    """``alpha * rms_norm(x) + (1 - alpha) * x * gamma``: the real norm at ``alpha = 1``."""
+
+    alpha: float = 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        normalised = super().forward(x)
+        if self.alpha >= 1.0:
+            return normalised
+        return self.alpha * normalised + (1.0 - self.alpha) * x * self.gamma.to(x.dtype)
+
+
+@contextmanager
+def relaxed_norms(model: nn.Module, alpha: float) -> Iterator[None]:
+    """Run ``model``'s VAE RMS norms relaxed by ``alpha`` (see the module docstring) inside the block."""
+    norms = [m for m in model.modules() if type(m) is RMSNorm]
+    for norm in norms:
+        norm.__class__ = _RelaxedRMSNorm
+        norm.alpha = alpha
+    try:
+        yield
+    finally:
+        for norm in norms:
+            norm.__class__ = RMSNorm
+            del norm.alpha
 
 
 def encode_with_grad(vae: WanVAE21, pixels: torch.Tensor) -> torch.Tensor:
@@ -60,6 +97,15 @@ def moment_penalty(normalised: torch.Tensor) -> torch.Tensor:
     return (mean.pow(2) + (var - 1).pow(2)).mean()
 
 
+def pixel_weights(pixels: torch.Tensor, object_weight: float) -> torch.Tensor:
+    """``[B, 1, F, H, W]`` loss weights, mean 1: ``1 + object_weight`` where a pixel differs from
+    its clip's median colour, 1 elsewhere."""
+    background = pixels.flatten(2).median(dim=2).values[:, :, None, None, None]
+    differs = ((pixels - background).abs().sum(dim=1, keepdim=True) > 0.1).float()
+    weight = 1 + object_weight * differs
+    return weight / weight.mean(dim=(1, 2, 3, 4), keepdim=True)
+
+
 def autoencoder_loss(vae: WanVAE21, pixels: torch.Tensor, weights: VAELossWeights,
                      generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
     """Reconstruction + latent-moment loss of one batch; returns the loss and its parts."""
@@ -67,8 +113,9 @@ def autoencoder_loss(vae: WanVAE21, pixels: torch.Tensor, weights: VAELossWeight
     normalised = WAN21.normalize(mu)
     noise = torch.randn(normalised.shape, generator=generator) * weights.latent_noise
     recon = decode_with_grad(vae, WAN21.denormalize(normalised + noise))
-    l1 = F.l1_loss(recon, pixels)
-    mse = F.mse_loss(recon, pixels)
+    weight = pixel_weights(pixels, weights.object_weight)
+    l1 = (weight * (recon - pixels).abs()).mean()
+    mse = (weight * (recon - pixels).pow(2)).mean()
     moments = moment_penalty(normalised)
     loss = weights.l1 * l1 + weights.mse * mse + weights.moments * moments
     return loss, {"l1": l1.item(), "mse": mse.item(), "moments": moments.item()}

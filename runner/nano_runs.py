@@ -1,0 +1,65 @@
+"""Run the shipped templates on the WanNano models (``nano/models``): the demo, tests, ComfyUI checks.
+
+Each template keeps its graph; only file names, size, length and the sampler settings change to
+the nano models' own (see ``model_loaders.detect.NANO_DEFAULTS``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from ..model_loaders.detect import NANO_DEFAULTS
+from ..nano.files import NANO
+from ..nano.vocabulary import FRAMES, HEIGHT, WIDTH
+from . import execute, registry, templates, workflow
+
+T2V = NANO_DEFAULTS[("2.2", "t2v", "nano")]
+I2V = NANO_DEFAULTS[("2.2", "i2v", "nano")]
+VACE = NANO_DEFAULTS[("2.1", "vace", "nano")]
+
+TEMPLATE_FOR_TASK = {"t2v": "wan22_a14b_t2v", "i2v": "wan22_a14b_i2v", "r2v": "wan21_vace_r2v"}
+INPUT_IMAGES = {"wan22_a14b_i2v": ("start_image.png",), "wan21_vace_r2v": ("reference_1.png", "reference_2.png")}
+
+
+def _size(node: int) -> list[str]:
+    return [f"{node}.width={WIDTH}", f"{node}.height={HEIGHT}", f"{node}.length={FRAMES}"]
+
+
+def _sampler(steps: int, shift: float, cfg_high: float, cfg_low: float) -> list[str]:
+    return [f"8.steps={steps}", f"8.shift={shift}", f"8.cfg_high={cfg_high}", f"8.cfg_low={cfg_low}"]
+
+
+NANO_OVERRIDES: dict[str, list[str]] = {
+    "wan22_a14b_t2v": [f"2.model_name={NANO.t2v_high}", f"3.model_name={NANO.t2v_low}",
+                       f"4.text_encoder_name={NANO.umt5}", f"6.vae_name={NANO.vae}", *_size(7),
+                       *_sampler(T2V.steps, T2V.shift, T2V.guide_scale, T2V.guide_scale_low_noise)],
+    "wan22_a14b_i2v": [f"2.model_name={NANO.i2v_high}", f"3.model_name={NANO.i2v_low}",
+                       f"4.text_encoder_name={NANO.umt5}", f"6.vae_name={NANO.vae}", *_size(7),
+                       *_sampler(I2V.steps, I2V.shift, I2V.guide_scale, I2V.guide_scale_low_noise)],
+    "wan21_vace_r2v": [f"2.model_name={NANO.vace}", f"4.text_encoder_name={NANO.umt5}", f"6.vae_name={NANO.vae}",
+                       *_size(7), *_sampler(VACE.steps, VACE.shift, VACE.guide_scale, VACE.guide_scale)],
+}
+"""``--set`` overrides that turn a template into its nano version (models from ``nano/models``)."""
+
+
+def run_template_on_nano(name: str, extra: Sequence[str] = ()) -> execute.RunResult:
+    """Run template ``name`` with the nano overrides plus ``extra`` (the adapter must already point
+    at the input/output folders; the nano models are always on the model lists)."""
+    if name not in NANO_OVERRIDES:
+        raise KeyError(f"template {name!r} has no nano version; expected one of {sorted(NANO_OVERRIDES)}")
+    classes = registry.node_classes()
+    flow = workflow.load_workflow(templates.render(name, classes), classes, name)
+    workflow.apply_overrides(flow.prompt, NANO_OVERRIDES[name] + list(extra), classes)
+    return execute.run(flow, classes)
+
+
+def nano_models_present() -> list[str]:
+    """Names of nano files that are missing from the pack (empty when all are there)."""
+    names = (NANO.t2v_high, NANO.t2v_low, NANO.vae, NANO.umt5)
+    return [n for n in names if not NANO.path(n).is_file()]
+
+
+def missing_for(name: str) -> list[Path]:
+    """Nano files template ``name`` needs that are not in the pack."""
+    needed = [s.split("=", 1)[1] for s in NANO_OVERRIDES[name] if "_name=" in s]
+    return [NANO.path(n) for n in needed if not NANO.path(n).is_file()]

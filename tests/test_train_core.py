@@ -1,0 +1,137 @@
+"""The training building blocks: sigma ranges, the flow-matching loss, resumable loops, the nano
+text encoder, and the VAE's differentiable streaming path."""
+from pathlib import Path
+
+import pytest
+import torch
+
+from wanflow.model_loaders.text_encoder_loader import load_text_encoder
+from wanflow.nano.vocabulary import vocabulary
+from wanflow.samplers.schedules import shift_sigmas
+from wanflow.train import flow_matching, loop, nano_dit, nano_files, nano_text, vae_training
+from wanflow.wan.dit import WanDiT
+from wanflow.wan.vae2_1 import WanVAE21, WanVAE21Config
+from wanflow.wan.vae_common import RMSNorm
+
+
+@pytest.mark.parametrize("low, high", [(0.0, 0.875), (0.875, 1.0), (0.3, 0.6)])
+def test_sigma_range_samples_inside_it_with_the_shift(low, high):
+    rng = flow_matching.SigmaRange(3.0, low, high)
+    sigmas = rng.sample(4000, torch.Generator().manual_seed(0))
+    assert sigmas.min() >= max(low, 1e-4) - 1e-6 and sigmas.max() <= high + 1e-6
+    u = torch.rand(4000, generator=torch.Generator().manual_seed(1))
+    full = shift_sigmas(u, 3.0)
+    share = ((full >= low) & (full < high)).float().mean()
+    assert 0 < share < 1 or (low, high) == (0.0, 1.0)
+
+
+def test_flow_matching_loss_is_zero_for_the_true_velocity():
+    x0, noise = torch.randn(2, 16, 2, 4, 4), torch.randn(2, 16, 2, 4, 4)
+    sigma = torch.tensor([0.2, 0.9])
+
+    def oracle(x_t, t, context, y=None):
+        s = (t / 1000).reshape(-1, 1, 1, 1, 1)
+        assert torch.allclose(x_t, (1 - s) * x0 + s * noise)
+        return noise - x0
+
+    assert flow_matching.flow_matching_loss(oracle, x0, torch.zeros(2, 3, 8), sigma, noise).item() == 0.0
+
+
+def _tiny_run(work: Path, stop_at: int | None = None) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    gen = torch.Generator().manual_seed(3)
+
+    def loss_fn(step):
+        if step == stop_at:
+            raise KeyboardInterrupt  # the session ends mid-stage
+        x = torch.randn(8, 4, generator=gen)
+        return (model(x) - x.sum(1, keepdim=True)).pow(2).mean(), {}
+
+    cfg = loop.LoopConfig(steps=20, lr=0.05, warmup=2, checkpoint_every=5, log_every=1)
+    loop.train("tiny", model, model.parameters(), loss_fn, cfg, work, {"data": gen}, quiet=True)
+    return model
+
+
+def test_a_stopped_loop_resumes_to_the_same_weights(tmp_path):
+    straight = _tiny_run(tmp_path / "a")
+    with pytest.raises(KeyboardInterrupt):
+        _tiny_run(tmp_path / "b", stop_at=13)   # last checkpoint: step 10
+    resumed = _tiny_run(tmp_path / "b")
+    assert torch.equal(straight.weight, resumed.weight)
+    steps = [row.split(",")[0] for row in (tmp_path / "b" / "loss.csv").read_text().splitlines()]
+    assert steps[0] == "step" and steps[1:] == [str(i) for i in range(20)]
+
+
+def test_relaxed_norms_blend_and_restore():
+    norm = RMSNorm(4, images=False)
+    with torch.no_grad():
+        norm.gamma.mul_(2.0)
+    model = torch.nn.Sequential(norm)
+    x = torch.randn(2, 4, 1, 3, 3)
+    real = norm(x)
+    with vae_training.relaxed_norms(model, 0.0):
+        assert torch.allclose(norm(x), x * norm.gamma)
+    with vae_training.relaxed_norms(model, 1.0):
+        assert torch.equal(norm(x), real)
+    assert type(norm) is RMSNorm and torch.equal(norm(x), real)
+
+
+def test_vae_training_path_equals_inference():
+    torch.manual_seed(0)
+    vae = WanVAE21(WanVAE21Config(dim=8)).eval()
+    x = torch.rand(1, 3, 9, 16, 16) * 2 - 1
+    with torch.no_grad():
+        z = vae_training.encode_with_grad(vae, x)
+        assert torch.equal(z, vae.encode(x))
+        assert torch.equal(vae_training.decode_with_grad(vae, z).clamp(-1, 1), vae.decode(z))
+
+
+def test_nano_tokenizer_has_one_token_per_word_and_loads_like_comfyui_umt5(tmp_path):
+    spiece = nano_text.train_tokenizer(0)
+    assert spiece == nano_text.train_tokenizer(0)
+    path = tmp_path / "umt5_nano.safetensors"
+    nano_files.save_tensors(path, nano_text.text_encoder_file(0))
+    loaded = load_text_encoder(path)
+    for word in vocabulary():
+        assert loaded.tokenizer([word]).mask.sum().item() == 2, word  # the word and </s>
+    assert loaded.tokenizer(["A Blue SQUARE"]).ids[0, :3].tolist() == loaded.tokenizer(["a blue square"]).ids[0, :3].tolist()
+
+
+def test_i2v_starts_as_the_t2v_model():
+    torch.manual_seed(0)
+    t2v = WanDiT(nano_dit.NANO_DIT).eval()
+    i2v = nano_dit.i2v_from_t2v(t2v).eval()
+    x, context = torch.randn(1, 16, 2, 4, 4), torch.randn(1, 5, nano_dit.NANO_DIT.text_dim)
+    t = torch.tensor([500.0])
+    with torch.no_grad():
+        assert torch.allclose(i2v(x, t, context, y=torch.randn(1, 20, 2, 4, 4)), t2v(x, t, context), atol=1e-5)
+
+
+def test_vace_training_context_equals_the_nodes_context():
+    from wanflow.samplers.vace_conditioning import build_vace_context
+    from wanflow.train import nano_vace
+    from wanflow.train.nano_latents import normalised_encoder
+
+    torch.manual_seed(0)
+    vae = WanVAE21(WanVAE21Config(dim=8)).eval()
+    encode = normalised_encoder(vae)
+    pictures = [torch.rand(1, 3, 64, 64) * 2 - 1 for _ in range(2)]
+    with torch.no_grad():
+        expected, trim = build_vace_context(encode, num_frames=17, height=64, width=64, references=pictures)
+        refs = torch.stack([encode(p.unsqueeze(2)) for p in pictures], dim=1)   # [1, N, 16, 1, 8, 8]
+        got = nano_vace.vace_context(refs, nano_vace.video_part(vae, 17, 64, 64))
+    assert trim == 2 and torch.allclose(got, expected, atol=1e-6)
+
+
+def test_vace_starts_as_the_t2v_model():
+    from wanflow.train import nano_vace
+
+    torch.manual_seed(0)
+    t2v = WanDiT(nano_dit.NANO_DIT).eval()
+    vace = nano_vace.vace_from_t2v(t2v).eval()
+    x, context = torch.randn(1, 16, 3, 4, 4), torch.randn(1, 5, nano_dit.NANO_DIT.text_dim)
+    t = torch.tensor([300.0])
+    with torch.no_grad():
+        hinted = vace(x, t, context, vace_context=torch.randn(1, 96, 3, 4, 4))
+        assert torch.allclose(hinted, t2v(x, t, context), atol=1e-5)

@@ -1,0 +1,161 @@
+"""``wanflow train-nano``: regenerate every WanNano file from scratch, in resumable stages.
+
+Stages run in this order and each can run alone (``--stage NAME``): a stage reads the *files*
+written by the stages before it (through the normal loaders, exactly as the demo will), so a
+later stage can be retrained without repeating the earlier ones. Work files (checkpoints, loss
+logs, latent caches) live in ``work``; finished models are written to ``out`` (the pack's
+``nano/models`` by default) only when their stage completes.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from ..model_loaders.dit_loader import load_dit
+from ..model_loaders.text_encoder_loader import LoadedTextEncoder, load_text_encoder
+from ..model_loaders.vae_loader import load_vae
+from ..nano.files import MODELS_DIR, NANO
+from ..nano.vocabulary import Scene
+from ..wan.dit import WanDiT
+from ..wan.vae2_1 import WanVAE21
+from . import nano_dit, nano_vace
+from .nano_data import clip_set
+from .loop import LoopConfig
+from .nano_files import save_dit, save_tensors, save_vae
+from .nano_latents import LatentSet, TextTable, encode_clip_set, text_table
+from .nano_text import text_encoder_file
+from .nano_vae import train_vae
+
+log = logging.getLogger("wanflow.train")
+
+CLIPS_PER_SCENE = 16
+
+
+@dataclass
+class StageContext:
+    out: Path = MODELS_DIR
+    work: Path = Path(".nano-work")
+    seed: int = 0
+    quiet: bool = False
+    clips_per_scene: int = CLIPS_PER_SCENE
+    scenes: Optional[list[Scene]] = None      # default: every training scene
+    loops: dict[str, LoopConfig] = field(default_factory=dict)
+    """Per-stage loop overrides (``"vae"``, ``"t2v_base"``, ``"expert"``, ``"vace"``), e.g. for smoke tests."""
+    _cache: dict = field(default_factory=dict)
+
+    def file(self, name: str) -> Path:
+        return self.out / NANO.folder_of(name) / name
+
+    def vae(self) -> WanVAE21:
+        if "vae" not in self._cache:
+            self._cache["vae"] = load_vae(self._need(NANO.vae, "vae")).model.float()
+        return self._cache["vae"]
+
+    def text(self) -> LoadedTextEncoder:
+        if "text" not in self._cache:
+            self._cache["text"] = load_text_encoder(self._need(NANO.umt5, "text"))
+        return self._cache["text"]
+
+    def dit(self, name: str, stage: str) -> WanDiT:
+        return load_dit(self._need(name, stage)).model.float()
+
+    def text_table(self) -> TextTable:
+        if "table" not in self._cache:
+            loaded = self.text()
+            self._cache["table"] = text_table(loaded.model, loaded.tokenizer)
+        return self._cache["table"]
+
+    def latents(self) -> LatentSet:
+        """The encoded training clips, cached in ``work`` (rebuilt when the VAE file changed)."""
+        if "latents" not in self._cache:
+            path = self.work / "latents.pt"
+            stamp = self.work / "latents.vae-mtime"
+            vae_time = str(self._need(NANO.vae, "vae").stat().st_mtime_ns)
+            self._need(NANO.umt5, "text")
+            if path.exists() and stamp.exists() and stamp.read_text() == vae_time:
+                data = LatentSet.load(path)
+            else:
+                clips = clip_set(self.seed + 100, self.clips_per_scene, self.scenes)
+                data = encode_clip_set(self.vae(), clips, self.text_table(), quiet=self.quiet)
+                self.work.mkdir(parents=True, exist_ok=True)
+                data.save(path)
+                stamp.write_text(vae_time)
+            self._cache["latents"] = data
+        return self._cache["latents"]
+
+    def _need(self, name: str, stage: str) -> Path:
+        path = self.file(name)
+        if not path.exists():
+            raise FileNotFoundError(f"train-nano: {path} is missing; run the '{stage}' stage first "
+                                    f"(wanflow train-nano --stage {stage})")
+        return path
+
+
+def stage_vae(ctx: StageContext) -> None:
+    vae = train_vae(ctx.work / "vae", ctx.seed, ctx.loops.get("vae"), quiet=ctx.quiet)
+    save_vae(vae, ctx.file(NANO.vae))
+
+
+def stage_text(ctx: StageContext) -> None:
+    save_tensors(ctx.file(NANO.umt5), text_encoder_file(ctx.seed), {"wanflow_nano": "umt5"})
+
+
+def stage_t2v(ctx: StageContext) -> None:
+    data, table = ctx.latents(), ctx.text_table()
+    base = nano_dit.t2v_base(ctx.work, data, table, ctx.seed + 300, ctx.loops.get("t2v_base"), quiet=ctx.quiet)
+    pair = nano_dit.train_t2v_experts(base, ctx.work, data, table, ctx.seed + 400, ctx.loops.get("expert"),
+                                      quiet=ctx.quiet)
+    save_dit(pair["high"], ctx.file(NANO.t2v_high), "t2v high-noise expert")
+    save_dit(pair["low"], ctx.file(NANO.t2v_low), "t2v low-noise expert")
+
+
+def stage_i2v(ctx: StageContext) -> None:
+    data, table = ctx.latents(), ctx.text_table()
+    starts = {"high": ctx.dit(NANO.t2v_high, "t2v"), "low": ctx.dit(NANO.t2v_low, "t2v")}
+    pair = nano_dit.train_i2v_experts(starts, ctx.work, data, table, ctx.seed + 500, ctx.loops.get("expert"),
+                                      quiet=ctx.quiet)
+    save_dit(pair["high"], ctx.file(NANO.i2v_high), "i2v high-noise expert")
+    save_dit(pair["low"], ctx.file(NANO.i2v_low), "i2v low-noise expert")
+
+
+def stage_vace(ctx: StageContext) -> None:
+    model = nano_vace.train_vace(ctx.dit(NANO.t2v_low, "t2v"), ctx.vae(), ctx.work, ctx.latents(), ctx.text_table(),
+                                 ctx.seed + 600, ctx.loops.get("vace"), quiet=ctx.quiet)
+    save_dit(model, ctx.file(NANO.vace), "vace reference-to-video")
+
+
+STAGES: dict[str, Callable[[StageContext], None]] = {
+    "vae": stage_vae,
+    "text": stage_text,
+    "t2v": stage_t2v,
+    "i2v": stage_i2v,
+    "vace": stage_vace,
+}
+
+
+def run(stages: list[str], ctx: StageContext) -> dict[str, float]:
+    """Run ``stages`` in order; returns the seconds each took."""
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise ValueError(f"train-nano: unknown stage(s) {unknown}; expected some of {list(STAGES)}")
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    timings = {}
+    for name in stages:
+        began = time.time()
+        log.info("train-nano: stage %s", name)
+        STAGES[name](ctx)
+        timings[name] = time.time() - began
+        log.info("train-nano: stage %s done in %.0f s", name, timings[name])
+    return timings
+
+
+def clean_work(ctx: StageContext, stage: str) -> None:
+    """Forget a stage's checkpoints so it trains from scratch."""
+    for sub in ctx.work.glob(f"{stage}*"):
+        shutil.rmtree(sub, ignore_errors=True)

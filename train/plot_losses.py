@@ -1,0 +1,67 @@
+"""Draw the loss curves of a ``wanflow train-nano`` run (docs/nano_losses.png).
+
+    python -m wanflow.train.plot_losses .nano-work docs/nano_losses.png
+
+Needs matplotlib (``pip install -e ".[docs]"``); training itself does not.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+STAGE_LOGS = ("vae", "t2v_base", "t2v_high", "t2v_low", "i2v_high", "i2v_low", "vace")
+
+
+def read_log(path: Path) -> tuple[list[int], list[float]]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [int(r["step"]) for r in rows], [float(r["loss"]) for r in rows]
+
+
+def smooth(values: list[float], window: int = 25) -> list[float]:
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def plot(work: Path, out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    logs = [(name, work / name / "loss.csv") for name in STAGE_LOGS if (work / name / "loss.csv").exists()]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
+    for name, path in logs:
+        steps, losses = read_log(path)
+        axis = axes[0] if name == "vae" else axes[1]
+        axis.plot(steps, smooth(losses), label=name)
+    axes[0].set_title("VAE (weighted L1 + MSE + latent moments)")
+    axes[1].set_title("DiTs (flow-matching MSE, each on its noise range)")
+    for axis in axes:
+        axis.set_xlabel("step")
+        axis.set_yscale("log")
+        axis.grid(alpha=0.3)
+        axis.legend()
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    return [name for name, _ in logs]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("work", type=Path)
+    parser.add_argument("out", type=Path)
+    args = parser.parse_args()
+    print("plotted:", ", ".join(plot(args.work, args.out)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
