@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     nano = sub.add_parser("train-nano", help="retrain the WanNano models from scratch (CPU, resumable stages)")
     nano.add_argument("--stage", dest="stages", action="append", default=[], metavar="NAME",
-                      help="run only this stage (repeatable); stages in order: vae, text, t2v, i2v, vace, loras")
+                      help="run only this stage (repeatable); stages in order: vae, text, t2v, i2v, vace")
     nano.add_argument("--work", type=Path, default=Path(".nano-work"),
                       help="folder for checkpoints, loss logs and caches; a stopped run resumes from it")
     nano.add_argument("--out", type=Path, help="models folder to write (default: the pack's nano/models)")

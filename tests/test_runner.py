@@ -218,16 +218,6 @@ def test_link_consistency_checked():
         workflow.ui_to_prompt(bad, node_classes())
 
 
-def test_demo_writes_a_video_and_says_random_weights(tmp_path, capsys):
-    assert cli.main(["demo", "--output", str(tmp_path / "out"), "--quiet"]) == errors.EXIT_OK
-    captured = capsys.readouterr()
-    assert "RANDOM weights" in captured.err
-    videos = list((tmp_path / "out").rglob("*.mp4"))
-    assert len(videos) == 1 and str(videos[0]) in captured.out
-    with av.open(str(videos[0])) as container:
-        assert len(list(container.decode(video=0))) == 5
-
-
 def test_subgraphs_and_core_nodes_get_a_clear_error(dirs, capsys):
     flow = load_save_ui()
     flow["definitions"] = {"subgraphs": [{"id": "0b4c-uuid", "nodes": [], "links": []}]}
