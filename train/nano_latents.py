@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -56,12 +57,13 @@ def text_table(encoder: UMT5Encoder, tokenizer: UMT5Tokenizer) -> TextTable:
 
 @dataclass
 class LatentSet:
-    """Normalised clip latents ``[N, 16, 5, 8, 8]`` with the caption index of each clip, and the
-    I2V condition ``y`` ``[N, 20, 5, 8, 8]`` of its first frame."""
+    """Normalised clip latents ``[N, 16, 5, 8, 8]`` with the caption index of each clip, and (for
+    the I2V stage, see :func:`add_i2v_condition`) the I2V condition ``y`` ``[N, 20, 5, 8, 8]`` of
+    its first frame."""
 
     latents: torch.Tensor
     caption_index: torch.Tensor
-    i2v_y: torch.Tensor
+    i2v_y: Optional[torch.Tensor]
     scenes: list[Scene]
 
     def save(self, path: Path) -> None:
@@ -79,14 +81,23 @@ class LatentSet:
 def encode_clip_set(vae: WanVAE21, clips: ClipSet, table: TextTable, batch: int = 16,
                     quiet: bool = False) -> LatentSet:
     encode = normalised_encoder(vae)
-    latents, ys = [], []
-    for start in tqdm(range(0, len(clips.scenes), batch), desc="encode clips", disable=quiet):
-        index = np.arange(start, min(start + batch, len(clips.scenes)))
-        pixels = clips.pixels(index)
-        latents.append(encode(pixels))
-        ys.append(encode_i2v_condition(encode, pixels[:, :, 0], FRAMES))
+    latents = [encode(clips.pixels(index)) for index in _batches(len(clips.scenes), batch, "encode clips", quiet)]
     caption_index = torch.tensor([table.index(s.caption) for s in clips.scenes])
-    return LatentSet(torch.cat(latents), caption_index, torch.cat(ys), clips.scenes)
+    return LatentSet(torch.cat(latents), caption_index, None, clips.scenes)
+
+
+@torch.no_grad()
+def add_i2v_condition(data: LatentSet, vae: WanVAE21, clips: ClipSet, batch: int = 16, quiet: bool = False) -> None:
+    """Encode each clip's first frame as the I2V nodes do (``encode_i2v_condition``) into ``data.i2v_y``."""
+    encode = normalised_encoder(vae)
+    ys = [encode_i2v_condition(encode, clips.pixels(index)[:, :, 0], FRAMES)
+          for index in _batches(len(clips.scenes), batch, "encode first frames", quiet)]
+    data.i2v_y = torch.cat(ys)
+
+
+def _batches(count: int, batch: int, desc: str, quiet: bool):
+    for start in tqdm(range(0, count, batch), desc=desc, disable=quiet):
+        yield np.arange(start, min(start + batch, count))
 
 
 @torch.no_grad()

@@ -8,14 +8,12 @@ logs, latent caches) live in ``work``; finished models are written to ``out`` (t
 """
 from __future__ import annotations
 
+import hashlib
 import logging
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
-
-import torch
 
 from ..model_loaders.dit_loader import load_dit
 from ..model_loaders.text_encoder_loader import LoadedTextEncoder, load_text_encoder
@@ -25,10 +23,10 @@ from ..nano.vocabulary import Scene
 from ..wan.dit import WanDiT
 from ..wan.vae2_1 import WanVAE21
 from . import nano_dit, nano_vace
-from .nano_data import clip_set
+from .nano_data import ClipSet, clip_set
 from .loop import LoopConfig
 from .nano_files import save_dit, save_tensors, save_vae
-from .nano_latents import LatentSet, TextTable, encode_clip_set, text_table
+from .nano_latents import LatentSet, TextTable, add_i2v_condition, encode_clip_set, text_table
 from .nano_text import text_encoder_file
 from .nano_vae import train_vae
 
@@ -71,23 +69,38 @@ class StageContext:
             self._cache["table"] = text_table(loaded.model, loaded.tokenizer)
         return self._cache["table"]
 
-    def latents(self) -> LatentSet:
-        """The encoded training clips, cached in ``work`` (rebuilt when the VAE file changed)."""
+    def latents(self, with_i2v: bool = False) -> LatentSet:
+        """The encoded training clips, cached in ``work`` (rebuilt when the VAE file changed);
+        ``with_i2v`` adds the I2V first-frame conditions (encoded once, then cached too)."""
         if "latents" not in self._cache:
-            path = self.work / "latents.pt"
-            stamp = self.work / "latents.vae-mtime"
-            vae_time = str(self._need(NANO.vae, "vae").stat().st_mtime_ns)
-            self._need(NANO.umt5, "text")
-            if path.exists() and stamp.exists() and stamp.read_text() == vae_time:
-                data = LatentSet.load(path)
+            path, stamp = self.work / "latents.pt", self.work / "latents.stamp"
+            key = self._latents_key()
+            if path.exists() and stamp.exists() and stamp.read_text() == key:
+                self._cache["latents"] = LatentSet.load(path)
             else:
-                clips = clip_set(self.seed + 100, self.clips_per_scene, self.scenes)
-                data = encode_clip_set(self.vae(), clips, self.text_table(), quiet=self.quiet)
-                self.work.mkdir(parents=True, exist_ok=True)
-                data.save(path)
-                stamp.write_text(vae_time)
-            self._cache["latents"] = data
-        return self._cache["latents"]
+                self._cache["latents"] = encode_clip_set(self.vae(), self._clips(), self.text_table(), quiet=self.quiet)
+                self._save_latents(key)
+        data = self._cache["latents"]
+        if with_i2v and data.i2v_y is None:
+            add_i2v_condition(data, self.vae(), self._clips(), quiet=self.quiet)
+            self._save_latents(self._latents_key())
+        return data
+
+    def _latents_key(self) -> str:
+        """What the cached latents depend on: the VAE and text files' contents and the clip set."""
+        digest = hashlib.sha256()
+        for name, stage in ((NANO.vae, "vae"), (NANO.umt5, "text")):
+            digest.update(self._need(name, stage).read_bytes())
+        digest.update(f"{self.seed} {self.clips_per_scene} {self.scenes}".encode())
+        return digest.hexdigest()
+
+    def _clips(self) -> ClipSet:
+        return clip_set(self.seed + 100, self.clips_per_scene, self.scenes)
+
+    def _save_latents(self, key: str) -> None:
+        self.work.mkdir(parents=True, exist_ok=True)
+        self._cache["latents"].save(self.work / "latents.pt")
+        (self.work / "latents.stamp").write_text(key)
 
     def _need(self, name: str, stage: str) -> Path:
         path = self.file(name)
@@ -116,7 +129,7 @@ def stage_t2v(ctx: StageContext) -> None:
 
 
 def stage_i2v(ctx: StageContext) -> None:
-    data, table = ctx.latents(), ctx.text_table()
+    data, table = ctx.latents(with_i2v=True), ctx.text_table()
     starts = {"high": ctx.dit(NANO.t2v_high, "t2v"), "low": ctx.dit(NANO.t2v_low, "t2v")}
     pair = nano_dit.train_i2v_experts(starts, ctx.work, data, table, ctx.seed + 500, ctx.loops.get("expert"),
                                       quiet=ctx.quiet)
@@ -144,7 +157,6 @@ def run(stages: list[str], ctx: StageContext) -> dict[str, float]:
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise ValueError(f"train-nano: unknown stage(s) {unknown}; expected some of {list(STAGES)}")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     timings = {}
     for name in stages:
         began = time.time()
@@ -153,9 +165,3 @@ def run(stages: list[str], ctx: StageContext) -> dict[str, float]:
         timings[name] = time.time() - began
         log.info("train-nano: stage %s done in %.0f s", name, timings[name])
     return timings
-
-
-def clean_work(ctx: StageContext, stage: str) -> None:
-    """Forget a stage's checkpoints so it trains from scratch."""
-    for sub in ctx.work.glob(f"{stage}*"):
-        shutil.rmtree(sub, ignore_errors=True)
