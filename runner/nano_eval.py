@@ -66,10 +66,22 @@ def summary(scored: Sequence[Scored]) -> dict[str, int]:
     return totals
 
 
+def frame_strip(frames: np.ndarray, every: int = 4, scale: int = 2) -> Image.Image:
+    """Every ``every``-th frame side by side, enlarged ``scale`` times (nearest), for docs."""
+    strip = np.concatenate(list(frames[::every]), axis=1)
+    return Image.fromarray(strip).resize((strip.shape[1] * scale, strip.shape[0] * scale), Image.NEAREST)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="score the nano T2V models on the evaluation prompts")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--strip", type=Path, help="instead: save a frame strip of one T2V video (--prompt) here")
+    parser.add_argument("--prompt", default="a blue square moving up on a black background")
     args = parser.parse_args(argv)
+    if args.strip:
+        frame_strip(render("t2v", args.prompt, args.seed)).save(args.strip)
+        print(args.strip)
+        return 0
     scored = score_t2v(seed=args.seed)
     for item in scored:
         r = item.reading

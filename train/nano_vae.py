@@ -1,8 +1,8 @@
 """Stage ``vae``: the WanNano VAE, a Wan 2.1 VAE of base width 8 (0.92 M parameters, 4x8x8).
 
 Schedule: single frames first (cheap; the spatial layers learn shapes and colours) with the RMS
-norms relaxed and then blended back in, then 9-frame clips (first chunk, a full chunk and a chunk
-with full caches) so the temporal layers learn motion, all with the real norms.
+norms relaxed and then blended back in, then 9-frame and finally whole 17-frame clips so the
+temporal layers and the decoder's frame-to-frame caches learn, all with the real norms.
 """
 from __future__ import annotations
 
@@ -17,11 +17,20 @@ from .vae_training import VAELossWeights, autoencoder_loss, relaxed_norms
 
 NANO_VAE = WanVAE21Config(dim=8)
 VAE_LOOP = LoopConfig(steps=6000, lr=1e-3, warmup=100, checkpoint_every=100)
-VAE_BATCH = 8
 RELAXED_UNTIL, REAL_FROM = 300, 800
 """Norms relaxed (alpha 0) before step 300, blended in linearly, real from step 800 on."""
-CLIPS_FROM = 3000
-"""Single frames before this step, 9-frame clips after."""
+CLIP_PHASES = ((0, 1, 8), (3000, 9, 8), (4000, 17, 4))
+"""(first step, frames, batch): single frames, then 9-frame clips, then whole 17-frame clips (the
+decoder's caches feed back over time, so it must see as many chunks as it will decode)."""
+
+
+def clip_phase(step: int) -> tuple[int, int]:
+    """Frames and batch size of ``step``."""
+    frames, batch = CLIP_PHASES[0][1:]
+    for start, phase_frames, phase_batch in CLIP_PHASES:
+        if step >= start:
+            frames, batch = phase_frames, phase_batch
+    return frames, batch
 
 
 def norm_alpha(step: int) -> float:
@@ -38,9 +47,9 @@ def train_vae(work: Path, seed: int, loop: LoopConfig | None = None, quiet: bool
     cfg = loop or VAE_LOOP
 
     def loss_fn(step: int):
-        frames = 1 if step < CLIPS_FROM else 9
+        frames, batch = clip_phase(step)
         with relaxed_norms(vae, norm_alpha(step)):
-            loss, parts = autoencoder_loss(vae, vae_batch(data_gen, VAE_BATCH, frames=frames), weights, noise_gen)
+            loss, parts = autoencoder_loss(vae, vae_batch(data_gen, batch, frames=frames), weights, noise_gen)
         return loss, {**parts, "norm_alpha": norm_alpha(step)}
 
     train("vae", vae, vae.parameters(), loss_fn, cfg, work, {"data": data_gen, "noise": noise_gen}, quiet)
