@@ -6,7 +6,8 @@ from wanflow.nodes import comfy_adapter as ca
 
 
 @pytest.fixture()
-def models(tmp_path):
+def models(tmp_path, monkeypatch):
+    monkeypatch.setattr(ca, "NANO_MODELS_DIR", tmp_path / "no-pack-models")
     root = tmp_path / "models"
     for sub in ("diffusion_models", "unet", "vae", "clip", "loras/style"):
         (root / sub).mkdir(parents=True)
@@ -35,6 +36,21 @@ def test_lists_comfyui_folder_aliases(models):
     assert ca.list_models("loras") == ["style/ink.safetensors"]
     assert ca.model_path("diffusion_models", "b.gguf") == str(models / "unet" / "b.gguf")
     assert ca.model_path("loras", "style/ink.safetensors").endswith("ink.safetensors")
+
+
+def test_pack_nano_models_are_listed_after_the_users(models, tmp_path, monkeypatch):
+    pack = tmp_path / "pack-models"
+    (pack / "vae").mkdir(parents=True)
+    (pack / "vae" / "wan2.1_nano_vae.safetensors").write_bytes(b"x")
+    (pack / "clip_vision").mkdir()
+    (pack / "clip_vision" / "not_offered.safetensors").write_bytes(b"x")
+    monkeypatch.setattr(ca, "NANO_MODELS_DIR", pack)
+    assert ca.list_models("vae") == ["wan2.1_nano_vae.safetensors", "wan_2.1_vae.safetensors"]
+    assert ca.model_path("vae", "wan2.1_nano_vae.safetensors") == str(pack / "vae" / "wan2.1_nano_vae.safetensors")
+    assert ca.list_models("clip_vision") == []
+    ca.configure_headless(None, None, None)
+    ca._headless.models_dir = None
+    assert ca.list_models("vae") == ["wan2.1_nano_vae.safetensors"]  # no --models: the nano files alone
 
 
 def test_missing_model_names_folders(models):

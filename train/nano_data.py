@@ -24,8 +24,9 @@ def _numpy_rng(generator: torch.Generator) -> np.random.Generator:
 
 
 def vae_batch(generator: torch.Generator, batch: int, frames: int = 9, crop: int = 32) -> torch.Tensor:
-    """Pixels ``[B, 3, frames, crop, crop]`` in [-1, 1]: random scenes and looks, cropped around
-    the object (most of a whole frame is background, which the VAE learns early anyway)."""
+    """Pixels ``[B, 3, frames, crop, crop]`` in [-1, 1]: random scenes and looks; half of the crops
+    around the object (most of a frame is background, learnt early), half anywhere (so empty
+    stretches of background, away from any object, decode clean too)."""
     rng = _numpy_rng(generator)
     scenes = training_scenes()
     clips = []
@@ -38,8 +39,11 @@ def vae_batch(generator: torch.Generator, batch: int, frames: int = 9, crop: int
         shifted = _advance(scene, start, first)
         clip = np.stack([_frame(scene, shifted, f, style, bg) for f in range(frames)])
         cx, cy = centre_at(scene, shifted, frames // 2)
-        top, left = (int(np.clip(c - crop / 2 + rng.uniform(-crop / 3, crop / 3), 0, clip.shape[1] - crop))
-                     for c in (cy, cx))
+        if rng.random() < 0.5:
+            top, left = (int(np.clip(c - crop / 2 + rng.uniform(-crop / 3, crop / 3), 0, clip.shape[1] - crop))
+                         for c in (cy, cx))
+        else:
+            top, left = (int(v) for v in rng.integers(0, clip.shape[1] - crop + 1, size=2))
         clips.append(to_model_pixels(clip[:, top:top + crop, left:left + crop]))
     return torch.from_numpy(np.stack(clips))
 
