@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,6 +153,22 @@ STAGES: dict[str, Callable[[StageContext], None]] = {
 }
 
 
+STAGE_RUNS = {"vae": ("vae",), "text": (), "t2v": ("t2v_base", "t2v_high", "t2v_low"),
+              "i2v": ("i2v_high", "i2v_low"), "vace": ("vace",)}
+"""The training runs (folders in ``work``) of each stage."""
+
+
+def keep_loss_logs(stage: str, ctx: StageContext) -> None:
+    """Copy a finished stage's loss logs next to the models (``training_logs/<run>.csv``), so the
+    curves of the shipped files stay with them."""
+    logs = ctx.out.parent / "training_logs"
+    for run in STAGE_RUNS[stage]:
+        source = ctx.work / run / "loss.csv"
+        if source.exists():
+            logs.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, logs / f"{run}.csv")
+
+
 def run(stages: list[str], ctx: StageContext) -> dict[str, float]:
     """Run ``stages`` in order; returns the seconds each took."""
     unknown = [s for s in stages if s not in STAGES]
@@ -162,6 +179,7 @@ def run(stages: list[str], ctx: StageContext) -> dict[str, float]:
         began = time.time()
         log.info("train-nano: stage %s", name)
         STAGES[name](ctx)
+        keep_loss_logs(name, ctx)
         timings[name] = time.time() - began
         log.info("train-nano: stage %s done in %.0f s", name, timings[name])
     return timings

@@ -16,7 +16,7 @@ from .nano_data import vae_batch
 from .vae_training import VAELossWeights, autoencoder_loss, relaxed_norms
 
 NANO_VAE = WanVAE21Config(dim=8)
-VAE_LOOP = LoopConfig(steps=8000, lr=1e-3, warmup=100, checkpoint_every=100)
+VAE_LOOP = LoopConfig(steps=7000, lr=1e-3, warmup=100, checkpoint_every=100)
 RELAXED_UNTIL, REAL_FROM = 300, 800
 """Norms relaxed (alpha 0) before step 300, blended in linearly, real from step 800 on."""
 CLIP_PHASES = ((0, 1, 8), (3000, 9, 8), (4000, 17, 4))

@@ -1,6 +1,9 @@
-"""Draw the loss curves of a ``wanflow train-nano`` run (docs/nano_losses.png).
+"""Draw the loss curves of the shipped nano models (docs/nano_losses.png).
 
-    python -m wanflow.train.plot_losses .nano-work docs/nano_losses.png
+    python -m wanflow.train.plot_losses nano/training_logs docs/nano_losses.png
+
+``train-nano`` copies each finished stage's ``loss.csv`` to ``training_logs/<run>.csv`` next to
+the models it wrote.
 
 Needs matplotlib (``pip install -e ".[docs]"``); training itself does not.
 """
@@ -29,13 +32,13 @@ def smooth(values: list[float], window: int = 25) -> list[float]:
     return out
 
 
-def plot(work: Path, out: Path) -> list[str]:
+def plot(folder: Path, out: Path) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    logs = [(name, work / name / "loss.csv") for name in STAGE_LOGS if (work / name / "loss.csv").exists()]
+    logs = [(name, folder / f"{name}.csv") for name in STAGE_LOGS if (folder / f"{name}.csv").exists()]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
     for name, path in logs:
         steps, losses = read_log(path)
@@ -56,10 +59,10 @@ def plot(work: Path, out: Path) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("work", type=Path)
+    parser.add_argument("logs", type=Path, help="folder of <run>.csv loss logs (nano/training_logs)")
     parser.add_argument("out", type=Path)
     args = parser.parse_args()
-    print("plotted:", ", ".join(plot(args.work, args.out)))
+    print("plotted:", ", ".join(plot(args.logs, args.out)))
     return 0
 
 
