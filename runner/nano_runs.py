@@ -11,7 +11,7 @@ from typing import Sequence
 from ..model_loaders.detect import NANO_DEFAULTS
 from ..nano.files import NANO
 from ..nano.vocabulary import FRAMES, HEIGHT, WIDTH
-from . import execute, registry, templates, workflow
+from . import execute, templates
 
 T2V = NANO_DEFAULTS[("2.2", "t2v", "nano")]
 I2V = NANO_DEFAULTS[("2.2", "i2v", "nano")]
@@ -47,10 +47,7 @@ def run_template_on_nano(name: str, extra: Sequence[str] = ()) -> execute.RunRes
     at the input/output folders; the nano models are always on the model lists)."""
     if name not in NANO_OVERRIDES:
         raise KeyError(f"template {name!r} has no nano version; expected one of {sorted(NANO_OVERRIDES)}")
-    classes = registry.node_classes()
-    flow = workflow.load_workflow(templates.render(name, classes), classes, name)
-    workflow.apply_overrides(flow.prompt, NANO_OVERRIDES[name] + list(extra), classes)
-    return execute.run(flow, classes)
+    return templates.run_with_overrides(name, NANO_OVERRIDES[name] + list(extra))
 
 
 def nano_models_present() -> list[str]:

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from . import execute, workflow
 from .registry import node_classes
 from .ui_graph import Node, build, note
 
@@ -209,6 +210,15 @@ TEMPLATES: dict[str, Callable[[], tuple[str, list[Node]]]] = {
     "wan21_vace_r2v": r2v_vace,
     "wan22_a14b_lora_stack_4step": lora_stack_4step,
 }
+
+
+def run_with_overrides(name: str, overrides: list[str]) -> execute.RunResult:
+    """Run template ``name`` headless with ``--set``-style overrides (the adapter already points at
+    the models, input and output folders); returns the runner's result."""
+    classes = node_classes()
+    flow = workflow.load_workflow(render(name, classes), classes, name)
+    workflow.apply_overrides(flow.prompt, overrides, classes)
+    return execute.run(flow, classes)
 
 
 def render(name: str, classes: dict[str, type] | None = None) -> dict:

@@ -10,7 +10,7 @@ from typing import Optional
 
 import numpy as np
 
-from . import execute, registry, templates, workflow
+from . import execute, templates
 from .tiny_models import FILES
 
 TINY_WIDTH, TINY_HEIGHT, TINY_LENGTH, TINY_STEPS = 32, 32, 5, 3
@@ -50,7 +50,4 @@ def write_input_images(folder: Path) -> None:
 
 def run_template_on_tiny_models(name: str, models: Path, inputs: Path, extra: tuple[str, ...] = ()) -> execute.RunResult:
     """Run template ``name`` headless on the tiny models in ``models`` (already written)."""
-    classes = registry.node_classes()
-    flow = workflow.load_workflow(templates.render(name, classes), classes, name)
-    workflow.apply_overrides(flow.prompt, TINY_OVERRIDES[name] + list(extra), classes)
-    return execute.run(flow, classes)
+    return templates.run_with_overrides(name, TINY_OVERRIDES[name] + list(extra))
