@@ -11,7 +11,7 @@ from typing import Optional
 import numpy as np
 
 from .clips import IDEAL_FILL
-from .vocabulary import BACKGROUNDS, COLOURS, NIGHT_BACKGROUND, SPEEDS, Scene
+from .vocabulary import BACKGROUNDS, COLOURS, NIGHT_BACKGROUND, Scene
 
 BACKGROUND_NAMES = {**BACKGROUNDS, "night": NIGHT_BACKGROUND}
 OBJECT_DISTANCE = 70.0
@@ -104,8 +104,3 @@ def read_video(video: np.ndarray) -> Reading:
     direction, travel = _direction(alpha)
     return Reading(_nearest(bg, BACKGROUND_NAMES), tuple(float(v) for v in bg), _nearest(colour_rgb, COLOURS),
                    shape, fill, direction, travel, float(alpha.sum(axis=(1, 2)).mean()))
-
-
-def expected_travel(scene: Scene, frames: int) -> float:
-    """How far the object of ``scene`` moves in ``frames`` frames, pixels."""
-    return SPEEDS[scene.speed] * (frames - 1)

@@ -7,7 +7,6 @@ outside its vocabulary are reported, and the run goes on.
 """
 from __future__ import annotations
 
-import logging
 import shutil
 import sys
 import tempfile
@@ -17,8 +16,6 @@ from typing import Optional, Sequence
 from ..nano.vocabulary import TEMPLATE, unknown_words, vocabulary
 from . import errors, execute
 from .nano_runs import INPUT_IMAGES, TEMPLATE_FOR_TASK, missing_for, run_template_on_nano
-
-log = logging.getLogger("wanflow.runner")
 
 DEFAULT_PROMPT = "a blue square moving up on a black background"
 MAX_REFERENCES = len(INPUT_IMAGES["wan21_vace_r2v"])

@@ -50,12 +50,6 @@ def run_template_on_nano(name: str, extra: Sequence[str] = ()) -> execute.RunRes
     return templates.run_with_overrides(name, NANO_OVERRIDES[name] + list(extra))
 
 
-def nano_models_present() -> list[str]:
-    """Names of nano files that are missing from the pack (empty when all are there)."""
-    names = (NANO.t2v_high, NANO.t2v_low, NANO.vae, NANO.umt5)
-    return [n for n in names if not NANO.path(n).is_file()]
-
-
 def missing_for(name: str) -> list[Path]:
     """Nano files template ``name`` needs that are not in the pack."""
     needed = [s.split("=", 1)[1] for s in NANO_OVERRIDES[name] if "_name=" in s]

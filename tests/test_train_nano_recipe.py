@@ -1,7 +1,6 @@
 """``wanflow train-nano`` end to end with a few steps per stage: every stage runs, writes files in
 the real layouts, and the normal loaders read them back as the nano family."""
 import pytest
-import torch
 
 from wanflow.model_loaders.dit_loader import load_dit
 from wanflow.model_loaders.text_encoder_loader import load_text_encoder

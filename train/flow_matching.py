@@ -33,9 +33,6 @@ class SigmaRange:
         u = lo + (hi - lo) * torch.rand(batch, generator=generator)
         return shift_sigmas(u, self.shift).clamp(1e-4, 1.0).float()
 
-    def contains(self, sigma: torch.Tensor) -> torch.Tensor:
-        return (sigma >= self.low) & (sigma < self.high)
-
 
 def noisy_latent(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     s = sigma.reshape(-1, *([1] * (x0.ndim - 1)))

@@ -13,7 +13,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable
 
 import torch
 from tqdm import tqdm
@@ -122,13 +122,4 @@ def _resume(path: Path, module: torch.nn.Module, optimiser: torch.optim.Optimize
     for key, gen in generators.items():
         gen.set_state(state["generators"][key])
     torch.set_rng_state(state["torch_rng"])
-    return int(state["step"])
-
-
-def load_trained(path: Path, module: torch.nn.Module) -> Optional[int]:
-    """Load the model weights of a finished or partial stage checkpoint; its step, or None."""
-    if not path.exists():
-        return None
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    module.load_state_dict(state["model"])
     return int(state["step"])

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..nano.clips import Placement, centre_at, random_placement, render_clip, render_frame, to_model_pixels
+from ..nano.clips import centre_at, random_placement, render_clip, render_frame, to_model_pixels
 from ..nano.vocabulary import BACKGROUNDS, FRAMES, NIGHT_BACKGROUND, Scene, training_scenes
 
 VAE_BACKGROUNDS = (*BACKGROUNDS.values(), NIGHT_BACKGROUND, (128, 128, 128))
@@ -36,9 +36,9 @@ def vae_batch(generator: torch.Generator, batch: int, frames: int = 9, crop: int
         first = int(rng.integers(0, FRAMES - frames + 1))
         style = ("plain", "plain", "outline")[rng.integers(3)]
         bg = VAE_BACKGROUNDS[rng.integers(len(VAE_BACKGROUNDS))]
-        shifted = _advance(scene, start, first)
-        clip = np.stack([_frame(scene, shifted, f, style, bg) for f in range(frames)])
-        cx, cy = centre_at(scene, shifted, frames // 2)
+        clip = np.stack([render_frame(scene, *centre_at(scene, start, first + f), start.size, style, background=bg)
+                         for f in range(frames)])
+        cx, cy = centre_at(scene, start, first + frames // 2)
         if rng.random() < 0.5:
             top, left = (int(np.clip(c - crop / 2 + rng.uniform(-crop / 3, crop / 3), 0, clip.shape[1] - crop))
                          for c in (cy, cx))
@@ -46,16 +46,6 @@ def vae_batch(generator: torch.Generator, batch: int, frames: int = 9, crop: int
             top, left = (int(v) for v in rng.integers(0, clip.shape[1] - crop + 1, size=2))
         clips.append(to_model_pixels(clip[:, top:top + crop, left:left + crop]))
     return torch.from_numpy(np.stack(clips))
-
-
-def _advance(scene: Scene, start: Placement, frames: int) -> Placement:
-    x, y = centre_at(scene, start, frames)
-    return Placement(x, y, start.size)
-
-
-def _frame(scene: Scene, start: Placement, frame: int, style: str, background) -> np.ndarray:
-    return render_frame(scene, *centre_at(scene, start, frame), start.size,
-                        "outline" if style == "outline" else "plain", background=background)
 
 
 @dataclass

@@ -14,7 +14,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..nano.clips import reference_picture
 from ..nano.vocabulary import FRAMES, Scene, all_scenes
 from ..samplers.conditioning import encode_i2v_condition
 from ..samplers.guidance import OFFICIAL_NEGATIVE_PROMPT
@@ -98,16 +97,3 @@ def add_i2v_condition(data: LatentSet, vae: WanVAE21, clips: ClipSet, batch: int
 def _batches(count: int, batch: int, desc: str, quiet: bool):
     for start in tqdm(range(0, count, batch), desc=desc, disable=quiet):
         yield np.arange(start, min(start + batch, count))
-
-
-@torch.no_grad()
-def reference_latents(vae: WanVAE21) -> dict[str, torch.Tensor]:
-    """Normalised latent ``[16, 1, 8, 8]`` of each (colour, shape) reference picture."""
-    encode = normalised_encoder(vae)
-    out = {}
-    for scene in all_scenes():
-        key = f"{scene.colour} {scene.shape}"
-        if key not in out:
-            picture = torch.from_numpy(reference_picture(scene)).float().div(127.5).sub(1)
-            out[key] = encode(picture.permute(2, 0, 1)[None, :, None])[0]
-    return out

@@ -22,7 +22,6 @@ from typing import Iterator
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..wan.latent_stats import WAN21
 from ..wan.vae2_1 import WanVAE21
