@@ -53,6 +53,9 @@ def load_dit(path: PathLike, storage_dtype: StorageChoice = None, *,
         model = WanDiT(variant.config)
     load_into(model, ckpt, storage, expected=variant.name)
     ensure_no_meta(model, str(path))
+    # The nano models' 80 video tokens would spend half their time on the 512 padded text rows;
+    # the collapsed padding gives the same result (wan/text_padding.py). Large models gain nothing.
+    model.collapse_text_padding = variant.size == "nano"
     return LoadedDiT(model.eval(), variant, file_format, str(path))
 
 

@@ -92,6 +92,7 @@ def _mislabelled(caption: str, rng: random.Random) -> str:
 def train_vace(t2v_low: WanDiT, vae, work: Path, data: LatentSet, text: TextTable, seed: int,
                loop: Optional[LoopConfig] = None, quiet: bool = False) -> WanDiT:
     model = vace_from_t2v(t2v_low)
+    model.collapse_text_padding = True      # same maths, half the step time (wan/text_padding.py)
     bank = reference_bank(vae)
     video = video_part(vae, 17, 64, 64)
     captions = {caption: i for i, caption in enumerate(text.captions)}

@@ -30,6 +30,15 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return out.transpose(1, 2)
 
 
+def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_bias: torch.Tensor) -> torch.Tensor:
+    """Attention with an additive score bias per key ``[B, Lk]`` (see ``text_padding``); always
+    PyTorch's SDPA, since only the opt-in collapsed-padding path uses it."""
+    mask = key_bias.to(q.dtype)[:, None, None, :]
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                         attn_mask=mask)
+    return out.transpose(1, 2)
+
+
 _BACKENDS: dict[str, AttentionFn] = {"sdpa": sdpa_attention}
 _active = "sdpa"
 

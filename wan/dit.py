@@ -27,7 +27,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import ops
-from .attention import attention
+from .attention import attention, biased_attention
+from .text_padding import collapse_padding
 
 MODEL_TYPES = ("t2v", "i2v", "flf2v", "vace", "ti2v")
 
@@ -266,7 +267,8 @@ class CrossAttention(nn.Module):
 
     With ``with_image`` (Wan 2.1 I2V / FLF2V) the same queries also attend to the CLIP image
     tokens through their own ``k_img`` / ``v_img``; both results are summed before ``o``.
-    No key mask: padded text positions take part, as in the original.
+    No key mask: padded text positions take part, as in the original (``key_bias`` only comes
+    with the collapsed padding of :mod:`.text_padding`, which gives the same result).
     """
 
     def __init__(self, dim: int, num_heads: int, eps: float, with_image: bool) -> None:
@@ -284,12 +286,12 @@ class CrossAttention(nn.Module):
             self.norm_k_img = RMSNorm(dim, eps)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor,
-                context_img: Optional[torch.Tensor]) -> torch.Tensor:
+                context_img: Optional[torch.Tensor], key_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
         heads = (self.num_heads, -1)
         q = self.norm_q(self.q(x)).unflatten(-1, heads)
         k = self.norm_k(self.k(context)).unflatten(-1, heads)
         v = self.v(context).unflatten(-1, heads)
-        out = attention(q, k, v)
+        out = attention(q, k, v) if key_bias is None else biased_attention(q, k, v, key_bias)
         if context_img is not None:
             k_img = self.norm_k_img(self.k_img(context_img)).unflatten(-1, heads)
             v_img = self.v_img(context_img).unflatten(-1, heads)
@@ -327,13 +329,13 @@ class WanBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, e0: torch.Tensor, context: torch.Tensor,
                 context_img: Optional[torch.Tensor], rope: tuple[torch.Tensor, torch.Tensor],
-                dtype: torch.dtype) -> torch.Tensor:
+                dtype: torch.dtype, key_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
         mod = self.modulation.float().unsqueeze(0) + e0
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = mod.unbind(dim=2)
 
         y = self.self_attn(modulate(self.norm1(x), shift_sa, scale_sa).to(dtype), rope)
         x = add_gated(x, y, gate_sa)
-        x = x + self.cross_attn(self.norm3(x).to(dtype), context, context_img).float()
+        x = x + self.cross_attn(self.norm3(x).to(dtype), context, context_img, key_bias).float()
         y = self.ffn(modulate(self.norm2(x), shift_ff, scale_ff).to(dtype))
         return add_gated(x, y, gate_ff)
 
@@ -463,6 +465,8 @@ class WanDiT(nn.Module):
                                                    stride=cfg.patch_size)
             self.vace_blocks = nn.ModuleList(VaceBlock(cfg, first=(j == 0))
                                              for j in range(len(cfg.vace_layers)))
+        self.collapse_text_padding = False
+        """Opt-in exact shortcut for the text padding (see :mod:`.text_padding`); small models only."""
         # main block index -> VACE block index
         self._vace_after = {layer: j for j, layer in enumerate(cfg.vace_layers)}
 
@@ -490,16 +494,16 @@ class WanDiT(nn.Module):
 
         h = self.patch_embedding(x).flatten(2).transpose(1, 2).float()   # residual [B, L, dim]
         e, e0 = self._embed_time(torch.as_tensor(t, device=x.device), batch, grid)
-        context = self._embed_text(context.to(dtype))
+        context, key_bias = self._embed_text(context.to(dtype))
         context_img = self.img_emb(clip_fea, dtype) if cfg.has_image_input else None
         rope = rope_tables(grid, cfg.rope_axes, cfg.rope_theta, x.device)
 
         vace = self._vace_streams(vace_context, vace_scale, h, grid, dtype)
         for i, block in enumerate(self.blocks):
-            h = block(h, e0, context, context_img, rope, dtype)
+            h = block(h, e0, context, context_img, rope, dtype, key_bias)
             j = self._vace_after.get(i)
             if j is not None and vace:
-                h = self._add_vace_hints(h, j, vace, e0, context, context_img, rope, dtype)
+                h = self._add_vace_hints(h, j, vace, e0, context, context_img, rope, dtype, key_bias)
 
         return self._unpatchify(self.head(h, e), grid)
 
@@ -555,12 +559,16 @@ class WanDiT(nn.Module):
         e0 = self.time_projection(e).unflatten(-1, (6, self.config.dim))
         return e, e0
 
-    def _embed_text(self, context: torch.Tensor) -> torch.Tensor:
-        """Zero-pad to ``text_len`` tokens (as the original does) and project to model width."""
+    def _embed_text(self, context: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Zero-pad to ``text_len`` tokens (as the original does) and project to model width;
+        with ``collapse_text_padding`` the padding is one row plus a key bias instead."""
+        if self.collapse_text_padding:
+            context, key_bias = collapse_padding(context, self.config.text_len)
+            return self.text_embedding(context), key_bias
         pad = self.config.text_len - context.shape[1]
         if pad > 0:
             context = F.pad(context, (0, 0, 0, pad))
-        return self.text_embedding(context)
+        return self.text_embedding(context), None
 
     def _vace_streams(self, vace_context: VaceContext, vace_scale: VaceScale, x0: torch.Tensor,
                       grid: tuple[int, int, int], dtype: torch.dtype) -> list[VaceStream]:
@@ -597,7 +605,7 @@ class WanDiT(nn.Module):
                         e0: torch.Tensor, context: torch.Tensor,
                         context_img: Optional[torch.Tensor],
                         rope: tuple[torch.Tensor, torch.Tensor],
-                        dtype: torch.dtype) -> torch.Tensor:
+                        dtype: torch.dtype, key_bias: Optional[torch.Tensor]) -> torch.Tensor:
         """Advance every VACE stream through ``vace_blocks[j]`` and add its scaled hint.
 
         Running VACE block j right after main block ``vace_layers[j]`` equals the original
@@ -606,7 +614,7 @@ class WanDiT(nn.Module):
         """
         block = self.vace_blocks[j]
         for stream in streams:
-            stream.state = block(stream.state, e0, context, context_img, rope, dtype)
+            stream.state = block(stream.state, e0, context, context_img, rope, dtype, key_bias)
             h = h + block.hint(stream.state, dtype) * stream.strength
         return h
 
