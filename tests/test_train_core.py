@@ -87,6 +87,16 @@ def test_vae_training_path_equals_inference():
         assert torch.equal(vae_training.decode_with_grad(vae, z).clamp(-1, 1), vae.decode(z))
 
 
+def test_the_decoder_pass_trains_the_decoder_and_leaves_the_encoder():
+    torch.manual_seed(0)
+    vae = WanVAE21(WanVAE21Config(dim=8))
+    loss, _ = vae_training.decoder_loss(vae, torch.rand(2, 3, 1, 16, 16) * 2 - 1, vae_training.VAELossWeights(),
+                                        torch.Generator().manual_seed(0))
+    loss.backward()
+    assert all(p.grad is None for p in [*vae.encoder.parameters(), *vae.conv1.parameters()])
+    assert vae.conv2.weight.grad is not None and vae.decoder.head[-1].weight.grad is not None
+
+
 def test_nano_tokenizer_has_one_token_per_word_and_loads_like_comfyui_umt5(tmp_path):
     spiece = nano_text.train_tokenizer(0)
     assert spiece == nano_text.train_tokenizer(0)

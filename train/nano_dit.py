@@ -35,8 +35,10 @@ NANO_SHIFT = 3.0
 BATCH = 16
 CFG_DROPOUT = 0.1
 
-BASE_LOOP = LoopConfig(steps=10000, lr=6e-4, warmup=300, weight_decay=0.01)
+BASE_LOOP = LoopConfig(steps=8000, lr=6e-4, warmup=300, weight_decay=0.01)
 EXPERT_LOOP = LoopConfig(steps=2500, lr=3e-4, warmup=100, weight_decay=0.01)
+I2V_LOOP = dataclasses.replace(EXPERT_LOOP, steps=1500)
+"""The I2V experts start from the T2V ones and only learn to read the first frame."""
 
 
 @dataclass(frozen=True)
@@ -131,4 +133,5 @@ def train_t2v_experts(base: WanDiT, work: Path, data: LatentSet, text: TextTable
 def train_i2v_experts(t2v: dict[str, WanDiT], work: Path, data: LatentSet, text: TextTable, seed: int,
                       loop: Optional[LoopConfig] = None, quiet: bool = False) -> dict[str, WanDiT]:
     """The I2V experts, each started from the T2V expert of the same noise range."""
-    return _expert_pair("i2v", lambda name: i2v_from_t2v(t2v[name]), work, data, text, seed, loop, quiet)
+    return _expert_pair("i2v", lambda name: i2v_from_t2v(t2v[name]), work, data, text, seed, loop or I2V_LOOP,
+                        quiet)

@@ -29,7 +29,7 @@ from .loop import LoopConfig
 from .nano_files import save_dit, save_tensors, save_vae
 from .nano_latents import LatentSet, TextTable, add_i2v_condition, encode_clip_set, text_table
 from .nano_text import text_encoder_file
-from .nano_vae import train_vae
+from .nano_vae import polish_decoder, train_vae
 
 log = logging.getLogger("wanflow.train")
 
@@ -45,7 +45,7 @@ class StageContext:
     clips_per_scene: int = CLIPS_PER_SCENE
     scenes: Optional[list[Scene]] = None      # default: every training scene
     loops: dict[str, LoopConfig] = field(default_factory=dict)
-    """Per-stage loop overrides (``"vae"``, ``"t2v_base"``, ``"expert"``, ``"vace"``), e.g. for smoke tests."""
+    """Per-stage loop overrides (``"vae"``, ``"vae_decoder"``, ``"t2v_base"``, ``"expert"``, ``"vace"``), e.g. for smoke tests."""
     _cache: dict = field(default_factory=dict)
 
     def file(self, name: str) -> Path:
@@ -113,6 +113,7 @@ class StageContext:
 
 def stage_vae(ctx: StageContext) -> None:
     vae = train_vae(ctx.work / "vae", ctx.seed, ctx.loops.get("vae"), quiet=ctx.quiet)
+    polish_decoder(vae, ctx.work / "vae_decoder", ctx.seed, ctx.loops.get("vae_decoder"), quiet=ctx.quiet)
     save_vae(vae, ctx.file(NANO.vae))
 
 
@@ -153,7 +154,7 @@ STAGES: dict[str, Callable[[StageContext], None]] = {
 }
 
 
-STAGE_RUNS = {"vae": ("vae",), "text": (), "t2v": ("t2v_base", "t2v_high", "t2v_low"),
+STAGE_RUNS = {"vae": ("vae", "vae_decoder"), "text": (), "t2v": ("t2v_base", "t2v_high", "t2v_low"),
               "i2v": ("i2v_high", "i2v_low"), "vace": ("vace",)}
 """The training runs (folders in ``work``) of each stage."""
 

