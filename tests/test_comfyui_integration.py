@@ -175,3 +175,57 @@ def test_frontend_extension_is_served(server):
     assert path in extensions
     with urllib.request.urlopen(server["url"] + path, timeout=60) as response:
         assert response.status == 200 and b"WanFlowModelLoader" in response.read()
+
+
+NANO_CASES = {
+    # task: (prompt, the scene the video must show, LoadImage overrides)
+    "t2v": ("a blue square moving up on a black background", ("blue", "square", "up", "black"), {}),
+    "i2v": ("a red circle moving right on a white background", ("red", "circle", "right", "white"),
+            {"11.image": "nano_start_image.png"}),
+    "r2v": ("a green triangle moving left on a black background", ("yellow", "circle", "left", "black"),
+            {"11.image": "nano_reference_1.png", "12.image": "nano_reference_2.png"}),
+}
+
+
+def _write_nano_inputs(folder: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from wanflow.nano.clips import random_placement, reference_picture, render_clip
+    from wanflow.nano.vocabulary import Scene
+
+    folder.mkdir(parents=True, exist_ok=True)
+    start = Scene("red", "circle", "right", "white")
+    Image.fromarray(render_clip(start, random_placement(start, np.random.default_rng(0)))[0]).save(
+        folder / "nano_start_image.png")
+    reference = Scene("yellow", "circle", "left", "black")
+    for index, size in enumerate((28.0, 24.0)):
+        Image.fromarray(reference_picture(reference, size)).save(folder / f"nano_reference_{index + 1}.png")
+
+
+@pytest.mark.parametrize("task", sorted(NANO_CASES))
+def test_template_on_the_nano_models_shows_the_prompt(server, task):
+    """The template runs in ComfyUI on the nano files (served from the pack's own folder) and its
+    frames show the prompt (R2V: the references' object, whatever the prompt names)."""
+    import numpy as np
+    from PIL import Image
+
+    from wanflow.nano.measure import read_video
+    from wanflow.runner.nano_runs import NANO_OVERRIDES, TEMPLATE_FOR_TASK
+
+    prompt, (colour, shape, direction, background), images = NANO_CASES[task]
+    _write_nano_inputs(server["work"] / "ComfyUI" / "input")
+    name, prefix = TEMPLATE_FOR_TASK[task], f"wanflow_nano_check/{task}"
+    output = server["work"] / "ComfyUI" / "output" / "wanflow_nano_check"
+    for old in output.glob(f"{task}*.png"):
+        old.unlink()
+    sets = [*NANO_OVERRIDES[name], f"5.positive={prompt}", "8.seed=1", "10.format=png",
+            f"10.filename_prefix={prefix}", *(f"{k}={v}" for k, v in images.items())]
+    result = _run([HARNESS / "run_workflow.py", "--server", server["url"], ROOT / "workflows" / f"{name}.json",
+                   *[arg for item in sets for arg in ("--set", item)], "--min-files", "17", "--timeout", "600"],
+                  timeout=700)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    frames = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in sorted(output.glob(f"{task}*.png"))])
+    reading = read_video(frames)
+    assert (reading.background, reading.colour, reading.direction) == (background, colour, direction), reading
+    assert reading.shape == shape, reading
