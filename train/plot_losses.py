@@ -13,7 +13,7 @@ import argparse
 import csv
 from pathlib import Path
 
-STAGE_LOGS = ("vae", "t2v_base", "t2v_high", "t2v_low", "i2v_high", "i2v_low", "vace")
+STAGE_LOGS = ("vae", "vae_decoder", "t2v_base", "t2v_high", "t2v_low", "i2v_high", "i2v_low", "vace")
 
 
 def read_log(path: Path) -> tuple[list[int], list[float]]:
@@ -40,11 +40,15 @@ def plot(folder: Path, out: Path) -> list[str]:
 
     logs = [(name, folder / f"{name}.csv") for name in STAGE_LOGS if (folder / f"{name}.csv").exists()]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
+    ends: dict[str, int] = {}
     for name, path in logs:
         steps, losses = read_log(path)
-        axis = axes[0] if name == "vae" else axes[1]
+        if name == "vae_decoder":  # the decoder pass continues the VAE run
+            steps = [s + ends.get("vae", 0) for s in steps]
+        ends[name] = steps[-1] + 1 if steps else 0
+        axis = axes[0] if name.startswith("vae") else axes[1]
         axis.plot(steps, smooth(losses), label=name)
-    axes[0].set_title("VAE (weighted L1 + MSE + latent moments)")
+    axes[0].set_title("VAE (weighted L1 + MSE [+ latent moments])")
     axes[1].set_title("DiTs (flow-matching MSE, each on its noise range)")
     for axis in axes:
         axis.set_xlabel("step")
