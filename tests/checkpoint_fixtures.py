@@ -89,6 +89,10 @@ def sample_inputs(config: WanDiTConfig, seed: int = 1) -> dict[str, torch.Tensor
 
 
 def run(model: WanDiT, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The model's output on ``inputs`` through the original text-padding path: these width-128
+    test models count as nano, for which the loader turns on the (equal up to rounding, not bit
+    for bit) collapsed padding, and the format tests compare bits."""
+    model.collapse_text_padding = False
     x, t, context = inputs["x"], inputs["t"], inputs["context"]
     rest = {k: v for k, v in inputs.items() if k not in ("x", "t", "context")}
     with torch.no_grad():
