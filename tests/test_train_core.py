@@ -145,3 +145,22 @@ def test_vace_starts_as_the_t2v_model():
     with torch.no_grad():
         hinted = vace(x, t, context, vace_context=torch.randn(1, 96, 3, 4, 4))
         assert torch.allclose(hinted, t2v(x, t, context), atol=1e-5)
+
+
+def _pooled(pixels: torch.Tensor, keep_colour: bool) -> torch.Tensor:
+    """A stand-in encoder: 8x8 average pooling of the pixels, or (colour-blind) of a mask of where
+    they differ from the corner pixel (the background)."""
+    if not keep_colour:
+        differs = (pixels - pixels[..., :1, :1]).abs().sum(dim=1, keepdim=True) > 0.1
+        pixels = differs.float().expand(-1, 3, -1, -1, -1)
+    return torch.nn.functional.avg_pool3d(pixels, (1, 8, 8))
+
+
+def test_colour_separation_tells_a_colour_blind_latent_from_a_colour_one():
+    from wanflow.train.nano_checks import colour_separation
+
+    seeing = colour_separation(lambda px: _pooled(px, True), count=48)
+    blind = colour_separation(lambda px: _pooled(px, False), count=48)
+    for background in ("white", "black"):
+        assert seeing[background]["min"] > 3 * blind[background]["min"], (seeing, blind)
+        assert seeing[background]["min"] > 0.3, seeing
