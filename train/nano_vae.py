@@ -18,11 +18,8 @@ from .nano_data import vae_batch
 from .vae_training import VAELossWeights, autoencoder_loss, decoder_loss, relaxed_norms
 
 NANO_VAE = WanVAE21Config(dim=8)
-VAE_LOOP = LoopConfig(steps=6000, lr=1e-3, warmup=100, checkpoint_every=100)
-VAE_WEIGHTS = VAELossWeights(latent_noise=0.25)
-"""Latent noise 0.25 (normalised units) keeps colours far apart in the latent: at 0.05 (generation 1)
-green/blue and red/yellow sat 0.2-0.3 apart at the object's cell against a spread of 3-4, and the
-diffusion models swapped them freely; at 0.25 the closest pair is 2-3 apart."""
+VAE_LOOP = LoopConfig(steps=7000, lr=1e-3, warmup=100, checkpoint_every=100)
+VAE_WEIGHTS = VAELossWeights()
 RELAXED_UNTIL, REAL_FROM = 300, 800
 """Norms relaxed (alpha 0) before step 300, blended in linearly, real from step 800 on."""
 CLIP_PHASES = ((0, 1, 8), (3000, 9, 8), (4000, 17, 4))
