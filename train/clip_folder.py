@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from .loop import atomic_save
 from .nano_latents import TextTable
 
 log = logging.getLogger(__name__)
@@ -304,9 +304,7 @@ def save_cache(path: Path, data: ClipFolderData) -> None:
              "caption_index": data.latents.caption_index, "names": data.latents.names,
              "captions": data.text.captions, "contexts": data.text.contexts, "uncond": data.text.uncond,
              "skipped": [[str(p), r] for p, r in data.skipped], "frames": data.frames}
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save(state, temporary)
-    os.replace(temporary, path)
+    atomic_save(state, path)
 
 
 def load_cache(path: Path) -> ClipFolderData:

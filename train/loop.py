@@ -41,7 +41,8 @@ def learning_rate(cfg: LoopConfig, step: int) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
 
 
-def _atomic_save(obj: object, path: Path) -> None:
+def atomic_save(obj: object, path: Path) -> None:
+    """``torch.save`` through a temporary file: a stopped run never leaves a half-written file."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
@@ -107,7 +108,7 @@ def _truncate_log(path: Path, start: int) -> None:
 
 def _save(path: Path, step: int, module: torch.nn.Module, optimiser: torch.optim.Optimizer,
           generators: dict[str, torch.Generator]) -> None:
-    _atomic_save({"step": step, "model": module.state_dict(), "optimiser": optimiser.state_dict(),
+    atomic_save({"step": step, "model": module.state_dict(), "optimiser": optimiser.state_dict(),
                   "generators": {k: g.get_state() for k, g in generators.items()},
                   "torch_rng": torch.get_rng_state()}, path)
 

@@ -11,7 +11,6 @@ and ``.alpha``), which our own loader (``model_loaders/lora_formats.py``) and co
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -24,6 +23,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..wan import ops
 from ..wan.dit import WanDiT
+from .nano_files import save_tensors
 
 ATTENTION_TARGETS = ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o",
                      "cross_attn.q", "cross_attn.k", "cross_attn.v", "cross_attn.o")
@@ -263,15 +263,10 @@ def save_lora(network: LoraNetwork, path: Union[str, Path], metadata: Mapping[st
               dtype: torch.dtype = torch.float32, overwrite: bool = False) -> Path:
     """Write the adapters as a ComfyUI LoRA safetensors file; an existing file is kept unless
     ``overwrite`` (a finished LoRA is never lost to a rerun)."""
-    from safetensors.torch import save_file
-
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; choose another name or pass overwrite=True")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(lora_state_dict(network, dtype), str(tmp), metadata=dict(metadata))
-    os.replace(tmp, path)
+    save_tensors(path, lora_state_dict(network, dtype), dict(metadata))
     return path
 
 

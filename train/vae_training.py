@@ -105,6 +105,13 @@ def pixel_weights(pixels: torch.Tensor, object_weight: float) -> torch.Tensor:
     return weight / weight.mean(dim=(1, 2, 3, 4), keepdim=True)
 
 
+def reconstruction_terms(recon: torch.Tensor, pixels: torch.Tensor,
+                         weights: VAELossWeights) -> tuple[torch.Tensor, torch.Tensor]:
+    """Object-weighted L1 and MSE of a reconstruction."""
+    weight = pixel_weights(pixels, weights.object_weight)
+    return (weight * (recon - pixels).abs()).mean(), (weight * (recon - pixels).pow(2)).mean()
+
+
 def autoencoder_loss(vae: WanVAE21, pixels: torch.Tensor, weights: VAELossWeights,
                      generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
     """Reconstruction + latent-moment loss of one batch; returns the loss and its parts."""
@@ -112,9 +119,7 @@ def autoencoder_loss(vae: WanVAE21, pixels: torch.Tensor, weights: VAELossWeight
     normalised = WAN21.normalize(mu)
     noise = torch.randn(normalised.shape, generator=generator) * weights.latent_noise
     recon = decode_with_grad(vae, WAN21.denormalize(normalised + noise))
-    weight = pixel_weights(pixels, weights.object_weight)
-    l1 = (weight * (recon - pixels).abs()).mean()
-    mse = (weight * (recon - pixels).pow(2)).mean()
+    l1, mse = reconstruction_terms(recon, pixels, weights)
     moments = moment_penalty(normalised)
     loss = weights.l1 * l1 + weights.mse * mse + weights.moments * moments
     return loss, {"l1": l1.item(), "mse": mse.item(), "moments": moments.item()}
@@ -128,7 +133,5 @@ def decoder_loss(vae: WanVAE21, pixels: torch.Tensor, weights: VAELossWeights,
         normalised = WAN21.normalize(encode_with_grad(vae, pixels))
     noise = torch.randn(normalised.shape, generator=generator) * weights.latent_noise
     recon = decode_with_grad(vae, WAN21.denormalize(normalised + noise))
-    weight = pixel_weights(pixels, weights.object_weight)
-    l1 = (weight * (recon - pixels).abs()).mean()
-    mse = (weight * (recon - pixels).pow(2)).mean()
+    l1, mse = reconstruction_terms(recon, pixels, weights)
     return weights.l1 * l1 + weights.mse * mse, {"l1": l1.item(), "mse": mse.item()}
