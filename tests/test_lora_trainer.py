@@ -14,6 +14,7 @@ from lora_fixtures import dit_inputs, random_dit, run, tiny_config, to_fp8
 from wanflow.model_loaders.lora_files import guess_expert, read_lora_file
 from wanflow.train import lora_network as ln
 from wanflow.train import lora_trainer as lt
+from wanflow.train.flow_matching import expert_sigmas
 from wanflow.train.loop import LoopConfig
 from wanflow.train.nano_latents import LatentSet, TextTable
 from wanflow.wan import ops
@@ -204,7 +205,7 @@ def test_sigmas_stay_on_the_expert_side_of_the_sampler_boundary(expert, task):
     model = random_dit(task)
     boundary = lt.default_boundary(model)
     assert boundary == (0.9 if task == "i2v-2.2" else 0.875)
-    sigmas = lt.sigma_range(expert, 5.0, boundary).sample(2000, torch.Generator().manual_seed(0))
+    sigmas = expert_sigmas(expert, 5.0, boundary).sample(2000, torch.Generator().manual_seed(0))
     if expert == "high":
         assert sigmas.min() >= boundary
     elif expert == "low":

@@ -34,6 +34,18 @@ class SigmaRange:
         return shift_sigmas(u, self.shift).clamp(1e-4, 1.0).float()
 
 
+def expert_sigmas(expert: str, shift: float, boundary: float) -> SigmaRange:
+    """The sigmas a Wan 2.2 expert sees when sampling: ``[boundary, 1)`` for ``high``,
+    ``[0, boundary)`` for ``low``, everything for ``full``."""
+    if expert == "high":
+        return SigmaRange(shift, boundary, 1.0)
+    if expert == "low":
+        return SigmaRange(shift, 0.0, boundary)
+    if expert == "full":
+        return SigmaRange(shift)
+    raise ValueError(f"expert must be 'high', 'low' or 'full', got {expert!r}")
+
+
 def noisy_latent(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     s = sigma.reshape(-1, *([1] * (x0.ndim - 1)))
     return (1 - s) * x0 + s * noise

@@ -26,7 +26,7 @@ import torch
 
 from ..samplers.moe import DEFAULT_BOUNDARY
 from ..wan.dit import WanDiT
-from .flow_matching import SigmaRange, flow_matching_loss
+from .flow_matching import SigmaRange, expert_sigmas, flow_matching_loss
 from .lora_network import (LoraConfig, LoraNetwork, attach_lora, expert_file_paths, lora_metadata,
                            save_lora)
 from .loop import LoopConfig, train
@@ -98,15 +98,6 @@ def default_boundary(model: WanDiT) -> float:
     return DEFAULT_BOUNDARY["i2v" if takes_condition(model) else "t2v"]
 
 
-def sigma_range(expert: Expert, shift: float, boundary: float) -> SigmaRange:
-    """The sigmas an expert sees when sampling: ``[boundary, 1)`` high, ``[0, boundary)`` low."""
-    if expert == "high":
-        return SigmaRange(shift, boundary, 1.0)
-    if expert == "low":
-        return SigmaRange(shift, 0.0, boundary)
-    return SigmaRange(shift)
-
-
 @dataclass
 class TrainedLora:
     """The trained adapters and what they were trained for."""
@@ -143,7 +134,7 @@ def train_lora(model: WanDiT, data: LatentData, text: TextData, cfg: LoraTrainCo
     work = Path(work)
     _check_inputs(model, data)
     boundary = default_boundary(model) if cfg.boundary is None else cfg.boundary
-    sigmas = sigma_range(cfg.expert, cfg.shift, boundary)
+    sigmas = expert_sigmas(cfg.expert, cfg.shift, boundary)
     _claim_work(work, model, cfg, boundary)
     network = LoraNetwork.for_model(model, cfg.lora, seed=cfg.seed)
     batches = Batches(data, text, torch.Generator().manual_seed(cfg.seed + 1),  # type: ignore[arg-type]

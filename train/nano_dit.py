@@ -23,7 +23,7 @@ import torch
 
 from ..samplers.moe import DEFAULT_BOUNDARY
 from ..wan.dit import WanDiT, WanDiTConfig
-from .flow_matching import SigmaRange, flow_matching_loss
+from .flow_matching import SigmaRange, expert_sigmas, flow_matching_loss
 from .loop import LoopConfig, train
 from .nano_latents import LatentSet, TextTable
 from .nano_text import TEXT_DIM
@@ -49,8 +49,7 @@ class Expert:
 
 def experts(task: str) -> tuple[Expert, Expert]:
     boundary = DEFAULT_BOUNDARY[task]
-    return (Expert("high", SigmaRange(NANO_SHIFT, boundary, 1.0)),
-            Expert("low", SigmaRange(NANO_SHIFT, 0.0, boundary)))
+    return tuple(Expert(name, expert_sigmas(name, NANO_SHIFT, boundary)) for name in ("high", "low"))
 
 
 class Batches:
