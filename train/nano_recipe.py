@@ -29,7 +29,7 @@ from .loop import LoopConfig
 from .nano_files import save_dit, save_tensors, save_vae
 from .nano_latents import LatentSet, TextTable, add_i2v_condition, encode_clip_set, text_table
 from .nano_text import text_encoder_file
-from .nano_vae import polish_decoder, train_vae
+from .nano_vae import FIT_CLIPS, fit_latent, polish_decoder, train_vae
 
 log = logging.getLogger("wanflow.train")
 
@@ -46,6 +46,8 @@ class StageContext:
     scenes: Optional[list[Scene]] = None      # default: every training scene
     loops: dict[str, LoopConfig] = field(default_factory=dict)
     """Per-stage loop overrides (``"vae"``, ``"vae_decoder"``, ``"t2v_base"``, ``"expert"``, ``"vace"``), e.g. for smoke tests."""
+    fit_clips: int = FIT_CLIPS
+    """Clips encoded to fit the VAE's latent (fewer in smoke tests)."""
     _cache: dict = field(default_factory=dict)
 
     def file(self, name: str) -> Path:
@@ -114,6 +116,7 @@ class StageContext:
 def stage_vae(ctx: StageContext) -> None:
     vae = train_vae(ctx.work / "vae", ctx.seed, ctx.loops.get("vae"), quiet=ctx.quiet)
     polish_decoder(vae, ctx.work / "vae_decoder", ctx.seed, ctx.loops.get("vae_decoder"), quiet=ctx.quiet)
+    fit_latent(vae, ctx.seed, ctx.fit_clips, quiet=ctx.quiet)
     save_vae(vae, ctx.file(NANO.vae))
 
 

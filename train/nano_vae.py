@@ -4,15 +4,23 @@ Schedule: single frames first (cheap; the spatial layers learn shapes and colour
 norms relaxed and then blended back in, then 9-frame and finally whole 17-frame clips so the
 temporal layers and the decoder's frame-to-frame caches learn, all with the real norms. A short
 decoder-only pass on whole single frames then sharpens the first frame (I2V shows it next to the
-input picture) without moving a single latent.
+input picture) without moving a single latent. Last, :func:`fit_latent` folds a whitening of the
+latent into the VAE's 1x1 convs (see :mod:`.latent_fit`), so the DiT learns colours and shapes in
+directions as large as the others.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
+from tqdm import tqdm
 
+from ..nano.clips import random_placement, render_clip, to_model_pixels
+from ..nano.vocabulary import training_scenes
+from ..wan.latent_stats import WAN21
 from ..wan.vae2_1 import WanVAE21, WanVAE21Config
+from .latent_fit import fold_into_vae, whitening
 from .loop import LoopConfig, train
 from .nano_data import vae_batch
 from .vae_training import VAELossWeights, autoencoder_loss, decoder_loss, relaxed_norms
@@ -29,6 +37,8 @@ DECODER_LOOP = LoopConfig(steps=400, lr=3e-4, warmup=20, weight_decay=0.0, check
 DECODER_WEIGHTS = VAELossWeights(latent_noise=0.02)
 """The decoder pass: whole 64x64 single frames, batch 8, less latent noise than before (about
 +5 dB PSNR on first frames, and whole clips gain too)."""
+FIT_CLIPS = 256
+"""Whole clips encoded to measure the latent's covariance for :func:`fit_latent` (~20 s)."""
 
 
 def clip_phase(step: int) -> tuple[int, int]:
@@ -75,4 +85,19 @@ def polish_decoder(vae: WanVAE21, work: Path, seed: int, loop: LoopConfig | None
 
     train("vae decoder", vae, decoder, loss_fn, loop or DECODER_LOOP, work, {"data": data_gen, "noise": noise_gen},
           quiet)
+    return vae
+
+
+@torch.no_grad()
+def fit_latent(vae: WanVAE21, seed: int, clips: int = FIT_CLIPS, quiet: bool = False) -> WanVAE21:
+    """Whiten the VAE's normalised latent over ``clips`` random training clips and fold the map
+    into its 1x1 convs (decode of encode is unchanged)."""
+    rng = np.random.default_rng(seed + 5)
+    scenes = training_scenes()
+    latents = []
+    for start in tqdm(range(0, clips, 16), desc="fit latent", disable=quiet):
+        batch = [scenes[i] for i in rng.choice(len(scenes), min(16, clips - start))]
+        pixels = np.stack([to_model_pixels(render_clip(s, random_placement(s, rng))) for s in batch])
+        latents.append(WAN21.normalize(vae.encode(torch.from_numpy(pixels))))
+    fold_into_vae(vae, whitening(torch.cat(latents)))
     return vae
