@@ -8,6 +8,10 @@ MODELS_DIR = Path(__file__).resolve().parent / "models"
 """``diffusion_models/``, ``vae/``, ``text_encoders/`` and ``loras/`` below it, as in ComfyUI."""
 
 
+LORA_STYLES = ("outline", "night")
+"""The style LoRAs: ``outline`` draws shapes hollow, ``night`` paints the background dark blue."""
+
+
 @dataclass(frozen=True)
 class NanoFiles:
     t2v_high: str = "wan2.2_nano_t2v_high_noise.safetensors"
@@ -17,8 +21,18 @@ class NanoFiles:
     vace: str = "wan2.1_nano_vace.safetensors"
     vae: str = "wan2.1_nano_vae.safetensors"
     umt5: str = "umt5_nano.safetensors"
-    lora_outline: str = "wan_nano_outline_lora.safetensors"
-    lora_night: str = "wan_nano_night_lora.safetensors"
+
+    def lora(self, style: str, expert: str) -> str:
+        """A style LoRA file: ``style`` in ``LORA_STYLES``, ``expert`` "high" or "low" (Wan 2.2
+        LoRAs come as a pair, one per expert)."""
+        if style not in LORA_STYLES or expert not in ("high", "low"):
+            raise ValueError(f"no nano LoRA {style!r}/{expert!r}; styles are {LORA_STYLES}, experts high/low")
+        return f"{self.lora_stem(style)}_{expert}_noise.safetensors"
+
+    @staticmethod
+    def lora_stem(style: str) -> str:
+        """The pair's common name (what the trainer's ``save_pair`` extends with the expert)."""
+        return f"wan_nano_{style}_lora"
 
     def folder_of(self, name: str) -> str:
         """The ComfyUI models folder a file belongs in."""
@@ -26,7 +40,7 @@ class NanoFiles:
             return "vae"
         if name == self.umt5:
             return "text_encoders"
-        if name in (self.lora_outline, self.lora_night):
+        if name.startswith("wan_nano_") and "_lora" in name:
             return "loras"
         return "diffusion_models"
 

@@ -10,6 +10,7 @@ from .lora_nodes import WanFlowLoraSelect
 from .reference_to_video import WanFlowReferenceToVideo
 from .sampler_nodes import WanFlowMoESampler
 from .text_nodes import WanFlowTextEncode
+from .train_nodes import WanFlowTrainLora
 from .save_video import WanFlowSaveVideo
 from .vae_nodes import WanFlowVAEDecode, WanFlowVAEEncode
 
@@ -27,6 +28,7 @@ NODE_CLASS_MAPPINGS: dict[str, type] = {
     "WanFlowVAEDecode": WanFlowVAEDecode,
     "WanFlowVAEEncode": WanFlowVAEEncode,
     "WanFlowSaveVideo": WanFlowSaveVideo,
+    "WanFlowTrainLora": WanFlowTrainLora,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
@@ -43,6 +45,7 @@ NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
     "WanFlowVAEDecode": "WanFlow VAE Decode",
     "WanFlowVAEEncode": "WanFlow VAE Encode",
     "WanFlowSaveVideo": "WanFlow Save Video",
+    "WanFlowTrainLora": "WanFlow Train LoRA",
 }
 
 comfy_adapter.register_pack_models()  # the WanNano files appear in ComfyUI's model lists

@@ -416,6 +416,15 @@ def output_prefix_verdict(prefix: Optional[str], what: str) -> Union[bool, str]:
     return True
 
 
+def lora_output_folder() -> Path:
+    """Where a newly trained LoRA goes: ComfyUI's first ``loras`` folder; headless, the
+    ``loras`` folder of ``--models`` (else of the output folder)."""
+    if in_comfyui():
+        return Path(_comfy_module("folder_paths").get_folder_paths("loras")[0])
+    base = _headless.models_dir if _headless.models_dir is not None else Path(output_directory())
+    return base / "loras"
+
+
 def input_directory() -> str:
     if in_comfyui():
         return _comfy_module("folder_paths").get_input_directory()

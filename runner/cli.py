@@ -1,8 +1,10 @@
 """``wanflow``: run ComfyUI workflows (UI or API format) from a shell, without the server.
 
     wanflow run WORKFLOW.json [--models DIR] [--input DIR] [--output DIR] [--set NODE.INPUT=VALUE ...]
-    wanflow demo [--prompt TEXT] [--seed N] [--output DIR] [--i2v IMAGE] [--r2v IMAGE ...] [--quiet]
+    wanflow demo [--prompt TEXT] [--seed N] [--output DIR] [--i2v IMAGE] [--r2v IMAGE ...]
+                 [--lora NAME[:STRENGTH] ...] [--quiet]
     wanflow train-nano [--stage NAME ...] [--work DIR] [--out DIR] [--seed N]
+    wanflow train-lora DATA_DIR --model FILE [--model-low FILE] --vae FILE --text-encoder FILE --output FILE
 
 Exit codes are listed in :mod:`runner.errors` (0 ok, 2 usage, 3 invalid workflow, 4 missing
 file, 5 a node failed, 130 interrupted, 1 internal error).
@@ -16,7 +18,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..nodes import comfy_adapter
-from . import errors, execute, registry, workflow
+from . import errors, execute, registry, train_lora_cli, workflow
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,15 +46,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--i2v", type=Path, metavar="IMAGE", help="image-to-video from this start picture")
     demo.add_argument("--r2v", type=Path, nargs="+", default=[], metavar="IMAGE",
                       help="reference-to-video from 1-2 pictures of the object")
+    demo.add_argument("--lora", dest="loras", action="append", default=[], metavar="NAME[:STRENGTH]",
+                      help="add a nano style LoRA (outline, night) at a strength (default 1); repeatable, "
+                           "text-to-video only")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     nano = sub.add_parser("train-nano", help="retrain the WanNano models from scratch (CPU, resumable stages)")
     nano.add_argument("--stage", dest="stages", action="append", default=[], metavar="NAME",
-                      help="run only this stage (repeatable); stages in order: vae, text, t2v, i2v, vace")
+                      help="run only this stage (repeatable); stages in order: vae, text, t2v, i2v, vace, loras")
     nano.add_argument("--work", type=Path, default=Path(".nano-work"),
                       help="folder for checkpoints, loss logs and caches; a stopped run resumes from it")
     nano.add_argument("--out", type=Path, help="models folder to write (default: the pack's nano/models)")
     nano.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
     nano.add_argument("--quiet", action="store_true", help="no progress bars")
+    train_lora_cli.add_parser(sub)
     return parser
 
 
@@ -94,6 +100,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on bad usage, 0 on --help
         return int(exc.code or 0)
+    if args.command == "train-lora":
+        logging.getLogger("wanflow").setLevel(logging.INFO)
+        return train_lora_cli.train_lora_command(args)
     if args.command == "train-nano":
         logging.getLogger("wanflow").setLevel(logging.INFO)
         return train_nano(args)
@@ -104,7 +113,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         else:
             from . import demo
 
-            result = demo.run_demo(args.output, args.prompt or demo.DEFAULT_PROMPT, args.seed, args.i2v, args.r2v)
+            loras = [demo.parse_lora(spec) for spec in args.loras]
+            result = demo.run_demo(args.output, args.prompt or demo.DEFAULT_PROMPT, args.seed, args.i2v, args.r2v,
+                                   loras)
     except errors.RunnerError as exc:
         print(f"wanflow: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -1,7 +1,8 @@
 """``wanflow demo``: a template end to end on the WanNano models shipped in ``nano/models``.
 
 Text-to-video by default; ``--i2v IMAGE`` runs image-to-video from a start picture and
-``--r2v IMAGE ...`` reference-to-video from 1-3 pictures of the object. The models know one small
+``--r2v IMAGE ...`` reference-to-video from 1-3 pictures of the object; ``--lora NAME[:STRENGTH]``
+adds the nano style LoRAs (``outline``, ``night``) through the LoRA-stack template. The models know one small
 world (a coloured circle, square or triangle moving over a white or black background): words
 outside its vocabulary are reported, and the run goes on.
 """
@@ -13,9 +14,11 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ..nano.files import LORA_STYLES
 from ..nano.vocabulary import TEMPLATE, unknown_words, vocabulary
 from . import errors, execute
-from .nano_runs import INPUT_IMAGES, TEMPLATE_FOR_TASK, missing_for, run_template_on_nano
+from .nano_runs import (INPUT_IMAGES, LORA_TEMPLATE, STYLE_NODES, TEMPLATE_FOR_TASK, lora_overrides,
+                        missing_for, missing_loras, run_template_on_nano)
 
 DEFAULT_PROMPT = "a blue square moving up on a black background"
 MAX_REFERENCES = len(INPUT_IMAGES["wan21_vace_r2v"])
@@ -28,6 +31,32 @@ def check_prompt(prompt: str) -> list[str]:
         print(f"wanflow demo: warning: the nano models do not know {', '.join(map(repr, unknown))}; they know: "
               f"{', '.join(vocabulary())} (e.g. '{TEMPLATE}')", file=sys.stderr)
     return unknown
+
+
+def parse_lora(spec: str) -> tuple[str, float]:
+    """``NAME[:STRENGTH]`` (strength 1 by default) → ``(name, strength)``."""
+    name, _, strength = spec.partition(":")
+    if name not in LORA_STYLES:
+        raise errors.UsageError(f"demo: --lora {spec!r}: unknown LoRA {name!r}; the nano LoRAs are "
+                                f"{', '.join(LORA_STYLES)} (e.g. --lora outline:0.8)")
+    try:
+        return name, float(strength) if strength else 1.0
+    except ValueError:
+        raise errors.UsageError(f"demo: --lora {spec!r}: strength {strength!r} is not a number") from None
+
+
+def _check_loras(task: str, loras: Sequence[tuple[str, float]]) -> None:
+    if not loras:
+        return
+    if task != "t2v":
+        raise errors.UsageError("demo: --lora works with text-to-video (the style LoRAs are trained on the "
+                                "T2V experts); drop --i2v/--r2v or --lora")
+    if len(loras) > len(STYLE_NODES):
+        raise errors.UsageError(f"demo: at most {len(STYLE_NODES)} --lora, got {len(loras)}")
+    missing = missing_loras(loras)
+    if missing:
+        raise errors.MissingFileError(f"demo: the nano LoRA files {', '.join(p.name for p in missing)} are not "
+                                      "in the pack; `wanflow train-nano --stage loras` makes them")
 
 
 def _task(i2v: Optional[Path], r2v: Sequence[Path]) -> str:
@@ -53,14 +82,17 @@ def _copy_inputs(task: str, i2v: Optional[Path], r2v: Sequence[Path], folder: Pa
 
 
 def run_demo(output_dir: Path, prompt: str = DEFAULT_PROMPT, seed: int = 42, i2v: Optional[Path] = None,
-             r2v: Sequence[Path] = ()) -> execute.RunResult:
-    """Render ``prompt`` with the nano models into ``output_dir``."""
+             r2v: Sequence[Path] = (), loras: Sequence[tuple[str, float]] = ()) -> execute.RunResult:
+    """Render ``prompt`` with the nano models into ``output_dir``; ``loras`` are
+    ``(style, strength)`` pairs (see :func:`parse_lora`)."""
     from ..nodes import comfy_adapter
 
     task = _task(i2v, list(r2v))
-    template = TEMPLATE_FOR_TASK[task]
+    _check_loras(task, loras)
+    template = LORA_TEMPLATE if loras else TEMPLATE_FOR_TASK[task]
     check_prompt(prompt)
-    sets = [f"5.positive={prompt}", f"8.seed={seed}", f"10.filename_prefix=WanFlow/demo_{task}"]
+    sets = [f"5.positive={prompt}", f"8.seed={seed}", f"10.filename_prefix=WanFlow/demo_{task}",
+            *lora_overrides(loras)]
     with tempfile.TemporaryDirectory(prefix="wanflow-demo-") as scratch:
         inputs = Path(scratch) / "input"
         _copy_inputs(task, i2v, list(r2v), inputs)

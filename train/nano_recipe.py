@@ -19,13 +19,14 @@ from typing import Callable, Optional
 from ..model_loaders.dit_loader import load_dit
 from ..model_loaders.text_encoder_loader import LoadedTextEncoder, load_text_encoder
 from ..model_loaders.vae_loader import load_vae
-from ..nano.files import MODELS_DIR, NANO
+from ..nano.files import LORA_STYLES, MODELS_DIR, NANO
 from ..nano.vocabulary import Scene
 from ..wan.dit import WanDiT
 from ..wan.vae2_1 import WanVAE21
-from . import nano_dit, nano_vace
+from . import nano_dit, nano_loras, nano_vace
 from .nano_data import ClipSet, clip_set
 from .loop import LoopConfig
+from .lora_trainer import save_pair
 from .nano_files import save_dit, save_tensors, save_vae
 from .nano_latents import LatentSet, TextTable, add_i2v_condition, encode_clip_set, text_table
 from .nano_text import text_encoder_file
@@ -45,7 +46,8 @@ class StageContext:
     clips_per_scene: int = CLIPS_PER_SCENE
     scenes: Optional[list[Scene]] = None      # default: every training scene
     loops: dict[str, LoopConfig] = field(default_factory=dict)
-    """Per-stage loop overrides (``"vae"``, ``"vae_decoder"``, ``"t2v_base"``, ``"expert"``, ``"vace"``), e.g. for smoke tests."""
+    """Per-stage loop overrides (``"vae"``, ``"vae_decoder"``, ``"t2v_base"``, ``"expert"``, ``"vace"``,
+    ``"lora"``), e.g. for smoke tests."""
     fit_clips: int = FIT_CLIPS
     """Clips encoded to fit the VAE's latent (fewer in smoke tests)."""
     _cache: dict = field(default_factory=dict)
@@ -148,17 +150,30 @@ def stage_vace(ctx: StageContext) -> None:
     save_dit(model, ctx.file(NANO.vace), "vace reference-to-video")
 
 
+def stage_loras(ctx: StageContext) -> None:
+    experts = {"high": ctx.dit(NANO.t2v_high, "t2v"), "low": ctx.dit(NANO.t2v_low, "t2v")}
+    per_scene = min(ctx.clips_per_scene, nano_loras.CLIPS_PER_SCENE)
+    for offset, style in enumerate(LORA_STYLES):
+        trained = nano_loras.train_style(style, experts, ctx.vae(), ctx.text_table(), ctx.work,
+                                         ctx.seed + 700 + 10 * offset, ctx.loops.get("lora"), per_scene,
+                                         ctx.scenes, quiet=ctx.quiet)
+        save_pair(trained, ctx.out / "loras" / f"{NANO.lora_stem(style)}.safetensors",
+                  {"high": NANO.t2v_high, "low": NANO.t2v_low}, overwrite=True)
+
+
 STAGES: dict[str, Callable[[StageContext], None]] = {
     "vae": stage_vae,
     "text": stage_text,
     "t2v": stage_t2v,
     "i2v": stage_i2v,
     "vace": stage_vace,
+    "loras": stage_loras,
 }
 
 
 STAGE_RUNS = {"vae": ("vae", "vae_decoder"), "text": (), "t2v": ("t2v_base", "t2v_high", "t2v_low"),
-              "i2v": ("i2v_high", "i2v_low"), "vace": ("vace",)}
+              "i2v": ("i2v_high", "i2v_low"), "vace": ("vace",),
+              "loras": tuple(f"lora_{style}/{expert}" for style in LORA_STYLES for expert in ("high", "low"))}
 """The training runs (folders in ``work``) of each stage."""
 
 
@@ -170,7 +185,7 @@ def keep_loss_logs(stage: str, ctx: StageContext) -> None:
         source = ctx.work / run / "loss.csv"
         if source.exists():
             logs.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, logs / f"{run}.csv")
+            shutil.copyfile(source, logs / f"{run.replace('/', '_')}.csv")
 
 
 def run(stages: list[str], ctx: StageContext) -> dict[str, float]:

@@ -10,26 +10,12 @@ Needs matplotlib (``pip install -e ".[docs]"``); training itself does not.
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
-STAGE_LOGS = ("vae", "vae_decoder", "t2v_base", "t2v_high", "t2v_low", "i2v_high", "i2v_low", "vace")
+from .loss_curve import read_loss_log as read_log, smooth
 
-
-def read_log(path: Path) -> tuple[list[int], list[float]]:
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    return [int(r["step"]) for r in rows], [float(r["loss"]) for r in rows]
-
-
-def smooth(values: list[float], window: int = 25) -> list[float]:
-    out, total = [], 0.0
-    for i, v in enumerate(values):
-        total += v
-        if i >= window:
-            total -= values[i - window]
-        out.append(total / min(i + 1, window))
-    return out
+STAGE_LOGS = ("vae", "vae_decoder", "t2v_base", "t2v_high", "t2v_low", "i2v_high", "i2v_low", "vace",
+              "lora_outline_high", "lora_outline_low", "lora_night_high", "lora_night_low")
 
 
 def plot(folder: Path, out: Path) -> list[str]:
