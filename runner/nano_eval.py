@@ -17,7 +17,7 @@ from PIL import Image
 
 from ..nano.measure import Reading, read_video
 from ..nano.vocabulary import Scene, held_out_scenes, training_scenes
-from .nano_runs import TEMPLATE_FOR_TASK, run_template_on_nano
+from .nano_runs import LORA_TEMPLATE, TEMPLATE_FOR_TASK, lora_overrides, run_template_on_nano
 
 # 12 T2V prompts, 6 of them held-out combinations (never seen in training), both speeds.
 EVAL_SCENES: tuple[Scene, ...] = (
@@ -39,12 +39,23 @@ class Scored:
 
 def render(task: str, prompt: str, seed: int, extra: Sequence[str] = (), input_dir: Path | None = None) -> np.ndarray:
     """Frames ``uint8 [F, H, W, 3]`` of one nano run of ``task`` ("t2v", "i2v", "r2v")."""
+    return render_template(TEMPLATE_FOR_TASK[task], prompt, seed, extra, input_dir)
+
+
+def render_with_loras(prompt: str, seed: int, loras: Sequence[tuple[str, float]]) -> np.ndarray:
+    """T2V frames with nano style LoRAs ``(style, strength)``, through the LoRA-stack template."""
+    return render_template(LORA_TEMPLATE, prompt, seed, lora_overrides(loras))
+
+
+def render_template(template: str, prompt: str, seed: int, extra: Sequence[str] = (),
+                    input_dir: Path | None = None) -> np.ndarray:
+    """Frames ``uint8 [F, H, W, 3]`` of template ``template`` run on the nano models."""
     from ..nodes import comfy_adapter
 
     with tempfile.TemporaryDirectory(prefix="wanflow-nano-eval-") as scratch:
         out = Path(scratch) / "out"
         comfy_adapter.configure_headless(None, input_dir or Path(scratch) / "input", out)
-        result = run_template_on_nano(TEMPLATE_FOR_TASK[task], [
+        result = run_template_on_nano(template, [
             f"5.positive={prompt}", f"8.seed={seed}", "10.format=png", "10.filename_prefix=eval/f", *extra])
         paths = sorted(Path(p) for p in result.files)
         return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])

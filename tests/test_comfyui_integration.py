@@ -229,3 +229,88 @@ def test_template_on_the_nano_models_shows_the_prompt(server, task):
     reading = read_video(frames)
     assert (reading.background, reading.colour, reading.direction) == (background, colour, direction), reading
     assert reading.shape == shape, reading
+
+
+CORE_LORA_CHECK = """'''Run with ComfyUI's venv from the ComfyUI folder: core LoraLoaderModelOnly on a core Wan model.'''
+import json
+import logging
+import sys
+
+model_path, lora_path = sys.argv[1], sys.argv[2]
+sys.argv = [sys.argv[0], "--cpu"]
+import comfy.options  # noqa: E402
+
+comfy.options.enable_args_parsing()
+import torch  # noqa: E402
+
+import comfy.sd  # noqa: E402
+import comfy.utils  # noqa: E402
+from nodes import LoraLoaderModelOnly  # noqa: E402
+
+unmatched = []
+
+
+class Catch(logging.Handler):
+    def emit(self, record):
+        if "lora key not loaded" in record.getMessage():
+            unmatched.append(record.getMessage())
+
+
+logging.getLogger().addHandler(Catch())
+model = comfy.sd.load_diffusion_model(model_path)
+(patched,) = LoraLoaderModelOnly().load_lora_model_only(model, lora_path.rsplit("/", 1)[-1], 1.0)
+before = {k: v.clone() for k, v in model.model.diffusion_model.state_dict().items()}
+patched.patch_model()
+after = patched.model.diffusion_model.state_dict()
+changed = sorted(k for k in before if not torch.equal(before[k], after[k]))
+key = "blocks.0.self_attn.q.weight"
+print(json.dumps({"unmatched": unmatched, "changed": changed, "patches": len(patched.patches),
+                  "delta": (after[key].float() - before[key].float()).tolist()}))
+"""
+
+
+def test_trained_lora_loads_in_core_lora_loader_with_every_key(server, tmp_path):
+    """A LoRA from our trainer, on a core ComfyUI Wan model through core LoraLoaderModelOnly: no key
+    left unmatched, every adapted weight changes, and by exactly scale * B @ A."""
+    import torch
+
+    from wanflow.model_loaders.dit_loader import load_dit
+    from wanflow.runner.tiny_models import FILES
+    from wanflow.train.loop import LoopConfig
+    from wanflow.train.lora_trainer import LoraTrainConfig, train_lora
+
+    models = server["work"] / "ComfyUI" / "models"
+    model_file = models / "diffusion_models" / FILES.t2v_high
+    model = load_dit(model_file).model.float()
+
+    class Data:
+        latents = torch.randn(2, 16, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+        caption_index = torch.zeros(2, dtype=torch.long)
+        i2v_y = None
+        contexts = torch.randn(1, 512, model.config.text_dim, generator=torch.Generator().manual_seed(1))
+        uncond = torch.zeros(1, 512, model.config.text_dim)
+
+    cfg = LoraTrainConfig(shift=5.0, loop=LoopConfig(steps=3, lr=1e-2, warmup=1), expert="high")
+    trained = train_lora(model, Data, Data, cfg, tmp_path / "work", quiet=True)
+    lora_file = models / "loras" / "wanflow_trained_check.safetensors"
+    lora_file.unlink(missing_ok=True)
+    trained.save(lora_file, FILES.t2v_high)
+    script = tmp_path / "core_lora_check.py"
+    script.write_text(CORE_LORA_CHECK)
+    comfy = server["work"] / "ComfyUI"
+    env = {**os.environ, "PYTHONPATH": f"{server['work'] / 'shims'}:{comfy}"}
+    try:
+        result = _run([server["work"] / "venv" / "bin" / "python", script, model_file, lora_file], cwd=comfy,
+                      env=env, timeout=900)
+    finally:
+        lora_file.unlink(missing_ok=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    adapted = {path + ".weight" for path, _ in trained.network.items()}
+    assert report["unmatched"] == []
+    assert set(report["changed"]) == adapted
+    adapter = dict(trained.network.items())["blocks.0.self_attn.q"]
+    expected = (adapter.up @ adapter.down).detach() * trained.config.lora.scale
+    assert expected.abs().max() > 1e-2                      # the LoRA did learn something
+    # core keeps the tiny file's bf16 weights, so the patched weight is rounded to bf16
+    torch.testing.assert_close(torch.tensor(report["delta"]), expected, atol=1e-3, rtol=2e-2)

@@ -140,22 +140,47 @@ class LoraNetwork(nn.Module):
 # The frozen base
 # --------------------------------------------------------------------------------------------
 
+CHUNK_BYTES = 8 * 1024 * 1024
+"""Largest piece of a frozen weight recast at once. A whole FFN weight of a 14B model is 283 MB
+in float32; recasting it in row chunks keeps the transient (and the fp8 -> float intermediate)
+small next to the stored model, whatever the layer size."""
+
+
+def _weight_rows(layer: ops.Linear, dtype: torch.dtype):
+    """``(rows, weight[rows] in dtype)`` chunks of ``layer``'s weight, each at most CHUNK_BYTES."""
+    out_features, in_features = layer.weight.shape
+    step = max(1, CHUNK_BYTES // (in_features * max(4, torch.empty((), dtype=dtype).element_size())))
+    scale = getattr(layer, "scale_weight", None)
+    for start in range(0, out_features, step):
+        rows = slice(start, min(start + step, out_features))
+        row_scale = scale[rows] if scale is not None and scale.numel() > 1 else scale
+        yield rows, ops.dequantize(layer.weight[rows], dtype, row_scale)
+
+
 class _FrozenLinear(torch.autograd.Function):
     """``F.linear`` over a frozen storage-dtype weight that saves no weight for backward.
 
     Plain autograd would keep the upcast weight of every layer until backward (a wider copy of
-    the whole model); here backward recasts the stored weight, one layer at a time.
+    the whole model); here forward and backward recast the stored weight a few rows at a time
+    (:data:`CHUNK_BYTES`), so no layer is ever held in the compute dtype as a whole.
     """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, layer: ops.Linear) -> torch.Tensor:  # type: ignore[override]
         ctx.layer = layer
-        return F.linear(x, layer.compute_weight(x.dtype), layer.compute_bias(x.dtype))
+        bias = layer.compute_bias(x.dtype)
+        y = x.new_empty(*x.shape[:-1], layer.out_features)
+        for rows, weight in _weight_rows(layer, x.dtype):
+            y[..., rows] = F.linear(x, weight, None if bias is None else bias[rows])
+        return y
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        weight = ctx.layer.compute_weight(grad.dtype)
-        return grad @ weight, None
+        grad_x = None
+        for rows, weight in _weight_rows(ctx.layer, grad.dtype):
+            part = grad[..., rows] @ weight
+            grad_x = part if grad_x is None else grad_x.add_(part)
+        return grad_x, None
 
 
 def _frozen_forward(layer: ops.Linear, x: torch.Tensor) -> torch.Tensor:
