@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from ..train.clip_folder import ClipOptions
-from ..train.lora_job import (BaseModel, Encoders, LoraJob, check_outputs, module_fingerprint, resolve_expert,
-                              run_lora_job, train_config)
+from ..train.lora_job import (BaseModel, Encoders, LoraJob, check_outputs, module_fingerprint, read_clips,
+                              resolve_expert, train_and_save, train_config)
 from ..train.loss_curve import loss_curve_picture, read_loss_log
 from . import comfy_adapter
 from .handles import ModelHandle, TextEncoderHandle
@@ -83,21 +83,24 @@ class WanFlowTrainLora:
         job = make_job(model, data_folder, lora_name, steps, learning_rate, rank, alpha, expert, width, height,
                        max_frames, batch, seed, gradient_checkpointing, pair)
         check_outputs(job, pair)   # before any slow work
-        experts = 2 if pair else 1
-        with comfy_adapter.Progress(steps * experts, desc=f"train LoRA {lora_name}") as bar, \
-                contextlib.ExitStack() as on_device:
-            for module in (vae, text_encoder.encoder, model.model, *([model_low.model] if pair else [])):
+        with contextlib.ExitStack() as on_device:
+            encoders = [vae] if text_encoder.on_cpu else [vae, text_encoder.encoder]
+            for module in encoders:
                 on_device.enter_context(comfy_adapter.model_on_compute_device(module))
+            data = read_clips(job, Encoders(vae, text_encoder.encoder, text_encoder.tokenizer,
+                                            module_fingerprint(vae) + module_fingerprint(text_encoder.encoder)))
+        experts = [model, *([model_low] if pair else [])]
+        with comfy_adapter.Progress(steps * len(experts), desc=f"train LoRA {lora_name}") as bar, \
+                contextlib.ExitStack() as on_device:
+            for handle in experts:
+                on_device.enter_context(comfy_adapter.model_on_compute_device(handle.model))
 
             def on_step(which: str, step: int, loss: float) -> None:
                 comfy_adapter.check_interrupted()
                 bar.update(1)
 
-            encoders = Encoders(vae, text_encoder.encoder, text_encoder.tokenizer,
-                                module_fingerprint(vae) + module_fingerprint(text_encoder.encoder))
-            written = run_lora_job(job, BaseModel(model.model, Path(model.path).name), encoders,
-                                   BaseModel(model_low.model, Path(model_low.path).name) if pair else None,
-                                   on_step=on_step)
+            bases = [BaseModel(h.model, Path(h.path).name) for h in experts]
+            written = train_and_save(job, data, bases[0], bases[1] if pair else None, on_step=on_step)
         names = ", ".join(path.name for path in written.values())
         curve = loss_picture(job, list(written))
         return {"ui": {"text": [f"saved {names}"]}, "result": (names, curve)}

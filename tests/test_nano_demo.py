@@ -38,3 +38,23 @@ def test_bad_pictures_fail_before_any_model_work(tmp_path, capsys):
     assert cli.main(["demo", "--i2v", str(picture), "--r2v", str(picture)]) == errors.EXIT_USAGE
     assert cli.main(["demo", "--r2v", str(picture), str(picture), str(picture)]) == errors.EXIT_USAGE
     assert not list(tmp_path.rglob("*.mp4"))
+
+
+def test_bad_lora_options_fail_before_any_model_work(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert cli.main(["demo", "--lora", "sparkle", "--output", str(out)]) == errors.EXIT_USAGE
+    assert "outline, night" in capsys.readouterr().err
+    assert cli.main(["demo", "--lora", "outline:strong", "--output", str(out)]) == errors.EXIT_USAGE
+    assert "'strong' is not a number" in capsys.readouterr().err
+    picture = tmp_path / "p.png"
+    picture.write_bytes(b"x")
+    assert cli.main(["demo", "--i2v", str(picture), "--lora", "night", "--output", str(out)]) == errors.EXIT_USAGE
+    assert "text-to-video" in capsys.readouterr().err
+    assert not out.exists() or not list(out.rglob("*.mp4"))
+
+
+def test_lora_overrides_fill_the_style_slots_as_pairs():
+    sets = nano_runs.lora_overrides([("outline", 0.5), ("night", 1.0)])
+    assert "12.lora_high=wan_nano_outline_lora_high_noise.safetensors" in sets
+    assert "12.strength_low=0.5" in sets and "13.lora_low=wan_nano_night_lora_low_noise.safetensors" in sets
+    assert "14.lora_high=none" in nano_runs.NANO_OVERRIDES[nano_runs.LORA_TEMPLATE]

@@ -24,7 +24,7 @@ from ..wan.umt5 import encode_prompts
 from .clip_folder import ClipFolderData, ClipOptions, load_clip_folder
 from .loop import LoopConfig
 from .lora_network import LoraConfig, expert_file_paths
-from .lora_trainer import Expert, LoraTrainConfig, TrainedLora, save_pair, train_lora, train_lora_pair
+from .lora_trainer import Expert, LoraTrainConfig, save_pair, train_lora, train_lora_pair
 
 UNCOND_PROMPTS = ("", OFFICIAL_NEGATIVE_PROMPT)
 """What caption dropout swaps in: the empty prompt and the official negative prompt."""
@@ -122,19 +122,25 @@ def read_clips(job: LoraJob, encoders: Encoders) -> ClipFolderData:
 
 def run_lora_job(job: LoraJob, high: BaseModel, encoders: Encoders, low: Optional[BaseModel] = None, *,
                  quiet: bool = False, on_step: Optional[ProgressHook] = None) -> dict[str, Path]:
-    """Train and save; returns the written file of each expert (``full``/``high``/``low``)."""
+    """Check, encode, train and save; returns the written file of each expert."""
     check_outputs(job, pair=low is not None)
-    data = read_clips(job, encoders)
+    return train_and_save(job, read_clips(job, encoders), high, low, quiet=quiet, on_step=on_step)
+
+
+def train_and_save(job: LoraJob, data: ClipFolderData, high: BaseModel, low: Optional[BaseModel] = None, *,
+                   quiet: bool = False, on_step: Optional[ProgressHook] = None) -> dict[str, Path]:
+    """Train on encoded clips (resuming from ``job.work_dir()``) and write the file(s); returns
+    the written file of each expert (``full``/``high``/``low``)."""
     work = job.work_dir()
+    name = f"lora {job.output.stem}"
     if low is None:
         hook = None if on_step is None else (lambda step, loss: on_step(job.train.expert, step, loss))
-        trained: dict[str, TrainedLora] = {
-            job.train.expert: train_lora(high.model, data.latents, data.text, job.train, work,
-                                         name=f"lora {job.output.stem}", quiet=quiet, on_step=hook)}
-        return {e: t.save(job.output, high.name) for e, t in trained.items()}
-    trained = train_lora_pair(high.model, low.model, data.latents, data.text, job.train, work,
-                              name=f"lora {job.output.stem}", quiet=quiet, on_step=on_step)
-    return save_pair(trained, job.output, {"high": high.name, "low": low.name})
+        trained = train_lora(high.model, data.latents, data.text, job.train, work, name=name, quiet=quiet,
+                             on_step=hook)
+        return {job.train.expert: trained.save(job.output, high.name)}
+    pair = train_lora_pair(high.model, low.model, data.latents, data.text, job.train, work, name=name,
+                           quiet=quiet, on_step=on_step)
+    return save_pair(pair, job.output, {"high": high.name, "low": low.name})
 
 
 def train_config(*, shift: float, steps: int = 1000, lr: float = 1e-4, rank: int = 16, alpha: Optional[float] = None,
