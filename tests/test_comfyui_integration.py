@@ -274,13 +274,20 @@ def test_trained_lora_loads_in_core_lora_loader_with_every_key(server, tmp_path)
     left unmatched, every adapted weight changes, and by exactly scale * B @ A."""
     import torch
 
+    from safetensors.torch import save_file
+
     from wanflow.model_loaders.dit_loader import load_dit
-    from wanflow.runner.tiny_models import FILES
     from wanflow.train.loop import LoopConfig
     from wanflow.train.lora_trainer import LoraTrainConfig, train_lora
+    from wanflow.wan.dit import WanDiT, WanDiTConfig
 
     models = server["work"] / "ComfyUI" / "models"
-    model_file = models / "diffusion_models" / FILES.t2v_high
+    # core ComfyUI builds Wan with umT5-XXL's text width, so the tiny model needs text_dim 4096
+    model_file = models / "diffusion_models" / "wanflow_tiny_text4096_wan2.2_t2v_high_noise.safetensors"
+    torch.manual_seed(0)
+    tiny = WanDiT(WanDiTConfig(dim=128, ffn_dim=64, num_heads=1, num_layers=2, text_dim=4096, model_type="t2v"))
+    save_file({"model.diffusion_model." + k: v.to(torch.bfloat16).contiguous() for k, v in tiny.state_dict().items()},
+              str(model_file))
     model = load_dit(model_file).model.float()
 
     class Data:
@@ -294,7 +301,7 @@ def test_trained_lora_loads_in_core_lora_loader_with_every_key(server, tmp_path)
     trained = train_lora(model, Data, Data, cfg, tmp_path / "work", quiet=True)
     lora_file = models / "loras" / "wanflow_trained_check.safetensors"
     lora_file.unlink(missing_ok=True)
-    trained.save(lora_file, FILES.t2v_high)
+    trained.save(lora_file, model_file.name)
     script = tmp_path / "core_lora_check.py"
     script.write_text(CORE_LORA_CHECK)
     comfy = server["work"] / "ComfyUI"
