@@ -203,7 +203,7 @@ def test_read_errors_name_the_file(tmp_path):
     ("my_style_lora.safetensors", None),
     ("highway_lowlands.safetensors", None),
     ("Wan2.2-Lightning/high_noise_model/adapter.safetensors", "high"),  # the folder says it
-    ("/home/low/loras/high_noise_v2.safetensors", "high"),                # the name wins
+    ("/low/loras/high_noise_v2.safetensors", "high"),                # the name wins
     ("/data/high_res/ComfyUI/models/loras/style.safetensors", None),     # roots are not read
 ])
 def test_guess_expert(name, expert):

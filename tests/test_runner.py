@@ -125,8 +125,8 @@ def test_primitive_node_value_feeds_widget(dirs):
      "node 1 (LoadImage): LoadImage: image: '/etc/passwd' is an absolute path"),
     (lambda f: f["nodes"][2]["widgets_values"].__setitem__(0, "../out"), errors.EXIT_INVALID,
      "node 3 (WanFlowSaveVideo): save video: filename_prefix: '../out' contains '..'"),
-    (lambda f: f["nodes"][2]["widgets_values"].__setitem__(0, "/tmp/out"), errors.EXIT_INVALID,
-     "node 3 (WanFlowSaveVideo): save video: filename_prefix: '/tmp/out' is an absolute path"),
+    (lambda f: f["nodes"][2]["widgets_values"].__setitem__(0, "/absolute/out"), errors.EXIT_INVALID,
+     "node 3 (WanFlowSaveVideo): save video: filename_prefix: '/absolute/out' is an absolute path"),
     (lambda f: f["links"].__setitem__(0, [1, 1, 1, 2, 0, "MASK"]), errors.EXIT_INVALID,
      "node 3 (WanFlowSaveVideo): wrong link type: input 'images' expects IMAGE, but node 1 (LoadImage) output 1 "
      "gives MASK"),
