@@ -1,7 +1,8 @@
 """``wanflow train-lora DATA_DIR --model FILE [--model-low FILE] --vae FILE --text-encoder FILE --output FILE``.
 
 The command behind the *Train LoRA* node, for a shell: it loads the files through the pack's
-loaders (every layout and storage dtype they read), then runs :func:`train.lora_job.run_lora_job`.
+loaders (every layout and storage dtype they read), then runs the same job as the node
+(``train.lora_job``: output names checked first, clips encoded and cached, train, save).
 A stopped run resumes from its work folder when started again with the same options.
 """
 from __future__ import annotations
@@ -70,8 +71,8 @@ def train_lora_command(args: argparse.Namespace) -> int:
     from ..model_loaders.text_encoder_loader import load_text_encoder
     from ..model_loaders.vae_loader import load_vae
     from ..train.clip_folder import ClipOptions
-    from ..train.lora_job import (BaseModel, Encoders, LoraJob, check_outputs, module_fingerprint, resolve_expert,
-                                  run_lora_job, train_config)
+    from ..train.lora_job import (BaseModel, Encoders, LoraJob, check_outputs, module_fingerprint, read_clips,
+                                  resolve_expert, train_and_save, train_config)
 
     try:
         _check_files(args)
@@ -86,25 +87,21 @@ def train_lora_command(args: argparse.Namespace) -> int:
                            rank=args.rank, alpha=args.alpha, expert=expert, batch=args.batch, seed=args.seed,
                            gradient_checkpointing=not args.no_gradient_checkpointing, blocks=blocks, targets=targets)
         job = LoraJob(args.data, args.output, cfg, clips, args.work)
-        check_outputs(job, pair)
-    except (ValueError, FileExistsError) as exc:
-        print(f"wanflow: error: {exc}", file=sys.stderr)
-        return errors.EXIT_USAGE
-    except errors.RunnerError as exc:
-        print(f"wanflow: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    low = load_dit(args.model_low, args.storage_dtype) if pair else None
-    vae = load_vae(args.vae)
-    text = load_text_encoder(args.text_encoder)
-    vae_model, text_model = vae.model.float().to(device), text.model.to(device)
-    encoders = Encoders(vae_model, text_model, text.tokenizer,
-                        module_fingerprint(vae_model) + module_fingerprint(text_model))
-    models = [BaseModel(m.model.to(device), Path(p).name) for m, p in ((high, args.model), (low, args.model_low)) if m]
-    try:
-        written = run_lora_job(job, models[0], encoders, models[1] if pair else None, quiet=args.quiet)
+        check_outputs(job, pair)  # before the other files load and the clips encode
+        low = load_dit(args.model_low, args.storage_dtype) if pair else None
+        vae, text = load_vae(args.vae), load_text_encoder(args.text_encoder)
+        vae_model, text_model = vae.model.float().to(device), text.model.to(device)
+        data = read_clips(job, Encoders(vae_model, text_model, text.tokenizer,
+                                        module_fingerprint(vae_model) + module_fingerprint(text_model)))
+        models = [BaseModel(m.model.to(device), Path(p).name)
+                  for m, p in ((high, args.model), (low, args.model_low)) if m is not None]
+        written = train_and_save(job, data, models[0], models[1] if pair else None, quiet=args.quiet)
     except KeyboardInterrupt:
         print("wanflow: interrupted; run the same command again to resume", file=sys.stderr)
         return errors.EXIT_INTERRUPTED
+    except errors.RunnerError as exc:
+        print(f"wanflow: error: {exc}", file=sys.stderr)
+        return exc.exit_code
     except (ValueError, FileNotFoundError, FileExistsError) as exc:
         print(f"wanflow: error: {exc}", file=sys.stderr)
         return errors.EXIT_USAGE

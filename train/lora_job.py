@@ -120,13 +120,6 @@ def read_clips(job: LoraJob, encoders: Encoders) -> ClipFolderData:
                             uncond_prompts=UNCOND_PROMPTS)
 
 
-def run_lora_job(job: LoraJob, high: BaseModel, encoders: Encoders, low: Optional[BaseModel] = None, *,
-                 quiet: bool = False, on_step: Optional[ProgressHook] = None) -> dict[str, Path]:
-    """Check, encode, train and save; returns the written file of each expert."""
-    check_outputs(job, pair=low is not None)
-    return train_and_save(job, read_clips(job, encoders), high, low, quiet=quiet, on_step=on_step)
-
-
 def train_and_save(job: LoraJob, data: ClipFolderData, high: BaseModel, low: Optional[BaseModel] = None, *,
                    quiet: bool = False, on_step: Optional[ProgressHook] = None) -> dict[str, Path]:
     """Train on encoded clips (resuming from ``job.work_dir()``) and write the file(s); returns

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .loss_curve import read_loss_log as read_log, smooth
+from .loss_curve import read_loss_log, smooth
 
 STAGE_LOGS = ("vae", "vae_decoder", "t2v_base", "t2v_high", "t2v_low", "i2v_high", "i2v_low", "vace",
               "lora_outline_high", "lora_outline_low", "lora_night_high", "lora_night_low")
@@ -28,7 +28,7 @@ def plot(folder: Path, out: Path) -> list[str]:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
     ends: dict[str, int] = {}
     for name, path in logs:
-        steps, losses = read_log(path)
+        steps, losses = read_loss_log(path)
         if name == "vae_decoder":  # the decoder pass continues the VAE run
             steps = [s + ends.get("vae", 0) for s in steps]
         ends[name] = steps[-1] + 1 if steps else 0
