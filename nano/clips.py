@@ -15,8 +15,11 @@ from .vocabulary import (BACKGROUNDS, COLOURS, DIRECTIONS, FRAMES, HEIGHT, NIGHT
                          WIDTH, Scene)
 
 STYLES = ("plain", "outline", "night")
-SIZE_RANGE = (18.0, 22.0)
-"""Side of the shape's bounding box in pixels at 64x64."""
+SIZE_RANGE = (26.0, 30.0)
+"""Side of the shape's bounding box in pixels at 64x64. About 3.5 latent cells (the VAE
+compresses 8x8 pixels into one): at 18-22 px (generation 2) a triangle covered two cells and
+came back from the VAE alone with a circle's fill ratio in a third of the clips, and the DiTs
+drew every shape as the same blob."""
 MARGIN = 2.0
 OUTLINE_WIDTH = 2.0
 IDEAL_FILL = {"circle": float(np.pi / 4), "square": 1.0, "triangle": 0.5}

@@ -23,11 +23,12 @@ from ..samplers.vace_conditioning import vace_mask_channels
 from ..wan.dit import WanDiT
 from .flow_matching import SigmaRange, flow_matching_loss
 from .loop import LoopConfig, train
-from .nano_dit import BATCH, CFG_DROPOUT, NANO_DIT, NANO_SHIFT
+from .nano_dit import CFG_DROPOUT, NANO_DIT, NANO_SHIFT
 from .nano_latents import LatentSet, TextTable, normalised_encoder
 
 NANO_VACE = dataclasses.replace(NANO_DIT, model_type="vace", vace_layers=(0, 2), vace_in_dim=96)
 VACE_LOOP = LoopConfig(steps=2500, lr=3e-4, warmup=200, weight_decay=0.01)
+BATCH = 16
 REFERENCE_SIZES = (24.0, 28.0, 32.0)
 REFERENCE_BACKGROUNDS = ((128, 128, 128), (255, 255, 255))
 MAX_REFERENCES = 3
