@@ -11,7 +11,8 @@ training on an fp8 checkpoint would. Each case runs in a fresh subprocess:
 2. record RSS (baseline), load the slice, reset the peak-RSS counter (``/proc/self/clear_refs``),
    so the load's own transient does not count;
 3. train ``--steps`` LoRA steps (rank 16 on every attention and FFN Linear, AdamW, batch 1) on a
-   random latent ``[16, F, H, W]`` and a 512-token context;
+   random latent ``[16, F, H, W]`` and a caption context of CAPTION_TOKENS real rows zero-padded
+   to 512, as the umT5 encoder hands every prompt to the DiT;
 4. report the peak RSS (VmHWM) minus the baseline, against the bytes of the base weights plus the
    LoRA parameters, their gradients and AdamW's two moments.
 
@@ -43,6 +44,9 @@ LATENT = (16, 3, 16, 16)
 """Latent of one training clip: 9 frames at 128x128 (192 tokens), a size whose activations are
 small next to the weights, so the figure shows what the trainer itself keeps."""
 
+
+CAPTION_TOKENS = 48
+"""Real rows of the caption context (a typical style caption; the other 464 rows are zeros)."""
 
 ALLOCATORS = {"mmap threshold 64 KiB": {"MALLOC_MMAP_THRESHOLD_": "65536"}, "glibc default": {}}
 
@@ -101,7 +105,8 @@ def clip_data(text_dim: int, latent: tuple[int, ...]):
         latents = torch.randn(1, *latent)
         caption_index = torch.zeros(1, dtype=torch.long)
         i2v_y = None
-        contexts = torch.randn(1, 512, text_dim) * 0.1
+        contexts = torch.cat([torch.randn(1, CAPTION_TOKENS, text_dim) * 0.1,
+                              torch.zeros(1, 512 - CAPTION_TOKENS, text_dim)], dim=1)
         uncond = torch.zeros(1, 512, text_dim)
 
     return Data
@@ -167,7 +172,8 @@ def render(results: dict, steps: int) -> str:
         "- model: 2-block slice of Wan 2.1 T2V-1.3B (dim 1536, FFN 8960, text 4096), loaded from bf16 with "
         "`storage_dtype=fp8_e4m3fn_scaled`",
         f"- LoRA rank 16 on every attention and FFN Linear; AdamW; batch 1; latent {list(LATENT)}; "
-        f"{steps} steps; each case in a fresh subprocess",
+        f"{steps} steps; caption context {CAPTION_TOKENS} real tokens zero-padded to 512; each case in a fresh "
+        "subprocess",
         "- each child first trains one step on its own copy and frees it (the libraries' one-off state counts in "
         "the baseline); ratio = (peak RSS while training - baseline) / (base weights + LoRA params, grads and "
         "AdamW moments); the peak counter is reset after loading",

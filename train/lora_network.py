@@ -103,8 +103,12 @@ class LoraAdapter(nn.Module):
         self.scale = scale
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        delta = F.linear(F.linear(x.float(), self.down), self.up) * self.scale
-        return y + delta.to(y.dtype)
+        h = F.linear(x.float(), self.down)
+        if y.dtype == torch.float32:
+            # one fused multiply-add: no output-sized temporaries for the product and its scaling
+            # (at FFN width they are the largest tensors of a block)
+            return torch.addmm(y.flatten(0, -2), h.flatten(0, -2), self.up.t(), alpha=self.scale).view(y.shape)
+        return y + (F.linear(h, self.up) * self.scale).to(y.dtype)
 
 
 def _module_key(path: str) -> str:
@@ -140,7 +144,7 @@ class LoraNetwork(nn.Module):
 # The frozen base
 # --------------------------------------------------------------------------------------------
 
-CHUNK_BYTES = 8 * 1024 * 1024
+CHUNK_BYTES = 2 * 1024 * 1024
 """Largest piece of a frozen weight recast at once. A whole FFN weight of a 14B model is 283 MB
 in float32; recasting it in row chunks keeps the transient (and the fp8 -> float intermediate)
 small next to the stored model, whatever the layer size."""

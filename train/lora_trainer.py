@@ -11,6 +11,11 @@ Wan 2.2 A14B: the high-noise expert runs while ``sigma >= boundary`` when sampli
 rest; :func:`train_lora_pair` trains both and :func:`save_pair` writes them as the
 ``_high_noise`` / ``_low_noise`` files users share.
 
+Text contexts are cut to their longest caption and the DiT runs with the collapsed padding of
+``wan/text_padding.py`` while training: the same maths as the 512-row padded context, without
+holding or projecting hundreds of zero rows per step (memory and time; see
+``bench/lora_train_memory.py``).
+
 Input data is duck-typed (:class:`LatentData`, :class:`TextData`): ``nano_latents.LatentSet`` /
 ``TextTable`` fit, and so does anything a clip-folder reader caches.
 """
@@ -26,6 +31,7 @@ import torch
 
 from ..samplers.moe import DEFAULT_BOUNDARY
 from ..wan.dit import WanDiT
+from ..wan.text_padding import real_length
 from .flow_matching import SigmaRange, expert_sigmas, flow_matching_loss
 from .lora_network import (LoraConfig, LoraNetwork, attach_lora, expert_file_paths, lora_metadata,
                            save_lora)
@@ -137,14 +143,32 @@ def train_lora(model: WanDiT, data: LatentData, text: TextData, cfg: LoraTrainCo
     sigmas = expert_sigmas(cfg.expert, cfg.shift, boundary)
     _claim_work(work, model, cfg, boundary)
     network = LoraNetwork.for_model(model, cfg.lora, seed=cfg.seed)
-    batches = Batches(data, text, torch.Generator().manual_seed(cfg.seed + 1),  # type: ignore[arg-type]
+    batches = Batches(data, _trimmed(text), torch.Generator().manual_seed(cfg.seed + 1),  # type: ignore[arg-type]
                       with_y=takes_condition(model))
     noise_gen = torch.Generator().manual_seed(cfg.seed + 2)
     loss_fn = _loss_fn(model, batches, noise_gen, sigmas, cfg, on_step)
-    with attach_lora(model, network, gradient_checkpointing=cfg.gradient_checkpointing):
-        train(name, network, network.parameters(), loss_fn, cfg.loop, work,
-              {"data": batches.generator, "noise": noise_gen}, quiet)
+    collapsed = model.collapse_text_padding
+    model.collapse_text_padding = True
+    try:
+        with attach_lora(model, network, gradient_checkpointing=cfg.gradient_checkpointing):
+            train(name, network, network.parameters(), loss_fn, cfg.loop, work,
+                  {"data": batches.generator, "noise": noise_gen}, quiet)
+    finally:
+        model.collapse_text_padding = collapsed
     return TrainedLora(network, cfg, sigmas, work)
+
+
+@dataclass
+class _TrimmedText:
+    contexts: torch.Tensor
+    uncond: torch.Tensor
+
+
+def _trimmed(text: TextData) -> TextData:
+    """``text`` without the zero rows every context and unconditional prompt share at the end
+    (the DiT pads them back, or collapses them, itself)."""
+    keep = max(real_length(text.contexts), real_length(text.uncond))
+    return _TrimmedText(text.contexts[:, :keep].contiguous(), text.uncond[:, :keep].contiguous())
 
 
 def train_lora_pair(high: WanDiT, low: WanDiT, data: LatentData, text: TextData, cfg: LoraTrainConfig,

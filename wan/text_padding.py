@@ -36,3 +36,11 @@ def collapse_padding(context: torch.Tensor, text_len: int) -> tuple[torch.Tensor
     log_count = torch.log(padding.clamp(min=1).float())[:, None].expand(-1, keep)
     bias[at_pad] = log_count[at_pad]
     return compact, bias
+
+
+def real_length(contexts: torch.Tensor) -> int:
+    """Rows up to the last non-zero one over all of ``contexts`` ``[N, L, C]`` (at least 1): what
+    is left of a zero-padded batch once its common padding is cut off."""
+    nonzero = contexts.abs().amax(dim=-1) > 0                               # [N, L]
+    positions = torch.arange(1, contexts.shape[1] + 1)
+    return max(1, int((nonzero * positions).amax())) if contexts.numel() else 1
