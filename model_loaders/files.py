@@ -41,6 +41,10 @@ PathLike = Union[str, os.PathLike]
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors format's own limit
+MAX_HEADER_ENTRIES = 100_000
+"""Most tensors one safetensors file may list. A whole Wan 14B with fp8 scales has about 2 500,
+a LoRA a few thousand; a header with hundreds of thousands of entries is damaged or hostile and
+would take minutes to check."""
 
 # Reads in flight at once. Most of a read's time is the kernel faulting in and zeroing the fresh
 # buffer's pages, not the copy; that work runs in parallel on other cores (measured on 2 cores,
@@ -72,6 +76,17 @@ class TensorInfo:
 
 def _itemsize(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
+
+
+def _count(value: object) -> bool:
+    """A non-negative JSON integer (``true``/``false`` are not counts)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _short(value: object, limit: int = 80) -> str:
+    """``repr`` cut to ``limit`` characters, for messages about untrusted header values."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 # --------------------------------------------------------------------------- safetensors
@@ -126,10 +141,16 @@ class SafetensorsFile:
             header = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise self._fail(f"the header is not valid UTF-8 JSON ({exc})") from None
+        except RecursionError:
+            raise self._fail("the header JSON is nested too deeply to read", "a flat JSON object") from None
         if not isinstance(header, dict):
             raise self._fail(f"the header is a JSON {type(header).__name__}", "a JSON object")
+        entries = len(header) - ("__metadata__" in header)
+        if entries > MAX_HEADER_ENTRIES:
+            raise self._fail(f"the header lists {entries} entries",
+                             f"at most {MAX_HEADER_ENTRIES} tensors")
 
-        metadata = header.pop("__metadata__", None) or {}
+        metadata = self._check_metadata(header.pop("__metadata__", None))
         data_start = 8 + header_len
         data_size = size - data_start
         infos: dict[str, TensorInfo] = {}
@@ -139,23 +160,32 @@ class SafetensorsFile:
         self._check_layout(offsets, data_size)
         return infos, metadata, offsets, data_start
 
+    def _check_metadata(self, metadata: object) -> dict[str, str]:
+        """``__metadata__`` is optional; when present the format allows only string values."""
+        if metadata is None:
+            return {}
+        if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+            raise self._fail(f"__metadata__ is {_short(metadata)}", "a JSON object of strings")
+        return metadata
+
     def _check_entry(self, key: str, entry: object) -> tuple[TensorInfo, tuple[int, int]]:
         if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
-            raise self._fail(f"header entry {key!r} is {entry!r}",
+            raise self._fail(f"header entry {_short(key)} is {_short(entry)}",
                              "entries with dtype, shape and data_offsets")
-        dtype = SAFETENSORS_DTYPES.get(entry["dtype"])
+        name = entry["dtype"]
+        dtype = SAFETENSORS_DTYPES.get(name) if isinstance(name, str) else None
         if dtype is None:
-            raise self._fail(f"tensor {key!r} has dtype {entry['dtype']!r}",
+            raise self._fail(f"tensor {_short(key)} has dtype {_short(name)}",
                              f"one of {sorted(SAFETENSORS_DTYPES)}")
         shape, span = entry["shape"], entry["data_offsets"]
-        if (not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape)
+        if (not isinstance(shape, list) or not all(_count(d) for d in shape)
                 or not isinstance(span, list) or len(span) != 2
-                or not all(isinstance(o, int) and o >= 0 for o in span) or span[1] < span[0]):
-            raise self._fail(f"tensor {key!r} has shape {shape!r} and offsets {span!r}",
+                or not all(_count(o) for o in span) or span[1] < span[0]):
+            raise self._fail(f"tensor {_short(key)} has shape {_short(shape)} and offsets {_short(span)}",
                              "non-negative integer shape and [begin, end] offsets")
         info = TensorInfo(dtype, tuple(shape))
         if span[1] - span[0] != info.nbytes:
-            raise self._fail(f"tensor {key!r} ({entry['dtype']} {shape}) spans "
+            raise self._fail(f"tensor {_short(key)} ({name} {_short(shape)}) spans "
                              f"{span[1] - span[0]} bytes", f"{info.nbytes} bytes")
         return info, (span[0], span[1])
 
@@ -167,7 +197,7 @@ class SafetensorsFile:
         previous_end, previous_key = 0, None
         for key, (begin, stop) in sorted(offsets.items(), key=lambda kv: kv[1]):
             if begin < previous_end:
-                raise self._fail(f"tensors {previous_key!r} and {key!r} overlap",
+                raise self._fail(f"tensors {_short(previous_key)} and {_short(key)} overlap",
                                  "non-overlapping tensor data")
             previous_end, previous_key = max(previous_end, stop), key
 

@@ -74,6 +74,48 @@ def test_offsets_that_disagree_with_the_shape(tmp_path):
         open_checkpoint(path)
 
 
+def write_header(path, header: bytes, data: int = 64):
+    """A safetensors file from raw header bytes and ``data`` zero bytes of tensor data."""
+    path.write_bytes(len(header).to_bytes(8, "little") + header + bytes(data))
+    return path
+
+
+GOOD_ENTRY = {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}
+
+
+@pytest.mark.parametrize("header, words", [
+    ({"w": {**GOOD_ENTRY, "dtype": ["F32"]}}, "has dtype \\['F32'\\]"),
+    ({"w": {**GOOD_ENTRY, "dtype": 7}}, "has dtype 7"),
+    ({"w": {**GOOD_ENTRY, "shape": [True]}}, "has shape \\[True\\]"),
+    ({"w": {**GOOD_ENTRY, "data_offsets": [0.0, 16]}}, "offsets \\[0.0, 16\\]"),
+    ({"w": GOOD_ENTRY, "__metadata__": ["not", "a dict"]}, "__metadata__ is \\['not'"),
+    ({"w": GOOD_ENTRY, "__metadata__": {"rank": 16}}, "a JSON object of strings"),
+    ({"w" * 5000: {**GOOD_ENTRY, "dtype": "F99"}}, "has dtype 'F99'"),
+])
+def test_header_values_of_the_wrong_type_are_named(tmp_path, header, words):
+    path = write_header(tmp_path / "odd.safetensors", json.dumps(header).encode())
+    with pytest.raises(CorruptCheckpointError, match=words) as err:
+        open_checkpoint(path)
+    assert "odd.safetensors" in str(err.value) and len(str(err.value)) < 600
+
+
+def test_deeply_nested_header_json(tmp_path):
+    path = write_header(tmp_path / "deep.safetensors", b'{"w": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+    with pytest.raises(CorruptCheckpointError, match="deep.safetensors: the header JSON is nested too deeply"):
+        open_checkpoint(path)
+
+
+def test_header_with_too_many_entries_is_refused_at_once(tmp_path):
+    from wanflow.model_loaders import files
+
+    entries = {f"t{i}": {"dtype": "U8", "shape": [0], "data_offsets": [0, 0]}
+               for i in range(files.MAX_HEADER_ENTRIES + 1)}
+    path = write_header(tmp_path / "many.safetensors", json.dumps(entries).encode(), data=0)
+    with pytest.raises(CorruptCheckpointError, match=f"lists {files.MAX_HEADER_ENTRIES + 1} entries; "
+                                                     f"expected at most {files.MAX_HEADER_ENTRIES} tensors"):
+        open_checkpoint(path)
+
+
 @pytest.mark.parametrize("content, words", [
     (b"<!DOCTYPE html><html><body>404</body></html>", "HTML page"),
     (b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 123\n", "Git LFS pointer"),
