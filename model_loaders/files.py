@@ -83,6 +83,12 @@ def _count(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
+def _first_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` (just the type when the message is empty)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
+
+
 def _short(value: object, limit: int = 80) -> str:
     """``repr`` cut to ``limit`` characters, for messages about untrusted header values."""
     text = repr(value)
@@ -256,6 +262,10 @@ class PickleFile:
             return torch.load(self.path, map_location="cpu", weights_only=True, mmap=mmap)
         except pickle.UnpicklingError as exc:
             message = str(exc)
+            damaged = re.search(r"Unsupported operand \S+", message)
+            if damaged:  # a byte that is no pickle opcode at all: a damaged stream, not a payload
+                raise CorruptCheckpointError(f"{self.path}: torch.load failed (the pickle stream is damaged: "
+                                             f"{damaged.group(0)}); expected a complete PyTorch checkpoint.") from None
             if "Weights only load failed" in message or "Unsupported global" in message:
                 found = re.search(r"Unsupported global: (?:GLOBAL )?([^\s]+)", message)
                 what = f"it references {found.group(1)}" if found else "it needs arbitrary code"
@@ -263,11 +273,11 @@ class PickleFile:
                     f"{self.path}: refused to unpickle: {what}, which torch.load(weights_only=True) "
                     "does not allow. We only load plain tensor state dicts from pickles; convert "
                     "the file to .safetensors, or use a safetensors release of this model.") from None
-            raise CorruptCheckpointError(f"{self.path}: unreadable pickle ({message}); expected "
+            raise CorruptCheckpointError(f"{self.path}: unreadable pickle ({_short(message, 200)}); expected "
                                          "a PyTorch state dict.") from None
-        except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        except Exception as exc:  # noqa: BLE001 - a damaged pickle fails in any of torch's layers
             raise CorruptCheckpointError(
-                f"{self.path}: torch.load failed ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
+                f"{self.path}: torch.load failed ({_first_line(exc)}); "
                 "expected a complete PyTorch checkpoint (truncated or damaged file?).") from None
 
     def _flatten(self, obj: object) -> dict[str, torch.Tensor]:

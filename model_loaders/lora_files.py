@@ -14,6 +14,8 @@ from typing import Literal, Optional, Union
 
 import torch
 
+from .files import PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, PickleFile, SafetensorsFile
+
 PathLike = Union[str, pathlib.Path]
 Expert = Literal["high", "low"]
 
@@ -37,21 +39,16 @@ def read_lora_file(path: PathLike) -> LoraFile:
     if not path.is_file():
         raise FileNotFoundError(f"LoRA file not found: {path}")
     suffix = path.suffix.lower()
-    if suffix == ".safetensors":
-        from safetensors.torch import load_file
-        try:
-            state_dict = load_file(str(path), device="cpu")
-        except Exception as err:  # safetensors raises its own error types
-            raise ValueError(f"LoRA file {path} is not a readable safetensors file: {err}") from err
-    elif suffix in (".pt", ".pth", ".ckpt", ".bin"):
-        loaded = torch.load(str(path), map_location="cpu", weights_only=True)
-        state_dict = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else None
-        if not isinstance(state_dict, dict):
-            raise ValueError(f"LoRA file {path}: expected a dict of tensors, found {type(loaded).__name__}")
+    # the model files' own readers: checked headers, weights-only pickles, and errors
+    # (CorruptCheckpointError / UnsafeCheckpointError, both ValueErrors) that name the file
+    if suffix in SAFETENSORS_SUFFIXES:
+        source: Union[SafetensorsFile, PickleFile] = SafetensorsFile(path)
+    elif suffix in PICKLE_SUFFIXES:
+        source = PickleFile(path)
     else:
         raise ValueError(f"LoRA file {path}: unsupported extension {suffix!r}; "
                          "expected .safetensors (or .pt/.pth/.ckpt/.bin)")
-    tensors = {k: v for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
+    tensors = {k: source.read(k) for k in source.infos}
     if not tensors:
         raise ValueError(f"LoRA file {path} holds no tensors")
     return LoraFile(path=path, state_dict=tensors, default_alpha=peft_alpha(path.parent))

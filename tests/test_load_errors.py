@@ -165,6 +165,39 @@ def test_pickle_that_needs_code_is_refused_and_not_run(tmp_path):
     assert not marker.exists()
 
 
+def test_lora_pickle_that_needs_code_is_refused_and_not_run(tmp_path):
+    from wanflow.model_loaders.lora_files import read_lora_file
+
+    marker = tmp_path / "pwned"
+    path = tmp_path / "style_lora.pth"
+    torch.save({"diffusion_model.blocks.0.ffn.0.lora_A.weight": torch.zeros(2, 2),
+                "payload": _Exploit(str(marker))}, path)
+    with pytest.raises(UnsafeCheckpointError, match="style_lora.pth: refused to unpickle"):
+        read_lora_file(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"\x80\x02}q\x00(X\x01", b"\x80\x02" + bytes(range(256)) * 4,
+                                     b"PK\x03\x04" + bytes(200)])
+@pytest.mark.parametrize("reader", ["model", "lora"])
+def test_empty_or_damaged_pickles_are_named(tmp_path, content, reader):
+    from wanflow.model_loaders.lora_files import read_lora_file
+
+    path = tmp_path / "damaged.pth"
+    path.write_bytes(content)
+    with pytest.raises(CorruptCheckpointError, match="damaged.pth: torch.load failed") as err:
+        (open_checkpoint if reader == "model" else read_lora_file)(path)
+    assert "()" not in str(err.value)
+
+
+def test_lora_safetensors_with_a_damaged_header_is_named(tmp_path):
+    from wanflow.model_loaders.lora_files import read_lora_file
+
+    path = write_header(tmp_path / "broken_lora.safetensors", json.dumps({"w": {**GOOD_ENTRY, "dtype": {}}}).encode())
+    with pytest.raises(CorruptCheckpointError, match="broken_lora.safetensors: tensor 'w' has dtype"):
+        read_lora_file(path)
+
+
 def test_legacy_raw_pickle_with_code_is_refused(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "old.ckpt"
