@@ -360,6 +360,9 @@ def _assemble(slot: dict[str, tuple[str, torch.Tensor]], default_alpha: Optional
         if "up" not in get or "down" not in get:
             raise ValueError("low-rank pair is incomplete (needs both down/A and up/B)")
         down, up = get["down"], get["up"]
+        if down.ndim < 2 or up.ndim < 2 or 0 in (*down.shape, *up.shape):
+            raise ValueError(f"low-rank factors must be non-empty matrices, found down {tuple(down.shape)} "
+                             f"and up {tuple(up.shape)}")
         if up.shape[1] != down.shape[0]:
             raise ValueError(f"low-rank shapes do not chain: up {tuple(up.shape)} vs down {tuple(down.shape)}")
         weights.append(LowRank(down=down, up=up, alpha=alpha))

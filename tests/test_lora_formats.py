@@ -128,7 +128,11 @@ def test_incomplete_and_unsupported_parts_are_reported_with_reasons(model):
           "diffusion_model.blocks.0.self_attn.k.lora_A.weight": torch.randn(2, 48),
           "diffusion_model.blocks.0.self_attn.k.lora_B.weight": torch.randn(48, 3),
           "diffusion_model.blocks.0.self_attn.v.dora_scale": torch.randn(1, 48),
-          "diffusion_model.blocks.0.self_attn.o.bogus": torch.randn(3)}
+          "diffusion_model.blocks.0.self_attn.o.bogus": torch.randn(3),
+          "diffusion_model.blocks.1.self_attn.q.lora_A.weight": torch.randn(48),
+          "diffusion_model.blocks.1.self_attn.q.lora_B.weight": torch.randn(48, 2),
+          "diffusion_model.blocks.1.self_attn.k.lora_A.weight": torch.randn(0, 48),
+          "diffusion_model.blocks.1.self_attn.k.lora_B.weight": torch.randn(48, 0)}
     parsed = parse_lora(sd, target_names(model))
     assert parsed.patches == {}
     reasons = parsed.unparsed
@@ -136,6 +140,8 @@ def test_incomplete_and_unsupported_parts_are_reported_with_reasons(model):
     assert "do not chain" in reasons["diffusion_model.blocks.0.self_attn.k.lora_B.weight"]
     assert "DoRA" in reasons["diffusion_model.blocks.0.self_attn.v.dora_scale"]
     assert "unknown key suffix" in reasons["diffusion_model.blocks.0.self_attn.o.bogus"]
+    assert "non-empty matrices, found down (48,)" in reasons["diffusion_model.blocks.1.self_attn.q.lora_B.weight"]
+    assert "non-empty matrices" in reasons["diffusion_model.blocks.1.self_attn.k.lora_A.weight"]
 
 
 def test_default_alpha_applies_only_without_alpha_key(model):
