@@ -21,7 +21,7 @@ from ..wan.tokenizer import UMT5Tokenizer
 from ..wan.umt5 import UMT5Config, UMT5Encoder
 from . import umt5_keys
 from .detect import classify, wrong_model_error
-from .errors import CheckpointError
+from .errors import CheckpointError, CorruptCheckpointError
 from .files import Checkpoint, PathLike, open_checkpoint, prefix_holding
 from .storage import (StorageChoice, ensure_no_meta, find_weight_scales, load_into,
                       parse_storage_dtype)
@@ -105,11 +105,20 @@ def config_from_shapes(ckpt: Checkpoint) -> UMT5Config:
                       num_buckets=buckets)
 
 
+def _tokenizer(source, max_length: int, where: str) -> UMT5Tokenizer:
+    """The tokenizer from ``source``; a damaged one is a CorruptCheckpointError naming ``where``."""
+    try:
+        return UMT5Tokenizer(source, max_length=max_length)
+    except ValueError as exc:
+        raise CorruptCheckpointError(f"{where}: the umT5 tokenizer cannot be read ({exc}); expected a "
+                                     "SentencePiece model such as google/umt5-xxl's spiece.model.") from None
+
+
 def find_tokenizer(weights_path: Path, embedded: Optional[torch.Tensor],
                    explicit: Optional[PathLike], max_length: int) -> tuple[UMT5Tokenizer, str]:
     """The tokenizer: embedded bytes, else ``explicit``, else a ``spiece.model`` nearby."""
     if embedded is not None and explicit is None:
-        return UMT5Tokenizer(embedded, max_length=max_length), f"{weights_path} ({SPIECE_KEY})"
+        return _tokenizer(embedded, max_length, f"{weights_path} ({SPIECE_KEY})"), f"{weights_path} ({SPIECE_KEY})"
     folder = weights_path if weights_path.is_dir() else weights_path.parent
     if explicit is not None:
         candidates = [Path(explicit), Path(explicit) / TOKENIZER_FILE]
@@ -117,7 +126,7 @@ def find_tokenizer(weights_path: Path, embedded: Optional[torch.Tensor],
         candidates = [(folder / place / TOKENIZER_FILE).resolve() for place in TOKENIZER_PLACES]
     for candidate in candidates:
         if candidate.is_file():
-            return UMT5Tokenizer(candidate, max_length=max_length), str(candidate)
+            return _tokenizer(candidate, max_length, str(candidate)), str(candidate)
     looked = ", ".join(str(c) for c in candidates)
     raise CheckpointError(
         f"{weights_path}: no umT5 tokenizer found. The file has no embedded '{SPIECE_KEY}' "

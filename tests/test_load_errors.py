@@ -373,6 +373,17 @@ def test_umt5_without_any_tokenizer_says_where_it_looked(tmp_path):
     assert "spiece_model" in message
 
 
+@pytest.mark.parametrize("fmt, name", [("comfy_fp16", "umt5_xxl_fp16.safetensors (spiece_model)"),
+                                       ("official_pth", "google/umt5-xxl/spiece.model")])
+def test_damaged_tokenizer_names_where_it_came_from(tmp_path, fmt, name):
+    from wanflow.model_loaders.text_encoder_loader import load_text_encoder
+
+    path = fx.write_umt5(fmt, fx.tiny_umt5(), b"\x0a\x05 not a sentencepiece model", tmp_path)
+    with pytest.raises(CorruptCheckpointError, match="the umT5 tokenizer cannot be read") as err:
+        load_text_encoder(path)
+    assert name in str(err.value)
+
+
 def test_vae_loader_refuses_a_dit(tmp_path, t2v_model):
     from wanflow.model_loaders.vae_loader import load_vae
 
