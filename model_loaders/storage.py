@@ -11,14 +11,15 @@ then converted right after it is read, so at most one extra tensor is alive at a
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional, Union
+from typing import Callable, Iterator, Mapping, Optional, Union
 
 import torch
 import torch.nn as nn
 
 from ..wan import ops
-from .errors import CheckpointError, WrongModelError
+from .errors import CheckpointError, CorruptCheckpointError, WrongModelError
 from .files import Checkpoint
 
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
@@ -226,6 +227,7 @@ def load_into(model: nn.Module, ckpt: Checkpoint, storage: StorageChoice = None,
         if shape != tuple(target.shape):
             raise WrongModelError(f"{ckpt.name}: {key!r} has shape {list(shape)}, but "
                                   f"{expected} expects {list(target.shape)}.")
+    _check_scales(ckpt, scales, targets)
 
     modules = dict(model.named_modules())
     convert = Converter()
@@ -255,6 +257,20 @@ def load_into(model: nn.Module, ckpt: Checkpoint, storage: StorageChoice = None,
     for name, module in modules.items():
         if isinstance(module, ops.CastWeights) and name not in layer_scales:
             module.set_scale_weight(None)
+
+
+def _check_scales(ckpt: Checkpoint, scales: WeightScales, targets: Mapping[str, torch.Tensor]) -> None:
+    """A weight scale is one float, or one per output row of its weight (read before any data)."""
+    for owner, scale_key in scales.scales.items():
+        weight = targets.get(f"{owner}.weight")
+        if weight is None:
+            continue
+        info = ckpt.info(scale_key)
+        count = math.prod(info.shape)
+        if not info.dtype.is_floating_point or count not in (1, weight.shape[0]):
+            raise CorruptCheckpointError(
+                f"{ckpt.name}: {scale_key!r} is {str(info.dtype).replace('torch.', '')} {list(info.shape)}; "
+                f"expected one float or one per output row ({weight.shape[0]}) of {owner}.weight.")
 
 
 def _read_all(ckpt: Checkpoint, keys: list[str], convert: Converter,

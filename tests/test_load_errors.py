@@ -384,6 +384,19 @@ def test_damaged_tokenizer_names_where_it_came_from(tmp_path, fmt, name):
     assert name in str(err.value)
 
 
+@pytest.mark.parametrize("scale", [torch.zeros(0), torch.ones(3), torch.ones(1, dtype=torch.int32)])
+def test_weight_scale_of_the_wrong_size_or_type_is_named(tmp_path, t2v_model, scale):
+    from safetensors.torch import load_file
+
+    path = fx.write("comfy_fp8_scaled", "t2v", tmp_path, model=t2v_model)
+    sd = load_file(str(path))
+    key = next(k for k in sd if k.endswith("blocks.0.cross_attn.k.scale_weight"))
+    save_file({**sd, key: scale}, str(path))
+    with pytest.raises(CorruptCheckpointError, match=r"'blocks.0.cross_attn.k.scale_weight' is .*expected one "
+                                                     r"float or one per output row"):
+        load_dit(path)
+
+
 def test_vae_loader_refuses_a_dit(tmp_path, t2v_model):
     from wanflow.model_loaders.vae_loader import load_vae
 
