@@ -223,10 +223,13 @@ def load_into(model: nn.Module, ckpt: Checkpoint, storage: StorageChoice = None,
     _check_keys(ckpt.name, set(targets), provided, expected)
 
     for key, target in targets.items():
-        shape = ckpt.info(key).shape
-        if shape != tuple(target.shape):
-            raise WrongModelError(f"{ckpt.name}: {key!r} has shape {list(shape)}, but "
+        info = ckpt.info(key)
+        if info.shape != tuple(target.shape):
+            raise WrongModelError(f"{ckpt.name}: {key!r} has shape {list(info.shape)}, but "
                                   f"{expected} expects {list(target.shape)}.")
+        if target.dtype.is_floating_point and not info.dtype.is_floating_point:
+            raise CorruptCheckpointError(f"{ckpt.name}: {key!r} is stored as {str(info.dtype).replace('torch.', '')}; "
+                                         f"expected floating-point weights.")
     _check_scales(ckpt, scales, targets)
 
     modules = dict(model.named_modules())

@@ -397,6 +397,17 @@ def test_weight_scale_of_the_wrong_size_or_type_is_named(tmp_path, t2v_model, sc
         load_dit(path)
 
 
+def test_integer_weights_are_refused(tmp_path, t2v_model):
+    from safetensors.torch import load_file
+
+    path = good_file(tmp_path, t2v_model)
+    sd = load_file(str(path))
+    key = next(k for k in sd if k.endswith("blocks.0.ffn.0.bias"))
+    save_file({**sd, key: sd[key].to(torch.int64)}, str(path))
+    with pytest.raises(CorruptCheckpointError, match=r"blocks.0.ffn.0.bias' is stored as int64; expected floating"):
+        load_dit(path)
+
+
 def test_vae_loader_refuses_a_dit(tmp_path, t2v_model):
     from wanflow.model_loaders.vae_loader import load_vae
 
