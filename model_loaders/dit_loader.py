@@ -19,7 +19,7 @@ import torch
 from ..wan.dit import WanDiT
 from . import dit_keys
 from .detect import WanVariant, classify, detect_dit_variant, wrong_model_error
-from .errors import CheckpointError
+from .errors import CheckpointError, CorruptCheckpointError
 from .files import Checkpoint, PathLike, common_prefix, open_checkpoint, strip_prefix
 from .storage import (FP8_DTYPES, INPUT_SCALE_SUFFIX, SCALED_FP8_MARKER, StorageChoice,
                       ensure_no_meta, find_weight_scales, load_into, parse_storage_dtype)
@@ -94,16 +94,32 @@ def open_dit_checkpoint(path: PathLike) -> tuple[Checkpoint, str]:
 
 
 def detect_variant(ckpt: Checkpoint, path: PathLike, expert: Optional[str] = None) -> WanVariant:
-    """Variant of an opened DiT checkpoint (scale keys ignored; config.json used when present)."""
+    """Variant of an opened DiT checkpoint (scale keys ignored). The weights' shapes decide; of a
+    config.json only the head count (shapes cannot tell it) and the VACE layers are read."""
     scales = find_weight_scales(ckpt)
     ignore = set(scales.extra_keys) | set(scales.scales.values())
     shapes = {k: s for k, s in ckpt.shapes().items() if k not in ignore}
     config = ckpt.config or {}
     num_heads = config.get("num_heads") or config.get("num_attention_heads")
     vace_layers = config.get("vace_layers")
+    dim = shapes.get("patch_embedding.weight", (0,))[0]
+    if num_heads is not None and not (_is_count(num_heads, minimum=1) and dim % num_heads == 0):
+        raise CorruptCheckpointError(f"{path}: config.json gives {_heads_key(config)} = {num_heads!r:.80}; "
+                                     f"expected a positive integer that divides the model width {dim}.")
+    if vace_layers is not None and not (isinstance(vace_layers, list) and all(_is_count(i) for i in vace_layers)):
+        raise CorruptCheckpointError(f"{path}: config.json gives vace_layers = {vace_layers!r:.80}; "
+                                     "expected a list of block indices.")
     return detect_dit_variant(shapes, path, num_heads=num_heads,
                               vace_layers=tuple(vace_layers) if vace_layers else None,
                               expert=expert)
+
+
+def _is_count(value: object, minimum: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _heads_key(config: dict) -> str:
+    return "num_heads" if config.get("num_heads") else "num_attention_heads"
 
 
 def describe_format(ckpt: Checkpoint, prefix: str, diffusers: bool) -> str:

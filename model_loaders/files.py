@@ -517,10 +517,13 @@ def _read_config(path: Path) -> Optional[dict]:
         return None
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CorruptCheckpointError(f"{path}: not valid JSON ({exc}); expected a model "
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise CorruptCheckpointError(f"{path}: not valid JSON ({_first_line(exc)}); expected a model "
                                      "config.json.") from None
-    return config if isinstance(config, dict) else None
+    if not isinstance(config, dict):
+        raise CorruptCheckpointError(f"{path}: the JSON is a {type(config).__name__}; expected a model "
+                                     "config.json object.")
+    return config
 
 
 def _open_sharded(index_path: Path) -> Checkpoint:

@@ -71,12 +71,19 @@ def peft_alpha(folder: pathlib.Path) -> Optional[float]:
     if not isinstance(config, dict):
         raise ValueError(f"PEFT config {config_path}: expected a JSON object, found "
                          f"{type(config).__name__}")
-    alpha = config.get("lora_alpha")
+    alpha, rank = config.get("lora_alpha"), config.get("r")
     if alpha is None:
         return None
-    if config.get("use_rslora") and config.get("r"):
-        return float(alpha) * math.sqrt(float(config["r"]))
+    for name, value in (("lora_alpha", alpha), ("r", rank)):
+        if value is not None and not (_is_number(value) and value > 0):
+            raise ValueError(f"PEFT config {config_path}: {name} is {value!r:.80}; expected a positive number")
+    if config.get("use_rslora") and rank:
+        return float(alpha) * math.sqrt(float(rank))
     return float(alpha)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 _HIGH = re.compile(r"(^|[^a-z])(high[_-]?noise|high)([^a-z]|$)", re.IGNORECASE)

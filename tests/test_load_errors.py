@@ -408,6 +408,31 @@ def test_integer_weights_are_refused(tmp_path, t2v_model):
         load_dit(path)
 
 
+@pytest.mark.parametrize("change, words", [
+    ({"num_attention_heads": "x"}, "num_attention_heads = 'x'; expected a positive integer that divides"),
+    ({"num_attention_heads": 7}, "num_attention_heads = 7; expected a positive integer that divides the model width"),
+    ({"vace_layers": 5}, "vace_layers = 5; expected a list of block indices"),
+    ([1, 2], "the JSON is a list; expected a model config.json object"),
+])
+def test_nonsense_config_json_values_are_named(tmp_path, t2v_model, change, words):
+    path = fx.write("diffusers_folder", "t2v", tmp_path, model=t2v_model)
+    config_path = path / "config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, **change} if isinstance(change, dict) else change))
+    with pytest.raises(CorruptCheckpointError, match=words):
+        load_dit(path)
+
+
+@pytest.mark.parametrize("alpha", [{}, "16", -4, float("nan")])
+def test_peft_config_with_a_nonsense_alpha_is_named(tmp_path, alpha):
+    from wanflow.model_loaders.lora_files import read_lora_file
+
+    save_file({"base_model.model.blocks.0.ffn.0.lora_A.weight": torch.ones(2, 4)}, str(tmp_path / "adapter.safetensors"))
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"lora_alpha": alpha, "r": 2}))
+    with pytest.raises(ValueError, match="adapter_config.json: lora_alpha is .*expected a positive number"):
+        read_lora_file(tmp_path / "adapter.safetensors")
+
+
 def test_vae_loader_refuses_a_dit(tmp_path, t2v_model):
     from wanflow.model_loaders.vae_loader import load_vae
 
