@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from ..nodes import comfy_adapter
 from . import node_specs
@@ -81,6 +82,10 @@ def _check_link(prompt: dict, classes: dict, node_id: str, kind: str, spec, link
                               f"({source_kind}) output {slot} gives {outputs[slot]}", node_id, kind)
 
 
+WIDGET_TYPES = ("INT", "FLOAT", "BOOLEAN", "STRING")
+"""Input types that hold a literal value; every other non-combo type is a socket that needs a link."""
+
+
 def _check_value(node_id: str, kind: str, spec, value: Any) -> None:
     where = f"widget {spec.name!r}"
     if spec.is_combo:
@@ -89,8 +94,8 @@ def _check_value(node_id: str, kind: str, spec, value: Any) -> None:
             raise InvalidWorkflow(f"{where}: {value!r} is not one of [{shown}]", node_id, kind)
         return
     if spec.type in ("INT", "FLOAT"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise InvalidWorkflow(f"{where}: expected a number, found {value!r}", node_id, kind)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise InvalidWorkflow(f"{where}: expected a finite number, found {value!r:.80}", node_id, kind)
         if spec.type == "INT" and float(value) != int(value):
             raise InvalidWorkflow(f"{where}: expected a whole number, found {value!r}", node_id, kind)
         low, high = spec.options.get("min"), spec.options.get("max")
@@ -99,7 +104,10 @@ def _check_value(node_id: str, kind: str, spec, value: Any) -> None:
     elif spec.type == "BOOLEAN" and not isinstance(value, bool):
         raise InvalidWorkflow(f"{where}: expected true or false, found {value!r}", node_id, kind)
     elif spec.type == "STRING" and not isinstance(value, str):
-        raise InvalidWorkflow(f"{where}: expected text, found {value!r}", node_id, kind)
+        raise InvalidWorkflow(f"{where}: expected text, found {value!r:.80}", node_id, kind)
+    elif spec.type not in WIDGET_TYPES:
+        raise InvalidWorkflow(f"input {spec.name!r} takes a link from a {spec.type} output, found {value!r:.80} "
+                              "(a link is [node id, output index])", node_id, kind)
 
 
 def _validate_inputs_args(cls: type) -> set[str]:
@@ -134,27 +142,44 @@ def execution_order(prompt: dict[str, dict], classes: dict[str, type]) -> list[s
     if not outputs:
         raise InvalidWorkflow("the workflow has no output node (e.g. a save video node), so nothing would run")
     order: list[str] = []
-    state: dict[str, str] = {}
-
-    def visit(node_id: str, path: list[str]) -> None:
-        if state.get(node_id) == "done":
-            return
-        if state.get(node_id) == "active":
-            cycle = " -> ".join(path[path.index(node_id):] + [node_id])
-            raise InvalidWorkflow(f"the workflow has a cycle: {cycle}")
-        state[node_id] = "active"
-        for name, value in prompt[node_id]["inputs"].items():
-            if is_link(value):
-                if value[0] not in prompt:
-                    raise InvalidWorkflow(f"input {name!r} is linked to node {value[0]}, which does not exist "
-                                          "(or is muted)", node_id, prompt[node_id]["class_type"])
-                visit(value[0], path + [node_id])
-        state[node_id] = "done"
-        order.append(node_id)
-
-    for node_id in sorted(outputs, key=lambda n: (len(n), n)):
-        visit(node_id, [])
+    done: set[str] = set()
+    for output in sorted(outputs, key=lambda n: (len(n), n)):
+        _visit(prompt, output, order, done)
     return order
+
+
+def _visit(prompt: dict[str, dict], start: str, order: list[str], done: set[str]) -> None:
+    """Depth-first post-order from ``start`` with an explicit stack (a chain of thousands of
+    nodes must not hit Python's recursion limit); a node met again on the active path is a cycle."""
+    path: list[str] = []
+    on_path: set[str] = set()
+    stack: list[tuple[str, Iterator[tuple[str, Any]]]] = []
+
+    def enter(node_id: str) -> None:
+        path.append(node_id)
+        on_path.add(node_id)
+        stack.append((node_id, iter(prompt[node_id]["inputs"].items())))
+
+    enter(start)
+    while stack:
+        node_id, inputs = stack[-1]
+        for name, value in inputs:
+            if not is_link(value) or value[0] in done:
+                continue
+            if value[0] not in prompt:
+                raise InvalidWorkflow(f"input {name!r} is linked to node {value[0]}, which does not exist "
+                                      "(or is muted)", node_id, prompt[node_id]["class_type"])
+            if value[0] in on_path:
+                cycle = " -> ".join(path[path.index(value[0]):] + [value[0]])
+                raise InvalidWorkflow(f"the workflow has a cycle: {cycle}")
+            enter(value[0])
+            break
+        else:
+            stack.pop()
+            path.pop()
+            on_path.discard(node_id)
+            done.add(node_id)
+            order.append(node_id)
 
 
 # --------------------------------------------------------------------------- execution

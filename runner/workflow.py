@@ -31,19 +31,42 @@ def is_link(value: Any) -> bool:
             and isinstance(value[1], int) and not isinstance(value[1], bool))
 
 
+def shown_path(path: Any, limit: int = 200) -> str:
+    """A path for a message, cut to ``limit`` characters (a user may hand us any string)."""
+    text = str(path)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def read_json(path: Path) -> Any:
     try:
         text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"workflow {shown_path(path)} is not UTF-8 text (byte {exc.start}); expected a "
+                         "JSON workflow saved by ComfyUI") from None
     except OSError as exc:
-        raise UsageError(f"cannot read workflow {path}: {exc.strerror or exc}") from exc
+        raise UsageError(f"cannot read workflow {shown_path(path)}: {exc.strerror or type(exc).__name__}") from None
     try:
         return json.loads(text)
     except ValueError as exc:
-        raise UsageError(f"workflow {path} is not valid JSON: {exc}") from exc
+        raise UsageError(f"workflow {shown_path(path)} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise UsageError(f"workflow {shown_path(path)} nests JSON too deeply to be a workflow") from None
 
 
 def load_workflow(data: Any, classes: dict[str, type], source: str = "workflow") -> Workflow:
-    """Turn parsed workflow JSON (either format) into a :class:`Workflow`."""
+    """Turn parsed workflow JSON (either format) into a :class:`Workflow`; JSON of the wrong
+    shape anywhere is an :class:`InvalidWorkflow` naming what was found."""
+    source = shown_path(source)
+    try:
+        return _load_workflow(data, classes, source)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        if isinstance(exc, InvalidWorkflow):
+            raise
+        raise InvalidWorkflow(f"{source}: malformed workflow JSON ({type(exc).__name__}: "
+                              f"{str(exc)[:200]}); expected a workflow saved by ComfyUI") from None
+
+
+def _load_workflow(data: Any, classes: dict[str, type], source: str) -> Workflow:
     if isinstance(data, dict) and isinstance(data.get("nodes"), list):
         return Workflow(ui_to_prompt(data, classes), copy.deepcopy(data))
     if isinstance(data, dict) and isinstance(data.get("prompt"), dict):  # a saved /prompt body
@@ -57,8 +80,11 @@ def load_workflow(data: Any, classes: dict[str, type], source: str = "workflow")
 def _api_prompt(prompt: dict, source: str) -> dict[str, dict]:
     result = {}
     for node_id, entry in prompt.items():
-        if not isinstance(entry, dict) or "class_type" not in entry:
-            raise InvalidWorkflow(f"{source}: API entry {node_id!r} has no class_type")
+        if not isinstance(entry, dict) or not isinstance(entry.get("class_type"), str):
+            raise InvalidWorkflow(f"{source}: API entry {node_id!r:.80} has no class_type (a node type name)")
+        if not isinstance(entry.get("inputs") or {}, dict):
+            raise InvalidWorkflow(f"{source}: API entry {node_id!r:.80} has inputs of type "
+                                  f"{type(entry['inputs']).__name__}; expected an object of input names")
         inputs = {}
         for name, value in (entry.get("inputs") or {}).items():
             if isinstance(value, list) and len(value) == 2 and isinstance(value[0], (int, str)) \
@@ -78,20 +104,36 @@ class _UIGraph:
     """Index of a UI workflow: nodes by id and links by id."""
 
     def __init__(self, ui: dict):
+        for node in ui["nodes"]:
+            if not isinstance(node, dict) or not isinstance(node.get("id"), (int, str)) \
+                    or not isinstance(node.get("type"), str):
+                raise InvalidWorkflow(f"malformed node {node!r:.120}: expected an object with an id and a type")
+            if not isinstance(node.get("inputs") or [], list) or \
+                    not all(isinstance(slot, dict) for slot in node.get("inputs") or []):
+                raise InvalidWorkflow(f"node {node['id']!r:.40} ({node['type']:.60}): inputs must be a list of slots")
         self.nodes = {str(node["id"]): node for node in ui["nodes"]}
         self.links: dict[int, tuple[str, int, str, int, Any]] = {}
         for link in ui.get("links") or []:
             if isinstance(link, dict):
                 link = [link.get("id"), link.get("origin_id"), link.get("origin_slot"),
                         link.get("target_id"), link.get("target_slot"), link.get("type")]
-            if not isinstance(link, (list, tuple)) or len(link) < 5:
-                raise InvalidWorkflow(f"malformed link {link!r}: expected [id, origin, slot, target, slot, type]")
+            if not isinstance(link, (list, tuple)) or len(link) < 5 \
+                    or not all(_is_int(link[i]) for i in (0, 2, 4)) or not all(_is_id(link[i]) for i in (1, 3)):
+                raise InvalidWorkflow(f"malformed link {link!r:.120}: expected [id, origin, slot, target, slot, type]")
             self.links[int(link[0])] = (str(link[1]), int(link[2]), str(link[3]), int(link[4]),
                                         link[5] if len(link) > 5 else None)
 
     def describe(self, node_id: str) -> str:
         node = self.nodes[node_id]
         return f"node {node_id} ({node.get('type')})"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_id(value: Any) -> bool:
+    return _is_int(value) or isinstance(value, str)
 
 
 def ui_to_prompt(ui: dict, classes: dict[str, type]) -> dict[str, dict]:

@@ -237,3 +237,76 @@ def test_nodes_no_output_needs_are_not_checked_but_bad_links_are(dirs):
     assert run_cli(dirs, api) == errors.EXIT_OK
     api["2"]["inputs"]["images"] = ["7", 0]
     assert run_cli(dirs, api) == errors.EXIT_INVALID
+
+
+@pytest.mark.parametrize("breakage, message", [
+    (lambda f: f["nodes"][2]["widgets_values"].__setitem__(2, float("nan")), "widget 'fps': expected a finite number"),
+    (lambda f: f["nodes"][2]["widgets_values"].__setitem__(3, float("inf")), "widget 'quality': expected a finite"),
+    (lambda f: f["nodes"].__setitem__(1, ["not", "a node"]), "malformed node ['not', 'a node']"),
+    (lambda f: f["nodes"][2].__setitem__("type", ["WanFlowSaveVideo"]), "expected an object with an id and a type"),
+    (lambda f: f["nodes"][2].__setitem__("inputs", {"images": 2}), "inputs must be a list of slots"),
+    (lambda f: f["links"].__setitem__(0, [1, 1, "0", 2, 0, "IMAGE"]), "malformed link [1, 1, '0', 2, 0, 'IMAGE']"),
+    (lambda f: f["nodes"][2]["inputs"][0].__setitem__("link", "two"), "malformed workflow JSON (ValueError"),
+    (lambda f: f["nodes"][2].__setitem__("widgets_values", 7), "malformed workflow JSON (TypeError"),
+])
+def test_wrong_json_types_in_a_ui_workflow_are_invalid(dirs, capsys, breakage, message):
+    flow = load_save_ui()
+    breakage(flow)
+    assert run_cli(dirs, flow) == errors.EXIT_INVALID
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
+    assert outputs(dirs) == []
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"class_type": ["LoadImage"], "inputs": {}}, "API entry '1' has no class_type"),
+    ({"class_type": "LoadImage", "inputs": ["still.png"]}, "API entry '1' has inputs of type list"),
+])
+def test_wrong_json_types_in_an_api_prompt_are_invalid(dirs, capsys, entry, message):
+    assert run_cli(dirs, {"1": entry}) == errors.EXIT_INVALID
+    assert message in capsys.readouterr().err
+
+
+def test_a_malformed_link_in_an_api_prompt_is_invalid_not_a_node_failure(dirs, capsys):
+    api = {"1": {"class_type": "LoadImage", "inputs": {"image": "still.png"}},
+           "3": {"class_type": "WanFlowSaveVideo",
+                 "inputs": {"images": ["1", "0"], "filename_prefix": "x", "format": "png", "fps": 8.0, "quality": 90}}}
+    assert run_cli(dirs, api) == errors.EXIT_INVALID
+    assert "input 'images' takes a link from a IMAGE output, found ['1', '0']" in capsys.readouterr().err
+
+
+def test_unreadable_workflow_files_are_usage_errors(dirs, capsys):
+    (dirs / "latin1.json").write_bytes('{"title": "caf\xe9"}'.encode("latin-1"))
+    assert cli.main(["run", str(dirs / "latin1.json"), "--quiet"]) == errors.EXIT_USAGE
+    assert "is not UTF-8 text" in capsys.readouterr().err
+    (dirs / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    assert cli.main(["run", str(dirs / "deep.json"), "--quiet"]) == errors.EXIT_USAGE
+    assert "nests JSON too deeply" in capsys.readouterr().err
+    assert cli.main(["run", "x" * 1_000_000 + ".json", "--quiet"]) == errors.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "cannot read workflow xxx" in err and len(err) < 500
+
+
+def test_a_chain_of_thousands_of_nodes_validates_without_recursion():
+    class Passthrough:
+        RETURN_TYPES = ("IMAGE",)
+        FUNCTION = "go"
+
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {"images": ("IMAGE",)}}
+
+    class Source(Passthrough):
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {}}
+
+    class Sink(Passthrough):
+        OUTPUT_NODE = True
+
+    count = 5000
+    prompt = {"0": {"class_type": "S", "inputs": {}}}
+    prompt.update({str(i): {"class_type": "P", "inputs": {"images": [str(i - 1), 0]}} for i in range(1, count)})
+    prompt[str(count)] = {"class_type": "K", "inputs": {"images": [str(count - 1), 0]}}
+    order = execute.validate(prompt, {"S": Source, "P": Passthrough, "K": Sink})
+    assert order == [str(i) for i in range(count + 1)]
