@@ -47,6 +47,10 @@ class MissingFile(FileNotFoundError):
     """A model or input file named by a workflow does not exist."""
 
 
+class BadSetting(ValueError):
+    """A headless setting (device, output folder) that cannot be used."""
+
+
 # --------------------------------------------------------------------------- detection
 
 def _comfy_module(name: str) -> Optional[ModuleType]:
@@ -96,13 +100,32 @@ def configure_headless(models_dir: Optional[os.PathLike | str] = None,
     if input_dir is not None:
         _headless.input_dir = Path(input_dir).expanduser().resolve()
     if output_dir is not None:
-        _headless.output_dir = Path(output_dir).expanduser().resolve()
-    _headless.device = torch.device(device) if device else None
+        out = Path(output_dir).expanduser().resolve()
+        if out.exists() and not out.is_dir():
+            raise BadSetting(f"--output: {out} is a file; expected a folder (it is created when missing)")
+        _headless.output_dir = out
+    _headless.device = _device(device) if device else None
     _headless.forced = force
     _headless.interrupt_requested = False
 
 
 # --------------------------------------------------------------------------- devices and memory
+
+def _device(name: str) -> torch.device:
+    """``name`` as a torch device this machine has (``cpu``, ``cuda``, ``cuda:1``, ``mps``)."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise BadSetting(f"--device: {name[:80]!r} is not a device; expected cpu, cuda, cuda:N or mps") from None
+    available = {"cpu": True, "cuda": torch.cuda.is_available(),
+                 "mps": bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())}
+    if not available.get(device.type, False):
+        raise BadSetting(f"--device: {name!r} is not available on this machine"
+                         f" (available: {', '.join(k for k, v in available.items() if v)})")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise BadSetting(f"--device: {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
 
 def compute_device() -> torch.device:
     """Where models run."""

@@ -86,7 +86,7 @@ def run_workflow(path: Path, models: Optional[Path], input_dir: Path, output_dir
     """Load, check and run one workflow file; raises a RunnerError subclass on failure."""
     try:
         comfy_adapter.configure_headless(models, input_dir, output_dir, device)
-    except comfy_adapter.MissingFile as exc:
+    except (comfy_adapter.MissingFile, comfy_adapter.BadSetting) as exc:
         raise errors.UsageError(str(exc)) from exc
     classes = registry.node_classes()
     flow = workflow.load_workflow(workflow.read_json(path), classes, str(path))
@@ -119,6 +119,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except errors.RunnerError as exc:
         print(f"wanflow: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except comfy_adapter.BadSetting as exc:
+        print(f"wanflow: error: {exc}", file=sys.stderr)
+        return errors.EXIT_USAGE
     except KeyboardInterrupt:
         print("wanflow: interrupted", file=sys.stderr)
         return errors.EXIT_INTERRUPTED

@@ -310,3 +310,25 @@ def test_a_chain_of_thousands_of_nodes_validates_without_recursion():
     prompt[str(count)] = {"class_type": "K", "inputs": {"images": [str(count - 1), 0]}}
     order = execute.validate(prompt, {"S": Source, "P": Passthrough, "K": Sink})
     assert order == [str(i) for i in range(count + 1)]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--device", "nonsense"), "--device: 'nonsense' is not a device; expected cpu, cuda"),
+    (("--device", "cuda:7"), "--device: 'cuda:7'"),
+])
+def test_bad_device_is_a_usage_error(dirs, capsys, extra, message):
+    assert run_cli(dirs, load_save_ui(), *extra) == errors.EXIT_USAGE
+    assert message in capsys.readouterr().err
+
+
+def test_output_that_is_a_file_is_a_usage_error_and_stays_untouched(dirs, capsys):
+    target = dirs / "output"
+    target.write_text("my notes")
+    path = dirs / "flow.json"
+    path.write_text(json.dumps(load_save_ui()))
+    assert cli.main(["run", str(path), "--input", str(dirs / "input"), "--output", str(target), "--quiet"]) \
+        == errors.EXIT_USAGE
+    assert "is a file; expected a folder" in capsys.readouterr().err
+    assert target.read_text() == "my notes"
+    assert cli.main(["demo", "--output", str(target), "--quiet"]) == errors.EXIT_USAGE
+    assert target.read_text() == "my notes"
