@@ -78,6 +78,7 @@ class _Headless:
     # While a headless run stages its outputs, files are written here and moved on success.
     staging_dir: Optional[Path] = None
     staged: list[tuple[Path, Path]] = field(default_factory=list)
+    created_output_dirs: list[Path] = field(default_factory=list)  # made for this run; removed if left empty
 
 
 _headless = _Headless()
@@ -541,6 +542,7 @@ def _counter_of(name: str, stem: str) -> int:
 def begin_staged_outputs() -> None:
     """Headless: from now on output files are written to a staging folder (see commit/discard)."""
     out_root = Path(output_directory())
+    _headless.created_output_dirs = [p for p in (out_root, *out_root.parents) if not p.exists()]
     out_root.mkdir(parents=True, exist_ok=True)
     import tempfile
 
@@ -571,3 +573,9 @@ def discard_staged_outputs() -> None:
         shutil.rmtree(_headless.staging_dir, ignore_errors=True)
     _headless.staging_dir = None
     _headless.staged = []
+    for folder in _headless.created_output_dirs:  # innermost first: a failed run leaves no new folder
+        try:
+            folder.rmdir()
+        except OSError:
+            break                                  # not empty (something was saved) or gone
+    _headless.created_output_dirs = []

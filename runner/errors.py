@@ -11,6 +11,7 @@ Exit codes of ``wanflow run`` / ``wanflow demo``:
 4     a file the workflow names is missing (model file, input image)
 5     a node failed while running (e.g. an image of the wrong size for the model)
 130   interrupted (Ctrl-C)
+143   terminated (SIGTERM)
 ====  =====================================================================
 
 Nothing is written to the output folder unless the exit code is 0.

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
 
 from ..nodes import comfy_adapter
-from . import node_specs
+from . import node_specs, signals
 from .errors import (InvalidWorkflow, MissingFileError, NodeFailed, RunInterrupted, RunnerError)
 from .workflow import Workflow, is_link, unknown_type_message
 
@@ -197,9 +197,11 @@ def run(workflow: Workflow, classes: dict[str, type]) -> RunResult:
             for node_id in order:
                 outcome.ui.update(_run_node(workflow, classes, node_id, results))
                 bar.update(1)
-        outcome.files = comfy_adapter.commit_staged_outputs()
+        with signals.deferred():
+            outcome.files = comfy_adapter.commit_staged_outputs()
     finally:
-        comfy_adapter.discard_staged_outputs()
+        with signals.deferred():
+            comfy_adapter.discard_staged_outputs()
     outcome.seconds = time.perf_counter() - started
     return outcome
 

@@ -1,0 +1,29 @@
+"""The ``wanflow`` command's entry point: signal handling first, then the real command line.
+
+Importing the command line pulls in torch and the nodes, which takes seconds; a Ctrl-C or
+SIGTERM in that time must still end in one line and the usual exit code, not a traceback.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Optional, Sequence
+
+from . import signals
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    signals.install()
+    try:
+        from .cli import main as cli_main
+
+        return cli_main(argv)
+    except KeyboardInterrupt:
+        print("wanflow: interrupted", file=sys.stderr)
+        return signals.EXIT_SIGINT
+    except signals.Terminated:
+        print("wanflow: terminated", file=sys.stderr)
+        return signals.EXIT_SIGTERM
+
+
+if __name__ == "__main__":
+    sys.exit(main())
