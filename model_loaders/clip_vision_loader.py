@@ -14,7 +14,7 @@ import torch
 from ..wan.clip_vision import CLIPVisionConfig, CLIPVisionTower
 from . import clip_keys
 from .detect import classify, wrong_model_error
-from .errors import WrongModelError
+from .errors import WrongModelError, names_the_file
 from .files import Checkpoint, PathLike, open_checkpoint
 from .storage import StorageChoice, ensure_no_meta, load_into, parse_storage_dtype
 
@@ -28,6 +28,7 @@ class LoadedCLIPVision:
     path: str
 
 
+@names_the_file
 def load_clip_vision(path: PathLike, storage_dtype: StorageChoice = None) -> LoadedCLIPVision:
     storage = parse_storage_dtype(storage_dtype)  # a bad choice fails before any file work
     ckpt, layout = open_clip_checkpoint(path)

@@ -19,7 +19,7 @@ import torch
 from ..wan.dit import WanDiT
 from . import dit_keys
 from .detect import WanVariant, classify, detect_dit_variant, wrong_model_error
-from .errors import CheckpointError, CorruptCheckpointError
+from .errors import CheckpointError, CorruptCheckpointError, names_the_file
 from .files import Checkpoint, PathLike, common_prefix, open_checkpoint, strip_prefix
 from .storage import (FP8_DTYPES, INPUT_SCALE_SUFFIX, SCALED_FP8_MARKER, StorageChoice,
                       ensure_no_meta, find_weight_scales, load_into, parse_storage_dtype)
@@ -38,6 +38,7 @@ class LoadedDiT:
     path: str
 
 
+@names_the_file
 def load_dit(path: PathLike, storage_dtype: StorageChoice = None, *,
              expert: Optional[str] = None) -> LoadedDiT:
     """Load a Wan DiT from a file or folder; ``storage_dtype`` optionally converts the weights.

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from ..wan import ops
-from .errors import CheckpointError, CorruptCheckpointError, WrongModelError
+from .errors import CheckpointError, CorruptCheckpointError, StorageChoiceError, WrongModelError
 from .files import Checkpoint
 
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
@@ -61,13 +61,13 @@ def parse_storage_dtype(value: StorageChoice) -> Optional[StorageDtype]:
         for choice in STORAGE_DTYPES.values():
             if choice.dtype == value and not choice.scaled:
                 return choice
-        raise ValueError(f"storage dtype {value} is not supported; expected one of "
+        raise StorageChoiceError(f"storage dtype {value} is not supported; expected one of "
                          f"{sorted(STORAGE_DTYPES)}")
     name = str(value).lower()
     if name in ("default", "auto", "file", ""):
         return None
     if name not in STORAGE_DTYPES:
-        raise ValueError(f"storage dtype {value!r} is unknown; expected 'default' or one of "
+        raise StorageChoiceError(f"storage dtype {value!r} is unknown; expected 'default' or one of "
                          f"{sorted(STORAGE_DTYPES)}")
     return STORAGE_DTYPES[name]
 

@@ -21,7 +21,7 @@ from ..wan.tokenizer import UMT5Tokenizer
 from ..wan.umt5 import UMT5Config, UMT5Encoder
 from . import umt5_keys
 from .detect import classify, wrong_model_error
-from .errors import CheckpointError, CorruptCheckpointError
+from .errors import CheckpointError, CorruptCheckpointError, names_the_file
 from .files import Checkpoint, PathLike, open_checkpoint, prefix_holding
 from .storage import (StorageChoice, ensure_no_meta, find_weight_scales, load_into,
                       parse_storage_dtype)
@@ -47,6 +47,7 @@ class LoadedTextEncoder:
     tokenizer_source: str
 
 
+@names_the_file
 def load_text_encoder(path: PathLike, storage_dtype: StorageChoice = None,
                       tokenizer: Optional[PathLike] = None) -> LoadedTextEncoder:
     """Load umT5 weights and the matching SentencePiece tokenizer."""

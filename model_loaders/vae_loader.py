@@ -15,6 +15,7 @@ from ..wan.vae2_1 import WanVAE21
 from ..wan.vae2_2 import WanVAE22, WanVAE22Config
 from . import vae_keys
 from .detect import classify, wrong_model_error
+from .errors import names_the_file
 from .files import Checkpoint, PathLike, open_checkpoint, prefix_holding, strip_prefix
 from .storage import (StorageChoice, ensure_no_meta, find_weight_scales, load_into,
                       parse_storage_dtype)
@@ -33,6 +34,7 @@ class LoadedVAE:
     path: str
 
 
+@names_the_file
 def load_vae(path: PathLike, storage_dtype: StorageChoice = None) -> LoadedVAE:
     """Load a Wan VAE file or diffusers ``vae/`` folder."""
     storage = parse_storage_dtype(storage_dtype)  # a bad choice fails before any file work
