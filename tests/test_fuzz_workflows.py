@@ -1,0 +1,79 @@
+"""Fuzz ``wanflow run`` in process with mutated workflows, on a folder of tiny random models.
+
+Two bases per template: its UI file as users share it (the models it names are not in the
+folder, so runs end at validation or at the missing-file check) and its API prompt pointed at
+the tiny files (runs that survive the mutation sample for real). Each run must exit 0 or with one
+of the runner's error codes and a message, never a traceback or exit 1, must write nothing when
+it fails, and must finish within the time bound. Budgets: tests/fuzzing.py.
+"""
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fuzzing import FUZZ_EXAMPLES, FUZZ_SETTINGS, LONG_RUN, mutate_json, time_bound
+from wanflow.nodes import comfy_adapter as ca
+from wanflow.runner import cli, errors, templates, workflow
+from wanflow.runner.registry import node_classes
+from wanflow.runner.tiny_models import write_tiny_models
+from wanflow.runner.tiny_runs import TINY_OVERRIDES, write_input_images
+
+pytestmark = pytest.mark.slow
+
+PROJECT_EXITS = {errors.EXIT_OK, errors.EXIT_USAGE, errors.EXIT_INVALID, errors.EXIT_MISSING_FILE,
+                 errors.EXIT_NODE_FAILED}
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fuzz_run")
+    write_tiny_models(root / "models")
+    write_input_images(root / "input")
+    yield root
+    ca.configure_headless(None, None, None)
+
+
+def api_prompt(name: str) -> dict:
+    """Template ``name`` as an API prompt on the tiny models."""
+    classes = node_classes()
+    flow = workflow.load_workflow(templates.render(name, classes), classes, name)
+    workflow.apply_overrides(flow.prompt, TINY_OVERRIDES[name], classes)
+    return {node_id: {"class_type": e["class_type"], "inputs": e["inputs"]} for node_id, e in flow.prompt.items()}
+
+
+BASES = {**{f"ui:{name}": (lambda n=name: json.loads((templates.WORKFLOWS_DIR / f"{n}.json").read_text()))
+            for name in TINY_OVERRIDES},
+         **{f"api:{name}": (lambda n=name: api_prompt(n)) for name in TINY_OVERRIDES}}
+
+
+API_EXAMPLES = FUZZ_EXAMPLES if LONG_RUN else max(5, FUZZ_EXAMPLES // 5)
+"""API prompts on the tiny models often sample for real (a second or two each), so CI runs fewer."""
+
+
+@pytest.mark.parametrize("base", sorted(BASES))
+def test_mutated_workflows_run_or_fail_with_a_runner_error(folders, capsys, base):
+    original = BASES[base]()
+    counter = iter(range(10 ** 9))
+    examples = API_EXAMPLES if base.startswith("api:") else FUZZ_EXAMPLES
+
+    @settings(FUZZ_SETTINGS, max_examples=examples)
+    @given(data=st.data())
+    def check(data):
+        flow = mutate_json(original, data)
+        run = folders / base.replace(":", "_") / f"run{next(counter)}"
+        run.mkdir(parents=True)
+        path = run / "flow.json"
+        path.write_text(json.dumps(flow, allow_nan=True))
+        out = run / "output"
+        with time_bound(f"running {base}"):
+            code = cli.main(["run", str(path), "--models", str(folders / "models"), "--input",
+                             str(folders / "input"), "--output", str(out), "--quiet"])
+        err = capsys.readouterr().err
+        assert code in PROJECT_EXITS, f"exit {code}: {err[-2000:]}"
+        assert "Traceback" not in err, err[-2000:]
+        if code != errors.EXIT_OK:
+            assert "wanflow: error: " in err, err[-2000:]
+            assert not out.exists() or not any(out.rglob("*")), f"a failed run left {list(out.rglob('*'))}"
+
+    check()
