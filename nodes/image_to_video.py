@@ -19,7 +19,7 @@ from ..wan.clip_vision import preprocess as clip_preprocess
 from ..wan.latent_stats import stats_for_channels
 from . import comfy_adapter
 from .handles import ClipVisionHandle, ModelHandle
-from .latent_nodes import DIT_PATCH
+from .sizes import fit_video_size
 from .types import CLIP_VISION, CONDITIONING, CONDITIONING_MENU, IMAGE, LATENT, MODEL, VAE
 
 
@@ -40,15 +40,8 @@ def fit_image(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
     return x[:, :, top:top + height, left:left + width]
 
 
-def check_size(model: ModelHandle, vae, width: int, height: int, length: int, what: str) -> None:
-    """Clear errors for sizes the model cannot take (no silent rounding where an image is involved)."""
-    multiple = vae.spatial_factor * DIT_PATCH
-    if width % multiple or height % multiple:
-        raise ValueError(f"{what}: {width}x{height} does not fit {model.variant.name}: width and height must be "
-                         f"multiples of {multiple} (e.g. {max(multiple, width // multiple * multiple)}x"
-                         f"{max(multiple, height // multiple * multiple)})")
-    if (length - 1) % vae.temporal_factor:
-        raise ValueError(f"{what}: length {length} is not 4n+1 (e.g. 81)")
+def check_vae(model: ModelHandle, vae, what: str) -> None:
+    """The VAE must make the latents the model works on."""
     if vae.z_dim != model.variant.config.out_dim:
         raise ValueError(f"{what}: the VAE makes {vae.z_dim}-channel latents but {model.variant.name} needs "
                          f"{model.variant.config.out_dim} (TI2V-5B: Wan 2.2 VAE; others: Wan 2.1 VAE)")
@@ -85,11 +78,11 @@ class WanFlowImageToVideo:
                 "start_image": (IMAGE, {"tooltip": "First frame of the video; scaled to cover the size and "
                                                    "centre-cropped."}),
                 "width": ("INT", {"default": 832, "min": 16, "max": 4096, "step": 16, "tooltip":
-                          "Video width; a multiple of 16 (32 for TI2V-5B)."}),
+                          "Video width; a multiple of 16 (32 for TI2V-5B), other values are rounded."}),
                 "height": ("INT", {"default": 480, "min": 16, "max": 4096, "step": 16, "tooltip":
-                           "Video height; a multiple of 16 (32 for TI2V-5B)."}),
+                           "Video height; rounded like the width."}),
                 "length": ("INT", {"default": 81, "min": 1, "max": 1601, "step": 4, "tooltip":
-                           "Frames, 4n+1 (81 at 16 fps; TI2V-5B: 121 at 24 fps)."}),
+                           "Frames, 4n+1 (81 at 16 fps; TI2V-5B: 121 at 24 fps); other values are rounded down."}),
             },
             "optional": {
                 "end_image": (IMAGE, {"tooltip": "Last frame (first-last-frame models, e.g. Wan 2.1 FLF2V)."}),
@@ -100,9 +93,11 @@ class WanFlowImageToVideo:
 
     def build(self, model: ModelHandle, conditioning: WanConditioning, vae, start_image: torch.Tensor,
               width: int, height: int, length: int, end_image: Optional[torch.Tensor] = None,
-              clip_vision: Optional[ClipVisionHandle] = None) -> tuple:
+              clip_vision: Optional[ClipVisionHandle] = None) -> dict:
         what = "image-to-video"
-        check_size(model, vae, width, height, length, what)
+        check_vae(model, vae, what)
+        size = fit_video_size(width, height, length, vae, what)
+        width, height, length = size.width, size.height, size.length
         config = model.variant.config
         if config.flf_pos_len is not None and end_image is None:
             raise ValueError(f"{what}: {model.variant.name} is a first-last-frame model and needs an end_image "
@@ -124,7 +119,7 @@ class WanFlowImageToVideo:
                 cond = dataclasses.replace(conditioning, y=y,
                                            clip_fea=self._clip_features(model, clip_vision, start, end))
         latent = torch.zeros(latent_shape, device=comfy_adapter.offload_device())
-        return (cond, {"samples": latent})
+        return {"ui": {"text": [size.note]}, "result": (cond, {"samples": latent})}
 
     @staticmethod
     def _clip_features(model: ModelHandle, clip_vision: Optional[ClipVisionHandle], start: torch.Tensor,

@@ -1,21 +1,11 @@
 """Empty video latent for text-to-video, sized for the VAE (and so for the model) it goes with."""
 from __future__ import annotations
 
-import logging
-
 import torch
 
 from . import comfy_adapter
+from .sizes import fit_video_size
 from .types import CONDITIONING_MENU, LATENT, VAE
-
-log = logging.getLogger("wanflow")
-
-DIT_PATCH = 2  # the DiT packs 2x2 latent pixels per token, so sizes are multiples of 2 latent pixels
-
-
-def round_size(value: int, multiple: int) -> int:
-    """Nearest multiple (at least one multiple)."""
-    return max(multiple, int(round(value / multiple)) * multiple)
 
 
 class WanFlowEmptyVideoLatent:
@@ -36,21 +26,12 @@ class WanFlowEmptyVideoLatent:
             "height": ("INT", {"default": 480, "min": 16, "max": 4096, "step": 16, "tooltip":
                        "Video height in pixels; rounded like the width."}),
             "length": ("INT", {"default": 81, "min": 1, "max": 1601, "step": 4, "tooltip":
-                       "Frames; must be 4n+1 (81 = 5 s at 16 fps; TI2V-5B: 121 at 24 fps)."}),
+                       "Frames, 4n+1 (81 = 5 s at 16 fps; TI2V-5B: 121 at 24 fps); other values are rounded down."}),
             "batch_size": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "Videos generated at once."}),
         }}
 
     def create(self, vae, width: int, height: int, length: int, batch_size: int) -> dict:
-        if (length - 1) % vae.temporal_factor:
-            below = length - (length - 1) % vae.temporal_factor
-            raise ValueError(f"empty video latent: length {length} is not 4n+1; use {below} or {below + 4}")
-        multiple = vae.spatial_factor * DIT_PATCH
-        new_width, new_height = round_size(width, multiple), round_size(height, multiple)
-        text = f"{new_width}x{new_height}, {length} frames"
-        if (new_width, new_height) != (width, height):
-            text += f" ({width}x{height} rounded: the model needs multiples of {multiple})"
-            log.warning("empty video latent: %dx%d rounded to %dx%d (the model needs multiples of %d)",
-                        width, height, new_width, new_height, multiple)
-        shape = vae.latent_shape((batch_size, 3, length, new_height, new_width))
+        size = fit_video_size(width, height, length, vae, "empty video latent")
+        shape = vae.latent_shape((batch_size, 3, size.length, size.height, size.width))
         samples = torch.zeros(shape, device=comfy_adapter.offload_device())
-        return {"ui": {"text": [text]}, "result": ({"samples": samples}, new_width, new_height, length)}
+        return {"ui": {"text": [size.note]}, "result": ({"samples": samples}, size.width, size.height, size.length)}

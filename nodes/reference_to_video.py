@@ -15,7 +15,7 @@ from ..samplers.conditioning import WanConditioning
 from ..samplers.vace_conditioning import build_vace_context
 from . import comfy_adapter
 from .image_to_video import latent_encoder
-from .latent_nodes import DIT_PATCH
+from .sizes import fit_video_size
 from .types import CONDITIONING, CONDITIONING_MENU, IMAGE, LATENT, MASK, VAE
 
 MAX_REFERENCES = 4
@@ -61,7 +61,7 @@ class WanFlowReferenceToVideo:
                           "Video width, a multiple of 16 (official VACE: 832x480 or 1280x720)."}),
                 "height": ("INT", {"default": 480, "min": 16, "max": 4096, "step": 16, "tooltip":
                            "Video height, a multiple of 16."}),
-                "length": ("INT", {"default": 81, "min": 1, "max": 1601, "step": 4, "tooltip": "Frames, 4n+1."}),
+                "length": ("INT", {"default": 81, "min": 1, "max": 1601, "step": 4, "tooltip": "Frames, 4n+1; other values are rounded down."}),
                 "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.05, "tooltip":
                              "Scale of the VACE hints (official context_scale: 1.0)."}),
             },
@@ -71,15 +71,12 @@ class WanFlowReferenceToVideo:
     def build(self, conditioning: WanConditioning, vae, reference_1: torch.Tensor, width: int, height: int,
               length: int, strength: float, reference_2: Optional[torch.Tensor] = None,
               reference_3: Optional[torch.Tensor] = None, reference_4: Optional[torch.Tensor] = None,
-              control_video: Optional[torch.Tensor] = None, control_mask: Optional[torch.Tensor] = None) -> tuple:
+              control_video: Optional[torch.Tensor] = None, control_mask: Optional[torch.Tensor] = None) -> dict:
         what = "reference-to-video"
         if vae.z_dim != 16:
             raise ValueError(f"{what}: VACE models use the Wan 2.1 VAE (16 channels); this VAE has {vae.z_dim}")
-        multiple = vae.spatial_factor * DIT_PATCH
-        if width % multiple or height % multiple:
-            raise ValueError(f"{what}: {width}x{height} must be multiples of {multiple}")
-        if (length - 1) % vae.temporal_factor:
-            raise ValueError(f"{what}: length {length} is not 4n+1 (e.g. 81)")
+        size = fit_video_size(width, height, length, vae, what)
+        width, height, length = size.width, size.height, size.length
         references = reference_frames([reference_1, reference_2, reference_3, reference_4])
         video = self._control_video(control_video, length, height, width)
         mask = self._control_mask(control_mask, length, height, width)
@@ -90,7 +87,7 @@ class WanFlowReferenceToVideo:
                                    vace_trim_frames=trim)
         latent = torch.zeros(1, vae.z_dim, context.shape[2], height // vae.spatial_factor, width // vae.spatial_factor,
                              device=comfy_adapter.offload_device())
-        return (cond, {"samples": latent})
+        return {"ui": {"text": [size.note]}, "result": (cond, {"samples": latent})}
 
     @staticmethod
     def _control_video(images: Optional[torch.Tensor], length: int, height: int, width: int):

@@ -80,7 +80,7 @@ def test_i2v_condition_equals_wan_image_to_video_pipeline(vae21, preset, family,
     start, end = image(16, 32, 1), image(16, 32, 2)
     clip = ClipVisionHandle(CLIPVisionTower(TINY_CLIP).eval())
     cond, _ = WanFlowImageToVideo().build(handle(preset, family, task), text(), ours, start, 32, 16, 9,
-                                          end_image=end if with_end else None, clip_vision=clip)
+                                          end_image=end if with_end else None, clip_vision=clip)["result"]
     _, condition = WanImageToVideoPipeline.prepare_latents(
         i2v_pipeline(theirs, 8), as_pixels(start), 1, 16, 16, 32, 9, torch.float32, torch.device("cpu"),
         None, torch.zeros(1, 16, 3, 2, 4), as_pixels(end) if with_end else None)
@@ -90,7 +90,7 @@ def test_i2v_condition_equals_wan_image_to_video_pipeline(vae21, preset, family,
 def test_ti2v_first_frame_equals_pipeline_expand_timesteps(vae22):
     ours, theirs = vae22
     start = image(32, 64, 3)
-    cond, _ = WanFlowImageToVideo().build(handle("ti2v", "2.2", "ti2v"), text(), ours, start, 64, 32, 5)
+    cond, _ = WanFlowImageToVideo().build(handle("ti2v", "2.2", "ti2v"), text(), ours, start, 64, 32, 5)["result"]
     _, latent_condition, first_frame_mask = WanImageToVideoPipeline.prepare_latents(
         i2v_pipeline(theirs, 16, expand_timesteps=True), as_pixels(start), 1, 48, 32, 64, 5, torch.float32,
         torch.device("cpu"), None, torch.zeros(1, 48, 2, 2, 4), None)
@@ -111,7 +111,7 @@ def test_wan21_clip_features_are_the_penultimate_hidden_states():
     tower.load_state_dict(clip_keys.hf_to_official(hf.state_dict()))
     start = image(16, 32, 4)
     cond, _ = WanFlowImageToVideo().build(handle("i2v", "2.1", "i2v"), text(), WanVAE21(TINY_WAN21_VAE).eval(),
-                                          start, 32, 16, 5, clip_vision=ClipVisionHandle(tower))
+                                          start, 32, 16, 5, clip_vision=ClipVisionHandle(tower))["result"]
     with torch.no_grad():
         expected = hf(pixel_values=preprocess(as_pixels(start), size=28), output_hidden_states=True).hidden_states[-2]
     torch.testing.assert_close(cond.clip_fea, expected, **TOL)
@@ -131,7 +131,7 @@ def test_vace_reference_context_equals_wan_vace_pipeline(vae21):
     pictures = [torch.randint(0, 256, (h, w, 3), generator=gen, dtype=torch.uint8) for h, w in ((24, 16), (8, 40))]
     references = [(p.float() / 255.0)[None] for p in pictures]  # IMAGE, exactly what the PIL files hold
     cond, latent = WanFlowReferenceToVideo().build(text(), ours, references[0], 32, 16, 9, 1.0,
-                                                   reference_2=references[1])
+                                                   reference_2=references[1])["result"]
     pipe = SimpleNamespace(vae=theirs, vae_scale_factor_temporal=4, vae_scale_factor_spatial=8,
                            video_processor=VideoProcessor(vae_scale_factor=8),
                            transformer=SimpleNamespace(config=SimpleNamespace(patch_size=(1, 2, 2))))

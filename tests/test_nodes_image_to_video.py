@@ -45,7 +45,7 @@ def image(h=16, w=16, seed=1):
 
 
 def build(model, vae, start, width=16, height=16, length=5, **optional):
-    return WanFlowImageToVideo().build(model, text(), vae, start, width, height, length, **optional)
+    return WanFlowImageToVideo().build(model, text(), vae, start, width, height, length, **optional)["result"]
 
 
 def test_wan22_i2v_builds_y_only(vaes):
@@ -94,16 +94,23 @@ def test_ti2v_first_frame(vaes):
 
 def test_clear_errors(vaes):
     vae21, vae22 = vaes
-    with pytest.raises(ValueError, match="does not fit .* multiples of 16"):
-        build(handle("i2v-2.2", "2.2", "i2v"), vae21, image(), width=24)
-    with pytest.raises(ValueError, match="multiples of 32"):
-        build(handle("ti2v", "2.2", "ti2v"), vae22, image(), 16, 16)
     with pytest.raises(ValueError, match="takes no image"):
         build(handle("t2v", "2.2", "t2v"), vae21, image())
     with pytest.raises(ValueError, match="needs 48"):
         build(handle("ti2v", "2.2", "ti2v"), vae21, image(32, 32), 32, 32)
-    with pytest.raises(ValueError, match="4n\\+1"):
-        build(handle("i2v-2.2", "2.2", "i2v"), vae21, image(), length=6)
+
+
+def test_sizes_are_rounded_like_the_empty_latent_and_the_node_says_so(vaes):
+    """One rule for every size widget (nodes/sizes.py): round, and show it on the node."""
+    vae21, vae22 = vaes
+    out = WanFlowImageToVideo().build(handle("i2v-2.2", "2.2", "i2v"), text(), vae21, image(), 24, 16, 6)
+    cond, latent = out["result"]
+    assert latent["samples"].shape[2:] == (2, 2, 4) and cond.y.shape[2:] == (2, 2, 4)
+    assert out["ui"]["text"] == ["32x16, 5 frames (24x16 rounded: the model needs multiples of 16; "
+                                 "6 frames rounded down to 5: the model needs 4n+1)"]
+    out = WanFlowImageToVideo().build(handle("ti2v", "2.2", "ti2v"), text(), vae22, image(), 16, 16, 5)
+    assert out["result"][1]["samples"].shape[3:] == (2, 2)
+    assert out["ui"]["text"] == ["32x32, 5 frames (16x16 rounded: the model needs multiples of 32)"]
 
 
 def test_fit_image_covers_and_crops():

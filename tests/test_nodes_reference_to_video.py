@@ -35,7 +35,7 @@ def refs():
 
 def test_matches_builder_and_samples_with_trim(vae):
     first, more = refs()
-    cond, latent = WanFlowReferenceToVideo().build(text(), vae, first, 16, 16, 5, 0.7, reference_2=more)
+    cond, latent = WanFlowReferenceToVideo().build(text(), vae, first, 16, 16, 5, 0.7, reference_2=more)["result"]
     encode = lambda px: WAN21.normalize(vae.encode(px))  # noqa: E731
     expected, trim = build_vace_context(encode, num_frames=5, height=16, width=16,
                                         references=[first.permute(0, 3, 1, 2) * 2 - 1] +
@@ -56,7 +56,7 @@ def test_control_video_and_mask(vae):
     mask = torch.zeros(5, 16, 16)
     mask[:, :, 8:] = 1
     cond, _ = WanFlowReferenceToVideo().build(text(), vae, first, 16, 16, 5, 1.0, control_video=video,
-                                              control_mask=mask)
+                                              control_mask=mask)["result"]
     assert cond.vace_context.shape == (1, 96, 3, 2, 2)
     assert cond.vace_context[0, 32:, 1:].sum() > 0 and cond.vace_context[0, 32:, 0].sum() == 0
 
@@ -64,10 +64,11 @@ def test_control_video_and_mask(vae):
 def test_clear_errors(vae):
     first, more = refs()
     with pytest.raises(ValueError, match="control_video is 4 frames of 16x16; expected 5 frames of 16x16"):
-        WanFlowReferenceToVideo().build(text(), vae, first, 16, 16, 5, 1.0, control_video=torch.rand(4, 16, 16, 3))
+        WanFlowReferenceToVideo().build(text(), vae, first, 16, 16, 5, 1.0, control_video=torch.rand(4, 16, 16, 3))["result"]
     with pytest.raises(ValueError, match="at most 4"):
-        WanFlowReferenceToVideo().build(text(), vae, first, 16, 16, 5, 1.0, reference_2=more, reference_3=more)
-    with pytest.raises(ValueError, match="multiples of 16"):
-        WanFlowReferenceToVideo().build(text(), vae, first, 24, 16, 5, 1.0)
+        WanFlowReferenceToVideo().build(text(), vae, first, 16, 16, 5, 1.0, reference_2=more, reference_3=more)["result"]
+    out = WanFlowReferenceToVideo().build(text(), vae, first, 24, 16, 7, 1.0)
+    assert out["ui"]["text"] == ["32x16, 5 frames (24x16 rounded: the model needs multiples of 16; "
+                                 "7 frames rounded down to 5: the model needs 4n+1)"]
     with pytest.raises(ValueError, match="Wan 2.1 VAE"):
-        WanFlowReferenceToVideo().build(text(), WanVAE22(TINY_WAN22_VAE), first, 32, 32, 5, 1.0)
+        WanFlowReferenceToVideo().build(text(), WanVAE22(TINY_WAN22_VAE), first, 32, 32, 5, 1.0)["result"]

@@ -78,8 +78,9 @@ def test_empty_latent_matches_comfyui_layout(vae21, vae22, caplog):
     with caplog.at_level(logging.WARNING, logger="wanflow"):
         out = WanFlowEmptyVideoLatent().create(vae22, 1280, 720, 121, 2)
     latent, w, h, _ = out["result"]
-    assert (w, h) == (1280, 704) and "rounded to 1280x704" in caplog.text
+    assert (w, h) == (1280, 704) and "using 1280x704, 121 frames (1280x720 rounded" in caplog.text
     assert out["ui"]["text"] == ["1280x704, 121 frames (1280x720 rounded: the model needs multiples of 32)"]
     assert latent["samples"].shape == (2, 48, 31, 44, 80)
-    with pytest.raises(ValueError, match="length 80 is not 4n\\+1; use 77 or 81"):
-        WanFlowEmptyVideoLatent().create(vae21, 832, 480, 80, 1)
+    out = WanFlowEmptyVideoLatent().create(vae21, 832, 480, 80, 1)
+    assert out["result"][3] == 77 and out["result"][0]["samples"].shape[2] == 20
+    assert out["ui"]["text"] == ["832x480, 77 frames (80 frames rounded down to 77: the model needs 4n+1)"]

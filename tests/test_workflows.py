@@ -204,16 +204,12 @@ def test_missing_model_file_fails_before_running(tiny_setup, capsys):
     assert not out.exists() or not any(out.rglob("*.mp4"))
 
 
-def test_wrong_image_size_for_the_model_fails_clearly(tiny_setup, capsys):
-    from wanflow.runner import cli, errors
-
-    path = tiny_setup / "i2v.json"
-    path.write_text(json.dumps(templates.render("wan22_a14b_i2v")))
-    out = tiny_setup / "output" / "wrong_size"
-    sets = [a for s in tiny_runs.TINY_OVERRIDES["wan22_a14b_i2v"] + ["7.width=40"] for a in ("--set", s)]
-    code = cli.main(["run", str(path), "--models", str(tiny_setup / "models"), "--input", str(tiny_setup / "input"),
-                     "--output", str(out), "--quiet", *sets])
-    assert code == errors.EXIT_NODE_FAILED
-    err = capsys.readouterr().err
-    assert "node 7 (WanFlowImageToVideo)" in err and "40x32 does not fit" in err and "multiples of 16" in err
-    assert not out.exists() or not any(p.is_file() for p in out.rglob("*"))
+def test_a_size_the_model_cannot_take_is_rounded_and_shown_on_the_node(tiny_setup):
+    """Sizes follow one rule on every node (nodes/sizes.py): rounded, with a note, never a late failure."""
+    ca.configure_headless(tiny_setup / "models", tiny_setup / "input", tiny_setup / "output" / "rounded")
+    ca.set_headless_progress(False)
+    result = templates.run_with_overrides("wan22_a14b_i2v", tiny_runs.TINY_OVERRIDES["wan22_a14b_i2v"]
+                                          + ["7.width=40", "7.length=7"])
+    assert result.ui["7"]["text"] == ["32x32, 5 frames (40x32 rounded: the model needs multiples of 16; "
+                                      "7 frames rounded down to 5: the model needs 4n+1)"]
+    assert result.files

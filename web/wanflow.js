@@ -1,13 +1,18 @@
 // WanFlow frontend extension: one line of status text on some nodes after they ran.
 //
 // The model loader reports the variant it detected ("Wan 2.2 T2V-14B (high-noise expert) ..."),
-// the empty video latent the size it used (and that it rounded). Each returns
+// the latent and conditioning nodes the size they used (and what they rounded). Each returns
 // {"ui": {"text": [...]}}, which ComfyUI passes to node.onExecuted. The text is drawn under the
 // widgets instead of being added as a widget, so a saved workflow keeps exactly the node's
 // widgets_values.
 import { app } from "../../scripts/app.js";
 
-const LABELS = { WanFlowModelLoader: "Detected", WanFlowEmptyVideoLatent: "Latent" };
+const LABELS = {
+  WanFlowModelLoader: "Detected",
+  WanFlowEmptyVideoLatent: "Latent",
+  WanFlowImageToVideo: "Size",
+  WanFlowReferenceToVideo: "Size",
+};
 const LINE_HEIGHT = 18;
 
 function fitText(ctx, text, width) {
