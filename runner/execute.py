@@ -32,7 +32,8 @@ class RunResult:
 # --------------------------------------------------------------------------- validation
 
 def validate(prompt: dict[str, dict], classes: dict[str, type]) -> list[str]:
-    """Raise on the first problem; returns the execution order of the nodes outputs need."""
+    """Raise on the first problem (every missing file at once); returns the execution order of
+    the nodes outputs need."""
     for node_id, entry in prompt.items():
         kind = entry["class_type"]
         if kind not in classes:
@@ -40,8 +41,16 @@ def validate(prompt: dict[str, dict], classes: dict[str, type]) -> list[str]:
     order = execution_order(prompt, classes)  # as in ComfyUI, nodes no output needs are not checked
     for node_id in order:
         _validate_node(prompt, classes, node_id, prompt[node_id])
+    missing: list[MissingFileError] = []
     for node_id in order:
-        _run_validate_inputs(classes, node_id, prompt[node_id])
+        try:
+            _run_validate_inputs(classes, node_id, prompt[node_id])
+        except MissingFileError as exc:  # collect them: a user fixes all missing files in one go
+            missing.append(exc)
+    if len(missing) == 1:
+        raise missing[0]
+    if missing:
+        raise MissingFileError(f"{len(missing)} files are missing:\n" + "\n".join(f"  {exc}" for exc in missing))
     return order
 
 

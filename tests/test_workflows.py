@@ -200,8 +200,14 @@ def test_missing_model_file_fails_before_running(tiny_setup, capsys):
     code = cli.main(["run", str(ROOT / "workflows" / "wan22_a14b_t2v.json"), "--models", str(tiny_setup / "models"),
                      "--input", str(tiny_setup / "input"), "--output", str(out), "--quiet"])
     assert code == errors.EXIT_MISSING_FILE
-    assert "'wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors' not found in diffusion_models" in capsys.readouterr().err
-    assert not out.exists() or not any(out.rglob("*.mp4"))
+    err = capsys.readouterr().err
+    assert "4 files are missing" in err, err       # all at once: both experts, the text encoder, the VAE
+    for name, folder in (("wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors", "diffusion_models"),
+                         ("wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors", "diffusion_models"),
+                         ("umt5_xxl_fp8_e4m3fn_scaled.safetensors", "text_encoders"),
+                         ("wan_2.1_vae.safetensors", "vae")):
+        assert f"'{name}' not found in {folder}" in err, err
+    assert not out.exists()
 
 
 def test_a_size_the_model_cannot_take_is_rounded_and_shown_on_the_node(tiny_setup):
