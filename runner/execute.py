@@ -69,6 +69,8 @@ def _validate_node(prompt: dict, classes: dict, node_id: str, entry: dict) -> No
         if name not in specs:
             continue  # extra inputs are ignored, as in ComfyUI
         spec = specs[name]
+        if value is None:
+            raise InvalidWorkflow(f"input {name!r} is null; expected a value or a link", node_id, kind)
         if is_link(value):
             _check_link(prompt, classes, node_id, kind, spec, value)
         elif name not in skip_value_check:

@@ -331,3 +331,14 @@ def test_output_that_is_a_file_is_a_usage_error_and_stays_untouched(dirs, capsys
     assert target.read_text() == "my notes"
     assert cli.main(["demo", "--output", str(target), "--quiet"]) == errors.EXIT_USAGE
     assert target.read_text() == "my notes"
+
+
+def test_a_null_widget_value_is_invalid_not_skipped(dirs, capsys):
+    """A literal null is no value (``lora_high: null`` once passed the file check as a linked input
+    and silently applied no LoRA); every node input gets the same check."""
+    api = {"2": {"class_type": "LoadImage", "inputs": {"image": "still.png"}},
+           "3": {"class_type": "WanFlowSaveVideo",
+                 "inputs": {"images": ["2", 0], "filename_prefix": "x", "format": "png", "fps": 8.0, "quality": 90}}}
+    api["3"]["inputs"]["fps"] = None
+    assert run_cli(dirs, api) == errors.EXIT_INVALID
+    assert "node 3 (WanFlowSaveVideo): input 'fps' is null" in capsys.readouterr().err
