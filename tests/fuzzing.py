@@ -2,7 +2,8 @@
 
 Budgets: CI runs ``FUZZ_EXAMPLES`` examples per entry point (derandomized, so a CI failure
 reproduces); ``WANFLOW_FUZZ_EXAMPLES=10000 pytest tests/test_fuzz_*.py`` is the long local run.
-Each example must end in success or one of the project's errors, within ``TIME_BOUND`` seconds.
+Each example must end in success or one of the project's errors. There is no time bound: timing
+thresholds do not belong in tests, and a hang shows as a run that never ends.
 """
 from __future__ import annotations
 
@@ -10,8 +11,6 @@ import copy
 import json
 import os
 import struct
-import time
-from contextlib import contextmanager
 from typing import Any, Iterator
 
 from hypothesis import HealthCheck, settings
@@ -19,8 +18,6 @@ from hypothesis import strategies as st
 
 FUZZ_EXAMPLES = int(os.environ.get("WANFLOW_FUZZ_EXAMPLES", "40"))
 LONG_RUN = "WANFLOW_FUZZ_EXAMPLES" in os.environ
-TIME_BOUND = 20.0
-"""Seconds one example may take on 2 cores (a hang is a failure, like a crash)."""
 
 FUZZ_SETTINGS = settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=not LONG_RUN, database=None,
                          suppress_health_check=list(HealthCheck), print_blob=True)
@@ -102,11 +99,3 @@ def damage_bytes(raw: bytes, data: st.DataObject) -> bytes:
             out[data.draw(st.integers(0, limit - 1), label="at")] = data.draw(st.integers(0, 255), label="byte")
     return bytes(out)
 
-
-@contextmanager
-def time_bound(what: str) -> Iterator[None]:
-    """Fail when the block takes longer than TIME_BOUND (a hang counts as a finding)."""
-    began = time.perf_counter()
-    yield
-    took = time.perf_counter() - began
-    assert took < TIME_BOUND, f"{what} took {took:.1f} s (bound {TIME_BOUND} s)"

@@ -3,8 +3,8 @@
 Two bases per template: its UI file as users share it (the models it names are not in the
 folder, so runs end at validation or at the missing-file check) and its API prompt pointed at
 the tiny files (runs that survive the mutation sample for real). Each run must exit 0 or with one
-of the runner's error codes and a message, never a traceback or exit 1, must write nothing when
-it fails, and must finish within the time bound. Budgets: tests/fuzzing.py.
+of the runner's error codes and a message, never a traceback or exit 1, and must write nothing when
+it fails. Budgets: tests/fuzzing.py.
 """
 import json
 
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fuzzing import FUZZ_EXAMPLES, FUZZ_SETTINGS, LONG_RUN, mutate_json, time_bound
+from fuzzing import FUZZ_EXAMPLES, FUZZ_SETTINGS, LONG_RUN, mutate_json
 from wanflow.nodes import comfy_adapter as ca
 from wanflow.runner import cli, errors, templates, workflow
 from wanflow.runner.registry import node_classes
@@ -66,9 +66,8 @@ def test_mutated_workflows_run_or_fail_with_a_runner_error(folders, capsys, base
         path = run / "flow.json"
         path.write_text(json.dumps(flow, allow_nan=True))
         out = run / "output"
-        with time_bound(f"running {base}"):
-            code = cli.main(["run", str(path), "--models", str(folders / "models"), "--input",
-                             str(folders / "input"), "--output", str(out), "--quiet"])
+        code = cli.main(["run", str(path), "--models", str(folders / "models"), "--input",
+                         str(folders / "input"), "--output", str(out), "--quiet"])
         err = capsys.readouterr().err
         assert code in PROJECT_EXITS, f"exit {code}: {err[-2000:]}"
         assert "Traceback" not in err, err[-2000:]
