@@ -136,6 +136,17 @@ def _is_id(value: Any) -> bool:
     return _is_int(value) or isinstance(value, str)
 
 
+def _slot_link(graph: "_UIGraph", node_id: str, slot_index: int, slot: dict) -> int:
+    """The link id on an input slot; anything but a whole number is a broken file, not a crash."""
+    link = slot["link"]
+    if _is_int(link):
+        return link
+    if isinstance(link, float) and link.is_integer():
+        return int(link)
+    raise InvalidWorkflow(f"{graph.describe(node_id)}: input {slot_index} has link {link!r:.40}; expected a link id "
+                          "(a whole number) or null")
+
+
 def ui_to_prompt(ui: dict, classes: dict[str, type]) -> dict[str, dict]:
     """Convert a UI workflow, dropping UI-only and muted nodes and wiring around bypassed ones."""
     graph = _UIGraph(ui)
@@ -159,7 +170,7 @@ def ui_to_prompt(ui: dict, classes: dict[str, type]) -> dict[str, dict]:
             if slot.get("link") is None:
                 continue
             name = (slot.get("widget") or {}).get("name") or slot["name"]
-            resolved = _resolve_link(graph, int(slot["link"]), node_id, slot_index, set())
+            resolved = _resolve_link(graph, _slot_link(graph, node_id, slot_index, slot), node_id, slot_index, set())
             if resolved is None:
                 inputs.pop(name, None)
                 dropped[name] = "its source node is muted or has nothing to pass through"
@@ -212,7 +223,7 @@ def _resolve_link(graph: _UIGraph, link_id: int, target_id: str, target_slot: in
         slots = origin.get("inputs") or []
         if index >= len(slots) or slots[index].get("link") is None:
             return None
-        return _resolve_link(graph, int(slots[index]["link"]), origin_id, index, seen)
+        return _resolve_link(graph, _slot_link(graph, origin_id, index, slots[index]), origin_id, index, seen)
     return [origin_id, origin_slot]
 
 

@@ -245,7 +245,8 @@ def test_nodes_no_output_needs_are_not_checked_but_bad_links_are(dirs):
     (lambda f: f["nodes"][2].__setitem__("type", ["WanFlowSaveVideo"]), "expected an object with an id and a type"),
     (lambda f: f["nodes"][2].__setitem__("inputs", {"images": 2}), "inputs must be a list of slots"),
     (lambda f: f["links"].__setitem__(0, [1, 1, "0", 2, 0, "IMAGE"]), "malformed link [1, 1, '0', 2, 0, 'IMAGE']"),
-    (lambda f: f["nodes"][2]["inputs"][0].__setitem__("link", "two"), "malformed workflow JSON (ValueError"),
+    (lambda f: f["nodes"][2]["inputs"][0].__setitem__("link", "two"), "input 0 has link 'two'; expected a link id"),
+    (lambda f: f["nodes"][2]["inputs"][0].__setitem__("link", float("inf")), "input 0 has link inf; expected"),
     (lambda f: f["nodes"][2].__setitem__("widgets_values", 7), "malformed workflow JSON (TypeError"),
 ])
 def test_wrong_json_types_in_a_ui_workflow_are_invalid(dirs, capsys, breakage, message):
