@@ -60,6 +60,15 @@ def load_dit(path: PathLike, storage_dtype: StorageChoice = None, *,
     return LoadedDiT(model.eval(), variant, file_format, str(path))
 
 
+@names_the_file
+def peek_dit_variant(path: PathLike, *, expert: Optional[str] = None) -> WanVariant:
+    """The variant of a DiT file from its header (names and shapes) alone, without reading the
+    weights: lets a graph be checked against its models before any long load starts."""
+    path = resolve_dit_path(path, expert)
+    ckpt, _ = open_dit_checkpoint(path)
+    return detect_variant(ckpt, path, expert)
+
+
 def resolve_dit_path(path: PathLike, expert: Optional[str] = None) -> Path:
     """Step into the expert's subfolder of an official A14B folder or a diffusers pipeline."""
     path = Path(path)

@@ -9,16 +9,18 @@ The builders are samplers/conditioning.py's; this node sizes the images and pick
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Mapping, Optional
 
 import torch
 import torch.nn.functional as F
 
+from ..model_loaders.detect import WanVariant
 from ..samplers.conditioning import WanConditioning, encode_first_frame, encode_i2v_condition
 from ..wan.clip_vision import preprocess as clip_preprocess
 from ..wan.latent_stats import stats_for_channels
 from . import comfy_adapter
 from .handles import ClipVisionHandle, ModelHandle
+from .model_checks import check_image_model
 from .sizes import fit_video_size
 from .types import CLIP_VISION, CONDITIONING, CONDITIONING_MENU, IMAGE, LATENT, MODEL, VAE
 
@@ -66,6 +68,7 @@ class WanFlowImageToVideo:
     RETURN_TYPES = (CONDITIONING, LATENT)
     RETURN_NAMES = ("conditioning", "latent")
     FUNCTION = "build"
+    CONDITIONING_KIND = "image"
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -91,28 +94,29 @@ class WanFlowImageToVideo:
             },
         }
 
+    @classmethod
+    def check_models(cls, models: Mapping[str, WanVariant], conditioning: Mapping[str, str],
+                     connected: set[str]) -> None:
+        """The headless runner's check before loading (from file headers); see nodes/model_checks.py."""
+        if "model" in models:
+            check_image_model(models["model"], end_image="end_image" in connected,
+                              clip_vision="clip_vision" in connected)
+
     def build(self, model: ModelHandle, conditioning: WanConditioning, vae, start_image: torch.Tensor,
               width: int, height: int, length: int, end_image: Optional[torch.Tensor] = None,
               clip_vision: Optional[ClipVisionHandle] = None) -> dict:
         what = "image-to-video"
+        check_image_model(model.variant, end_image=end_image is not None, clip_vision=clip_vision is not None)
         check_vae(model, vae, what)
         size = fit_video_size(width, height, length, vae, what)
         width, height, length = size.width, size.height, size.length
         config = model.variant.config
-        if config.flf_pos_len is not None and end_image is None:
-            raise ValueError(f"{what}: {model.variant.name} is a first-last-frame model and needs an end_image "
-                             "as well as the start_image")
         start = fit_image(start_image, width, height)
         end = fit_image(end_image, width, height) if end_image is not None else None
         latent_shape = vae.latent_shape((1, 3, length, height, width))
         with comfy_adapter.model_on_compute_device(vae):
             encode = latent_encoder(vae)
             if config.in_dim == config.out_dim:  # TI2V-5B: the first frame rides in the latent itself
-                if config.model_type != "ti2v":
-                    raise ValueError(f"{what}: {model.variant.name} is a text-to-video model and takes no image; "
-                                     "load a Wan I2V, FLF2V or TI2V model")
-                if end is not None:
-                    raise ValueError(f"{what}: {model.variant.name} takes a start image only, not an end image")
                 cond = dataclasses.replace(conditioning, first_frame=encode_first_frame(encode, start))
             else:
                 y = encode_i2v_condition(encode, start, length, end)
@@ -125,11 +129,8 @@ class WanFlowImageToVideo:
     def _clip_features(model: ModelHandle, clip_vision: Optional[ClipVisionHandle], start: torch.Tensor,
                        end: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         """CLIP tokens for models with the image branch: ``[1, 257, 1280]``, or 514 with an end image."""
-        if not model.variant.config.has_image_input:
+        if not model.variant.config.has_image_input or clip_vision is None:  # check_image_model ran first
             return None
-        if clip_vision is None:
-            raise ValueError(f"image-to-video: {model.variant.name} needs CLIP vision features: connect a "
-                             "WanFlow CLIP Vision Loader (clip_vision_h.safetensors)")
         images = start if end is None else torch.cat([start, end])
         tower = clip_vision.tower
         dtype = next(tower.parameters()).dtype

@@ -9,7 +9,8 @@ import logging
 from typing import Union
 
 from ..model_loaders.clip_vision_loader import load_clip_vision
-from ..model_loaders.dit_loader import load_dit
+from ..model_loaders.detect import WanVariant
+from ..model_loaders.dit_loader import load_dit, peek_dit_variant
 from ..model_loaders.text_encoder_loader import load_text_encoder
 from ..model_loaders.vae_loader import load_vae
 from ..model_loaders.storage import STORAGE_DTYPES
@@ -49,6 +50,11 @@ class WanFlowModelLoader:
     def VALIDATE_INPUTS(cls, model_name: str) -> Union[bool, str]:
         """Checked before the run: a safe name of a file that exists."""
         return comfy_adapter.model_file_verdict("diffusion_models", model_name, "model loader: model_name")
+
+    @classmethod
+    def peek_variant(cls, model_name: str) -> WanVariant:
+        """The variant from the file header only (the headless runner checks the graph with it)."""
+        return peek_dit_variant(comfy_adapter.model_path("diffusion_models", model_name, "model loader: model_name"))
 
     def load(self, model_name: str, storage_dtype: str, attention: str) -> dict:
         path = comfy_adapter.model_path("diffusion_models", model_name, "model loader: model_name")

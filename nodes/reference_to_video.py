@@ -41,6 +41,7 @@ class WanFlowReferenceToVideo:
     RETURN_TYPES = (CONDITIONING, LATENT)
     RETURN_NAMES = ("conditioning", "latent")
     FUNCTION = "build"
+    CONDITIONING_KIND = "reference"
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 from contextlib import ExitStack
-from typing import Optional
+from typing import Mapping, Optional
 
 import torch
 
+from ..model_loaders.detect import WanVariant
 from ..samplers.conditioning import WanConditioning
 from ..samplers.moe import MoESampler, SamplerHooks, SamplingInterrupted
 from ..samplers.noise import seeded_noise
@@ -21,6 +22,7 @@ from ..wan.latent_stats import LatentStats, stats_for_channels
 from . import comfy_adapter
 from .handles import ModelHandle
 from .lora_nodes import build_lora_stack
+from .model_checks import check_sampler_models, conditioning_kind
 from .types import CONDITIONING, LATENT, LORA_STACK, MODEL, SAMPLING
 
 SCHEDULER_NAMES = sorted(SCHEDULES) + ["distilled"]
@@ -68,10 +70,19 @@ class WanFlowMoESampler:
             },
         }
 
+    @classmethod
+    def check_models(cls, models: Mapping[str, WanVariant], conditioning: Mapping[str, str],
+                     connected: set[str]) -> None:
+        """The headless runner's check before loading (from file headers); see nodes/model_checks.py."""
+        check_sampler_models(models, conditioning.get("conditioning"))
+
     def sample(self, model_high: ModelHandle, conditioning: WanConditioning, latent: dict, seed: int, steps: int, shift: float,
                solver: str, scheduler: str, cfg_high: float, cfg_low: float, boundary: float, denoise: float,
                model_low: Optional[ModelHandle] = None, lora_stack: Optional[tuple] = None) -> tuple[dict]:
-        check_experts(model_high, model_low)
+        models = {"model_high": model_high.variant}
+        if model_low is not None:
+            models["model_low"] = model_low.variant
+        check_sampler_models(models, conditioning_kind(conditioning))
         raw = latent["samples"]
         stats = latent_stats_for(raw, model_high)
         schedule = build_schedule(scheduler, steps, shift, denoise)
@@ -106,18 +117,6 @@ class WanFlowMoESampler:
                 raise comfy_adapter.Interrupted(str(exc)) from exc
         out = stats.denormalize(result.latent.float()).to(comfy_adapter.offload_device())
         return ({"samples": out},)
-
-
-def check_experts(high: ModelHandle, low: Optional[ModelHandle]) -> None:
-    """Two experts wired the wrong way round would sample without error but badly: refuse it.
-
-    (A low-noise expert alone on model_high is allowed: some run it as a single model.)
-    """
-    if low is None:
-        return
-    if high.variant.expert == "low" or low.variant.expert == "high":
-        raise ValueError(f"MoE sampler: model_high is {high.variant.name} and model_low is {low.variant.name}; "
-                         "connect the high-noise expert to model_high and the low-noise expert to model_low")
 
 
 def latent_stats_for(raw: torch.Tensor, model: ModelHandle) -> LatentStats:

@@ -66,6 +66,7 @@ class WanFlowTextEncode:
     RETURN_TYPES = (CONDITIONING,)
     RETURN_NAMES = ("conditioning",)
     FUNCTION = "encode"
+    CONDITIONING_KIND = "text"
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:

@@ -1,8 +1,9 @@
 """Checking a prompt against the node classes, then running it in dependency order.
 
 Everything that can be checked before running is checked first (node types, links and their
-types, required inputs, widget values, file names and model files), so a bad workflow fails in
-a second, before any model loads. Output files are staged and only moved into the output
+types, required inputs, widget values, file names and model files, and the models' kinds
+against their sockets from the file headers), so a bad workflow fails in a second, before any
+model loads. Output files are staged and only moved into the output
 folder when the whole run succeeded.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, Iterator, Optional
 
 from ..nodes import comfy_adapter
 from . import node_specs, signals
+from .model_kinds import check_model_kinds
 from .errors import (InvalidWorkflow, MissingFileError, NodeFailed, RunInterrupted, RunnerError)
 from .workflow import Workflow, is_link, unknown_type_message
 
@@ -51,6 +53,7 @@ def validate(prompt: dict[str, dict], classes: dict[str, type]) -> list[str]:
         raise missing[0]
     if missing:
         raise MissingFileError(f"{len(missing)} files are missing:\n" + "\n".join(f"  {exc}" for exc in missing))
+    check_model_kinds(prompt, classes, order)
     return order
 
 

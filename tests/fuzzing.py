@@ -2,15 +2,23 @@
 
 Budgets: CI runs ``FUZZ_EXAMPLES`` examples per entry point (derandomized, so a CI failure
 reproduces); ``WANFLOW_FUZZ_EXAMPLES=10000 pytest tests/test_fuzz_*.py`` is the long local run.
-Each example must end in success or one of the project's errors. There is no time bound: timing
-thresholds do not belong in tests, and a hang shows as a run that never ends.
+Each example must end in success or one of the project's errors. Tests hold no time bound
+(timing thresholds do not belong in tests); the long run times every example instead and adds a
+row per entry point to ``bench/results/fuzz_long_run.md``: examples, slowest, and how many took
+longer than ``SLOW_SECONDS`` (the issue's definition of a hang).
 """
 from __future__ import annotations
 
 import copy
 import json
 import os
+import platform
 import struct
+import subprocess
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Iterator
 
 from hypothesis import HealthCheck, settings
@@ -18,6 +26,8 @@ from hypothesis import strategies as st
 
 FUZZ_EXAMPLES = int(os.environ.get("WANFLOW_FUZZ_EXAMPLES", "40"))
 LONG_RUN = "WANFLOW_FUZZ_EXAMPLES" in os.environ
+SLOW_SECONDS = 20.0
+REPORT = Path(__file__).resolve().parent.parent / "bench" / "results" / "fuzz_long_run.md"
 
 FUZZ_SETTINGS = settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=not LONG_RUN, database=None,
                          suppress_health_check=list(HealthCheck), print_blob=True)
@@ -99,3 +109,47 @@ def damage_bytes(raw: bytes, data: st.DataObject) -> bytes:
             out[data.draw(st.integers(0, limit - 1), label="at")] = data.draw(st.integers(0, 255), label="byte")
     return bytes(out)
 
+
+
+class Timings:
+    """Seconds per example of one entry point; the long run reports them (tests assert nothing on time)."""
+
+    def __init__(self, entry: str):
+        self.entry = entry
+        self.seconds: list[float] = []
+
+    @contextmanager
+    def example(self) -> Iterator[None]:
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds.append(time.perf_counter() - began)
+
+    def report(self) -> None:
+        """Add this entry point's row to REPORT (long run only; the header on the first row of a run)."""
+        if not LONG_RUN or not self.seconds:
+            return
+        global _REPORT_STARTED
+        if not _REPORT_STARTED:
+            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                    cwd=REPORT.parent).stdout.strip()
+            REPORT.write_text(
+                "# Fuzz long run\n\n"
+                f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC\n- commit: {commit}\n"
+                f"- machine: {platform.machine()}, {os.cpu_count()} threads, Python {platform.python_version()}\n"
+                f"- command: `WANFLOW_FUZZ_EXAMPLES={FUZZ_EXAMPLES} pytest tests/test_fuzz_files.py "
+                "tests/test_fuzz_workflows.py`\n"
+                "- a crash fails the test, so every row here ended with 0 crashes; "
+                f"a hang is an example slower than {SLOW_SECONDS:.0f} s\n\n"
+                "| entry point | examples | crashes | slowest s | median s | slower than the hang bound |\n"
+                "|---|---|---|---|---|---|\n")
+            _REPORT_STARTED = True
+        ordered = sorted(self.seconds)
+        slow = sum(s > SLOW_SECONDS for s in ordered)
+        with REPORT.open("a") as out:
+            out.write(f"| {self.entry} | {len(ordered)} | 0 | {ordered[-1]:.2f} | {ordered[len(ordered) // 2]:.3f} "
+                      f"| {slow} |\n")
+
+
+_REPORT_STARTED = False

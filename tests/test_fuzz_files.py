@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fuzzing import FUZZ_SETTINGS, damage_bytes
+from fuzzing import FUZZ_SETTINGS, Timings, damage_bytes
 from wanflow.model_loaders.clip_vision_loader import load_clip_vision
 from wanflow.model_loaders.dit_loader import load_dit
 from wanflow.model_loaders.errors import CheckpointError
@@ -46,6 +46,7 @@ LOADERS = {"dit": load_dit, "i2v": load_dit, "vae21": load_vae, "vae22": load_va
 def test_damaged_files_load_or_get_a_named_error(originals, tmp_path_factory, kind):
     folder = tmp_path_factory.mktemp(f"fuzz_{kind}")
     expected = ValueError if kind == "lora" else CheckpointError
+    timings = Timings(f"loader: {kind}")
 
     @FUZZ_SETTINGS
     @given(data=st.data(), suffix=st.sampled_from([".safetensors", ".pth"]))
@@ -53,8 +54,10 @@ def test_damaged_files_load_or_get_a_named_error(originals, tmp_path_factory, ki
         path = folder / f"damaged_{kind}{suffix}"
         path.write_bytes(damage_bytes(originals[kind], data))
         try:
-            LOADERS[kind](path)
+            with timings.example():
+                LOADERS[kind](path)
         except expected as exc:
             assert path.name in str(exc), f"{type(exc).__name__} without the file name: {exc}"
 
     check()
+    timings.report()

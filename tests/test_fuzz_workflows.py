@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fuzzing import FUZZ_EXAMPLES, FUZZ_SETTINGS, LONG_RUN, mutate_json
+from fuzzing import FUZZ_EXAMPLES, FUZZ_SETTINGS, LONG_RUN, Timings, mutate_json
 from wanflow.nodes import comfy_adapter as ca
 from wanflow.runner import cli, errors, templates, workflow
 from wanflow.runner.registry import node_classes
@@ -47,17 +47,24 @@ BASES = {**{f"ui:{name}": (lambda n=name: json.loads((templates.WORKFLOWS_DIR / 
          **{f"api:{name}": (lambda n=name: api_prompt(n)) for name in TINY_OVERRIDES}}
 
 
-API_EXAMPLES = FUZZ_EXAMPLES if LONG_RUN else max(5, FUZZ_EXAMPLES // 5)
-"""API prompts on the tiny models often sample for real (a second or two each), so CI runs fewer."""
+def examples_for(base: str) -> int:
+    """Examples per base. In CI each UI base runs FUZZ_EXAMPLES and each API base a fifth (API
+    prompts on the tiny models often sample for real, a second or two each). The long run splits
+    FUZZ_EXAMPLES over all bases of the one entry point (``wanflow run``), 4:1 UI to API."""
+    api = base.startswith("api:")
+    if not LONG_RUN:
+        return max(5, FUZZ_EXAMPLES // 5) if api else FUZZ_EXAMPLES
+    share = FUZZ_EXAMPLES // 5 if api else FUZZ_EXAMPLES * 4 // 5
+    return max(1, share // sum(name.startswith("api:") == api for name in BASES))
 
 
 @pytest.mark.parametrize("base", sorted(BASES))
 def test_mutated_workflows_run_or_fail_with_a_runner_error(folders, capsys, base):
     original = BASES[base]()
     counter = iter(range(10 ** 9))
-    examples = API_EXAMPLES if base.startswith("api:") else FUZZ_EXAMPLES
+    timings = Timings(f"wanflow run: {base}")
 
-    @settings(FUZZ_SETTINGS, max_examples=examples)
+    @settings(FUZZ_SETTINGS, max_examples=examples_for(base))
     @given(data=st.data())
     def check(data):
         flow = mutate_json(original, data)
@@ -66,8 +73,9 @@ def test_mutated_workflows_run_or_fail_with_a_runner_error(folders, capsys, base
         path = run / "flow.json"
         path.write_text(json.dumps(flow, allow_nan=True))
         out = run / "output"
-        code = cli.main(["run", str(path), "--models", str(folders / "models"), "--input",
-                         str(folders / "input"), "--output", str(out), "--quiet"])
+        with timings.example():
+            code = cli.main(["run", str(path), "--models", str(folders / "models"), "--input",
+                             str(folders / "input"), "--output", str(out), "--quiet"])
         err = capsys.readouterr().err
         assert code in PROJECT_EXITS, f"exit {code}: {err[-2000:]}"
         assert "Traceback" not in err, err[-2000:]
@@ -76,3 +84,4 @@ def test_mutated_workflows_run_or_fail_with_a_runner_error(folders, capsys, base
             assert not out.exists() or not any(out.rglob("*")), f"a failed run left {list(out.rglob('*'))}"
 
     check()
+    timings.report()

@@ -64,6 +64,14 @@ def test_swapped_experts_are_refused(experts):
     assert run(low).shape == (1, 16, 2, 4, 4)  # a low-noise expert alone is a valid single model
 
 
+def test_an_image_to_video_expert_refuses_text_only_conditioning():
+    """Issue 15: a clear error naming the socket, not a channel-count error inside the model."""
+    i2v = tiny_handle("i2v", expert="high")
+    i2v.variant = WanVariant("2.2", "i2v", "tiny", "high", TINY_PRESETS["i2v"], official_defaults("2.2", "i2v", "14B"))
+    with pytest.raises(ValueError, match="model_high is .*an image-to-video model, but its conditioning is text"):
+        run(i2v)
+
+
 def test_wrong_latent_channels(experts):
     with pytest.raises(ValueError, match="the latent has 48 channels but .* works on 16"):
         run(experts[0], latent={"samples": torch.zeros(1, 48, 1, 4, 4)})

@@ -219,3 +219,42 @@ def test_a_size_the_model_cannot_take_is_rounded_and_shown_on_the_node(tiny_setu
     assert result.ui["7"]["text"] == ["32x32, 5 frames (40x32 rounded: the model needs multiples of 16; "
                                       "7 frames rounded down to 5: the model needs 4n+1)"]
     assert result.files
+
+
+SWAPPED_MODELS = [
+    ("wan22_a14b_t2v", {"i2v_high": ("t2v_high",), "i2v_low": ("t2v_low",)}, "node 8 (WanFlowMoESampler)",
+     "an image-to-video model, but its conditioning is text conditioning"),
+    ("wan22_a14b_i2v", {"t2v_high": ("i2v_high",), "t2v_low": ("i2v_low",)}, "node 7 (WanFlowImageToVideo)",
+     "is a text-to-video model and takes no image"),
+    ("wan22_a14b_i2v", {"i2v_clip": ("i2v_high",)}, "node 7 (WanFlowImageToVideo)", "needs CLIP vision features"),
+    ("wan21_vace_r2v", {"t2v_high": ("vace",)}, "node 8 (WanFlowMoESampler)", "which has no VACE blocks"),
+    ("wan22_a14b_t2v", {"t2v_low": ("t2v_high",), "t2v_high": ("t2v_low",)}, "node 8 (WanFlowMoESampler)",
+     "connect the high-noise expert to model_high"),
+]
+
+
+@pytest.mark.parametrize("name, swap, where, message", SWAPPED_MODELS)
+def test_a_model_of_the_wrong_kind_fails_from_its_header_before_any_weights_load(tiny_setup, capsys, monkeypatch,
+                                                                                name, swap, where, message):
+    """Issue 15: the variant is known from the header, so the graph is checked before loading (exit 3)."""
+    from wanflow.model_loaders import storage
+    from wanflow.runner import cli, errors
+    from wanflow.runner.tiny_models import FILES
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("weights were read before the graph check")
+
+    monkeypatch.setattr(storage, "load_into", no_weights)
+    monkeypatch.setattr("wanflow.model_loaders.dit_loader.load_into", no_weights)
+    renames = {getattr(FILES, old): getattr(FILES, new) for new, olds in swap.items() for old in olds}
+    sets = []
+    for item in tiny_runs.TINY_OVERRIDES[name]:
+        key, value = item.split("=", 1)
+        sets += ["--set", f"{key}={renames.get(value, value)}"]
+    out = tiny_setup / "output" / f"swapped_{name}"
+    code = cli.main(["run", str(ROOT / "workflows" / f"{name}.json"), "--models", str(tiny_setup / "models"),
+                     "--input", str(tiny_setup / "input"), "--output", str(out), "--quiet", *sets])
+    err = capsys.readouterr().err
+    assert code == errors.EXIT_INVALID, err
+    assert where in err and message in err and "before loading" in err, err
+    assert not out.exists()
