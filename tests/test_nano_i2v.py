@@ -42,7 +42,7 @@ def test_i2v_moves_the_pictured_object_as_asked(tmp_path):
 
 
 def test_i2v_frame_0_keeps_the_picture_on_black_backgrounds(tmp_path):
-    """>= 25 dB PSNR. On white backgrounds generation 2 reaches only 18-20 dB: that case waits in
+    """>= 25 dB PSNR. On white backgrounds generation 3 reaches only 19.5-21.3 dB: that case waits in
     nano_pending/test_nano_i2v_white.py.pending."""
     need_nano(NANO.i2v_high, NANO.i2v_low)
     for index, scene in enumerate(I2V_SCENES):

@@ -2,7 +2,7 @@
 
 Thresholds are the WanNano issue's: background 12/12, colour >= 11/12, direction >= 10/12 on 12
 prompts (6 of them combinations never seen in training). The shape test still waits in
-``nano_pending/`` (generation 2 draws blobs); the exchanged-experts teeth are in test_nano_moe.py.
+``nano_pending/`` (generation 3 reads 5/12 shapes); the exchanged-experts teeth are in test_nano_moe.py.
 """
 import pytest
 
