@@ -122,6 +122,39 @@ def test_frozen_linear_gradient_matches_plain_autograd_on_fp8():
     assert torch.allclose(ours, x.grad, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("chunk_bytes", [64, 1 << 20])
+def test_linear_with_two_adapters_matches_plain_autograd(dtype, chunk_bytes, monkeypatch):
+    """One autograd node for the base and its adapters: same output and gradients as the maths
+    written out with ordinary autograd (input and every factor), whole or recast 2 rows at a time."""
+    monkeypatch.setattr(ln, "CHUNK_BYTES", {"cpu": chunk_bytes})
+    torch.manual_seed(0)
+    layer = ops.Linear(8, 5)
+    layer.requires_grad_(False)
+    adapters = [ln.LoraAdapter(8, 5, 3, scale, torch.Generator().manual_seed(i)) for i, scale in enumerate((0.5, 2.0))]
+    for adapter in adapters:
+        adapter.up.data.normal_()
+    x = torch.randn(2, 3, 8, dtype=dtype, requires_grad=True)
+    factors = [t for a in adapters for t in (a.down, a.up)]
+    ours = ln._FrozenLinear.apply(x, layer, tuple(a.scale for a in adapters), *factors)
+    weight_out = torch.randn_like(ours)
+    (ours.float() * weight_out.float()).sum().backward()
+    mine = [x.grad] + [t.grad for t in factors]
+    x.grad = None
+    for t in factors:
+        t.grad = None
+    plain = torch.nn.functional.linear(x, layer.compute_weight(dtype), layer.compute_bias(dtype))
+    for a in adapters:
+        plain = plain + (torch.nn.functional.linear(torch.nn.functional.linear(x.float(), a.down), a.up)
+                         * a.scale).to(dtype)
+    (plain.float() * weight_out.float()).sum().backward()
+    reference = [x.grad] + [t.grad for t in factors]
+    tolerance = 1e-5 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(ours, plain, atol=tolerance, rtol=tolerance)
+    for got, want in zip(mine, reference):
+        torch.testing.assert_close(got, want, atol=tolerance, rtol=tolerance)
+
+
 def test_backward_keeps_no_upcast_copy_of_a_base_weight():
     """Every tensor autograd saves is an activation or a LoRA factor: none has a base Linear's
     weight shape, so an fp8 base is never held wider, even without checkpointing."""

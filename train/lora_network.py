@@ -144,16 +144,22 @@ class LoraNetwork(nn.Module):
 # The frozen base
 # --------------------------------------------------------------------------------------------
 
-CHUNK_BYTES = 2 * 1024 * 1024
-"""Largest piece of a frozen weight recast at once. A whole FFN weight of a 14B model is 283 MB
-in float32; recasting it in row chunks keeps the transient (and the fp8 -> float intermediate)
-small next to the stored model, whatever the layer size."""
+CHUNK_BYTES = {"cpu": 1024 * 1024}
+"""Largest piece of a frozen weight recast at once, per device type. A whole FFN weight of a 14B
+model is 283 MB in float32; recasting it in row chunks keeps the transient (and the fp8 -> float
+intermediate) small next to the stored model, whatever the layer size. On the CPU, where the
+trainer's RAM is the budget, chunks are 1 MB (the LoRA-training memory bench: 2 MB chunks cost
+0.02 of the 1.3x budget); on accelerators :data:`ACCELERATOR_CHUNK_BYTES`, so a 14B layer is a few
+matmuls rather than hundreds of small ones."""
+
+ACCELERATOR_CHUNK_BYTES = 64 * 1024 * 1024
 
 
 def _weight_rows(layer: ops.Linear, dtype: torch.dtype):
-    """``(rows, weight[rows] in dtype)`` chunks of ``layer``'s weight, each at most CHUNK_BYTES."""
+    """``(rows, weight[rows] in dtype)`` chunks of ``layer``'s weight, each at most the device's chunk size."""
     out_features, in_features = layer.weight.shape
-    step = max(1, CHUNK_BYTES // (in_features * max(4, torch.empty((), dtype=dtype).element_size())))
+    budget = CHUNK_BYTES.get(layer.weight.device.type, ACCELERATOR_CHUNK_BYTES)
+    step = max(1, budget // (in_features * max(4, torch.empty((), dtype=dtype).element_size())))
     scale = getattr(layer, "scale_weight", None)
     for start in range(0, out_features, step):
         rows = slice(start, min(start + step, out_features))
@@ -162,36 +168,76 @@ def _weight_rows(layer: ops.Linear, dtype: torch.dtype):
 
 
 class _FrozenLinear(torch.autograd.Function):
-    """``F.linear`` over a frozen storage-dtype weight that saves no weight for backward.
+    """A frozen storage-dtype Linear and its LoRA adapters as one autograd node.
 
     Plain autograd would keep the upcast weight of every layer until backward (a wider copy of
     the whole model); here forward and backward recast the stored weight a few rows at a time
-    (:data:`CHUNK_BYTES`), so no layer is ever held in the compute dtype as a whole.
+    (:data:`CHUNK_BYTES`), so no layer is ever held in the compute dtype as a whole. The adapters'
+    deltas (float32 factors, ``scale · up(down(x))``) are added in place, and in backward every
+    path's input gradient goes into one buffer: at FFN width an input-sized tensor is the largest
+    of a block, and separate nodes would each make their own and then sum them.
+
+    ``apply(x, layer, scales, down_1, up_1, down_2, up_2, ...)``; ``apply(x, layer)`` is the base alone.
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, layer: ops.Linear) -> torch.Tensor:  # type: ignore[override]
-        ctx.layer = layer
+    def forward(ctx, x: torch.Tensor, layer: ops.Linear, scales: Sequence[float] = (),  # type: ignore[override]
+                *factors: torch.Tensor) -> torch.Tensor:
+        ctx.layer, ctx.scales = layer, tuple(scales)
         bias = layer.compute_bias(x.dtype)
         y = x.new_empty(*x.shape[:-1], layer.out_features)
         for rows, weight in _weight_rows(layer, x.dtype):
             y[..., rows] = F.linear(x, weight, None if bias is None else bias[rows])
+        if not factors:
+            return y
+        x32, y_flat = x.reshape(-1, x.shape[-1]).float(), y.view(-1, y.shape[-1])
+        lows = []
+        for scale, down, up in zip(ctx.scales, factors[0::2], factors[1::2]):
+            low = x32 @ down.t()
+            if y.dtype == torch.float32:
+                y_flat.addmm_(low, up.t(), alpha=scale)
+            else:
+                y_flat.add_((low @ up.t()).mul_(scale).to(y.dtype))
+            lows.append(low)
+        ctx.save_for_backward(x, *factors, *lows)
         return y
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        grad_x = None
-        for rows, weight in _weight_rows(ctx.layer, grad.dtype):
-            part = grad[..., rows] @ weight
-            grad_x = part if grad_x is None else grad_x.add_(part)
-        return grad_x, None
+        flat = grad.reshape(-1, grad.shape[-1])
+        grad_x: Optional[torch.Tensor] = None
+        if ctx.needs_input_grad[0]:
+            for rows, weight in _weight_rows(ctx.layer, grad.dtype):
+                if grad_x is None:
+                    grad_x = flat[:, rows] @ weight
+                else:  # accumulate in place: a product per chunk would be an input-sized temporary
+                    grad_x.addmm_(flat[:, rows], weight)
+        if not ctx.scales:
+            return _shaped(grad_x, grad), None, None
+        x, *rest = ctx.saved_tensors
+        count = len(ctx.scales)
+        factors, lows = rest[:2 * count], rest[2 * count:]
+        x32, grad32 = x.reshape(-1, x.shape[-1]).float(), flat.float()
+        factor_grads: list[torch.Tensor] = []
+        for scale, down, up, low in zip(ctx.scales, factors[0::2], factors[1::2], lows):
+            grad_low = (grad32 @ up).mul_(scale)
+            factor_grads += [grad_low.t() @ x32, (grad32.t() @ low).mul_(scale)]
+            if grad_x is not None:
+                if grad_x.dtype == torch.float32:
+                    grad_x.addmm_(grad_low, down)
+                else:
+                    grad_x.add_((grad_low @ down).to(grad_x.dtype))
+        return (_shaped(grad_x, grad), None, None, *factor_grads)
+
+
+def _shaped(grad_x: Optional[torch.Tensor], grad: torch.Tensor) -> Optional[torch.Tensor]:
+    return None if grad_x is None else grad_x.view(*grad.shape[:-1], grad_x.shape[-1])
 
 
 def _frozen_forward(layer: ops.Linear, x: torch.Tensor) -> torch.Tensor:
-    y = _FrozenLinear.apply(x, layer)
-    for adapter in layer.adapters:
-        y = adapter(x, y)
-    return y
+    adapters = layer.adapters
+    factors = [t for adapter in adapters for t in (adapter.down, adapter.up)]
+    return _FrozenLinear.apply(x, layer, tuple(a.scale for a in adapters), *factors)
 
 
 def _checkpointed_forward(forward, *args, **kwargs) -> torch.Tensor:

@@ -24,7 +24,10 @@ def dequantize(weight: torch.Tensor, dtype: torch.dtype,
     """The weight in ``dtype``, with a scaled-fp8 ``scale`` applied when present."""
     if scale is None:
         return weight.to(dtype)
-    return (weight.to(torch.float32) * scale.to(torch.float32)).to(dtype)
+    # one float32 copy, scaled in place: a second weight-sized temporary is what callers that
+    # recast chunk by chunk (LoRA training) would otherwise hold at their peak
+    wide = weight.to(torch.float32, copy=True)
+    return wide.mul_(scale.to(torch.float32)).to(dtype)
 
 
 class CastWeights:
