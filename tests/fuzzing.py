@@ -142,13 +142,13 @@ class Timings:
                 "tests/test_fuzz_workflows.py`\n"
                 "- a crash fails the test, so every row here ended with 0 crashes; "
                 f"a hang is an example slower than {SLOW_SECONDS:.0f} s\n\n"
-                "| entry point | examples | crashes | slowest s | median s | slower than the hang bound |\n"
+                "| entry point | examples | crashes | slowest s | median ms | slower than the hang bound |\n"
                 "|---|---|---|---|---|---|\n")
             _REPORT_STARTED = True
         ordered = sorted(self.seconds)
         slow = sum(s > SLOW_SECONDS for s in ordered)
         with REPORT.open("a") as out:
-            out.write(f"| {self.entry} | {len(ordered)} | 0 | {ordered[-1]:.2f} | {ordered[len(ordered) // 2]:.3f} "
+            out.write(f"| {self.entry} | {len(ordered)} | 0 | {ordered[-1]:.2f} | {1000 * ordered[len(ordered) // 2]:.2f} "
                       f"| {slow} |\n")
 
 
