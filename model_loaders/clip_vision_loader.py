@@ -16,6 +16,7 @@ from . import clip_keys
 from .detect import classify, wrong_model_error
 from .errors import WrongModelError, names_the_file
 from .files import Checkpoint, PathLike, open_checkpoint
+from .finite_check import warn_if_non_finite
 from .storage import StorageChoice, ensure_no_meta, load_into, parse_storage_dtype
 
 HEAD_WIDTH = 80  # open-clip ViT-H/14: 1280 wide, 16 heads
@@ -37,6 +38,7 @@ def load_clip_vision(path: PathLike, storage_dtype: StorageChoice = None) -> Loa
         model = CLIPVisionTower(config)
     load_into(model, ckpt, storage, expected=f"a CLIP vision tower ({config.num_layers} layers)")
     ensure_no_meta(model, str(path))
+    warn_if_non_finite(model, str(path))
     dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters()})
     return LoadedCLIPVision(model.eval(), f"{layout}, {', '.join(dtypes)}", str(path))
 

@@ -21,6 +21,7 @@ from . import dit_keys
 from .detect import WanVariant, classify, detect_dit_variant, wrong_model_error
 from .errors import CheckpointError, CorruptCheckpointError, names_the_file
 from .files import Checkpoint, PathLike, common_prefix, open_checkpoint, strip_prefix
+from .finite_check import warn_if_non_finite
 from .storage import (FP8_DTYPES, INPUT_SCALE_SUFFIX, SCALED_FP8_MARKER, StorageChoice,
                       ensure_no_meta, find_weight_scales, load_into, parse_storage_dtype)
 
@@ -54,6 +55,7 @@ def load_dit(path: PathLike, storage_dtype: StorageChoice = None, *,
         model = WanDiT(variant.config)
     load_into(model, ckpt, storage, expected=variant.name)
     ensure_no_meta(model, str(path))
+    warn_if_non_finite(model, str(path))
     # The nano models' 80 video tokens would spend half their time on the 512 padded text rows;
     # the collapsed padding gives the same result (wan/text_padding.py). Large models gain nothing.
     model.collapse_text_padding = variant.size == "nano"

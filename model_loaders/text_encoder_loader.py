@@ -23,6 +23,7 @@ from . import umt5_keys
 from .detect import classify, wrong_model_error
 from .errors import CheckpointError, CorruptCheckpointError, names_the_file
 from .files import Checkpoint, PathLike, open_checkpoint, prefix_holding
+from .finite_check import warn_if_non_finite
 from .storage import (StorageChoice, ensure_no_meta, find_weight_scales, load_into,
                       parse_storage_dtype)
 
@@ -60,6 +61,7 @@ def load_text_encoder(path: PathLike, storage_dtype: StorageChoice = None,
         model = UMT5Encoder(config)
     load_into(model, weights, storage, expected=f"a umT5 encoder ({config.num_layers} layers)")
     ensure_no_meta(model, str(path))
+    warn_if_non_finite(model, str(path))
     tok, tok_source = find_tokenizer(Path(path), spiece, tokenizer, config.text_len)
     scaled = find_weight_scales(weights).is_scaled
     dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters()})

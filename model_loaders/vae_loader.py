@@ -17,6 +17,7 @@ from . import vae_keys
 from .detect import classify, wrong_model_error
 from .errors import names_the_file
 from .files import Checkpoint, PathLike, open_checkpoint, prefix_holding, strip_prefix
+from .finite_check import warn_if_non_finite
 from .storage import (StorageChoice, ensure_no_meta, find_weight_scales, load_into,
                       parse_storage_dtype)
 
@@ -48,6 +49,7 @@ def load_vae(path: PathLike, storage_dtype: StorageChoice = None) -> LoadedVAE:
         model = WanVAE22(config) if isinstance(config, WanVAE22Config) else WanVAE21(config)
     load_into(model, ckpt, storage, expected=f"a Wan {version} VAE ({config})")
     ensure_no_meta(model, str(path))
+    warn_if_non_finite(model, str(path))
     dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters()})
     return LoadedVAE(model.eval(), version, f"{layout}, {', '.join(dtypes)}", str(path))
 

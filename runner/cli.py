@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ..model_loaders import finite_check
 from ..nodes import comfy_adapter
 from . import errors, execute, registry, train_lora_cli, workflow
 
@@ -37,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "(e.g. --set 3.seed=42 --set 6.text='a cat')")
     run.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--check-weights", action="store_true",
+                     help="after each model loads, warn about tensors holding NaN or Inf (same as "
+                          f"{finite_check.CHECK_ENV}=1; costs one more pass over the weights)")
     demo = sub.add_parser("demo", help="render a template on the WanNano models shipped with the pack (CPU, seconds)")
     demo.add_argument("--prompt", default=None, help="e.g. 'a red circle moving left on a white background' "
                       "(colours red/green/blue/yellow, shapes circle/square/triangle, directions left/right/up/down, "
@@ -109,6 +114,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     comfy_adapter.set_headless_progress(not args.quiet)
     try:
         if args.command == "run":
+            if args.check_weights:
+                os.environ[finite_check.CHECK_ENV] = "1"
             result = run_workflow(args.workflow, args.models, args.input, args.output, args.overrides, args.device)
         else:
             from . import demo

@@ -454,3 +454,24 @@ def test_clip_loader_refuses_a_vae(tmp_path):
     path = fx.write_vae("comfy", fx.tiny_vae("2.1"), tmp_path)
     with pytest.raises(WrongModelError, match="expected a CLIP vision model.*Wan 2.1 VAE.*vae_loader"):
         load_clip_vision(path)
+
+
+def test_non_finite_weights_are_named_when_the_check_is_asked_for(tmp_path, t2v_model, monkeypatch, caplog):
+    """Issue 15 (optional flag): off by default; with WANFLOW_CHECK_WEIGHTS=1 (``wanflow run
+    --check-weights``) a warning names the file and the tensors holding NaN or Inf."""
+    from wanflow.model_loaders import finite_check
+
+    state = {k: v.clone() for k, v in t2v_model.state_dict().items()}
+    state["blocks.0.ffn.0.weight"][0, 0] = float("nan")
+    state["head.head.bias"][1] = float("inf")
+    path = tmp_path / "diverged.safetensors"
+    save_file(state, str(path))
+    with caplog.at_level("WARNING", logger="wanflow"):
+        load_dit(path)
+        assert "NaN or Inf" not in caplog.text
+        monkeypatch.setenv(finite_check.CHECK_ENV, "1")
+        load_dit(path)
+    assert "diverged.safetensors: 2 tensor(s) hold NaN or Inf values (blocks.0.ffn.0.weight, head.head.bias)" \
+        in caplog.text
+    fp8 = load_dit(path, "fp8_e4m3fn").model  # fp8 weights are widened a chunk at a time to be checked
+    assert finite_check.non_finite_tensors(fp8) == ["blocks.0.ffn.0.weight", "head.head.bias"]
