@@ -21,50 +21,7 @@ from typing import Optional, Sequence
 from ..model_loaders import finite_check
 from ..nodes import comfy_adapter
 from . import errors, execute, registry, train_lora_cli, workflow
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wanflow", description="Run WanFlow / ComfyUI workflows headless.",
-                                     epilog="exit codes: 0 ok, 1 internal error, 2 usage, 3 invalid workflow, "
-                                            "4 missing file, 5 a node failed, 130 interrupted")
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run a workflow JSON (UI or API format)")
-    run.add_argument("workflow", type=Path, help="workflow file saved by ComfyUI (UI or API format)")
-    run.add_argument("--models", type=Path, help="ComfyUI-style models folder (diffusion_models/, vae/, "
-                     "text_encoders/, clip_vision/, loras/)")
-    run.add_argument("--input", type=Path, default=Path("input"), help="folder with input images (default ./input)")
-    run.add_argument("--output", type=Path, default=Path("output"), help="folder for results (default ./output)")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="NODE.INPUT=VALUE",
-                     help="override an input; NODE is a node id or unique title, VALUE is JSON or text "
-                          "(e.g. --set 3.seed=42 --set 6.text='a cat')")
-    run.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    run.add_argument("--quiet", action="store_true", help="no progress bars")
-    run.add_argument("--check-weights", action="store_true",
-                     help="after each model loads, warn about tensors holding NaN or Inf (same as "
-                          f"{finite_check.CHECK_ENV}=1; costs one more pass over the weights)")
-    demo = sub.add_parser("demo", help="render a template on the WanNano models shipped with the pack (CPU, seconds)")
-    demo.add_argument("--prompt", default=None, help="e.g. 'a red circle moving left on a white background' "
-                      "(colours red/green/blue/yellow, shapes circle/square/triangle, directions left/right/up/down, "
-                      "backgrounds white/black, optional 'slowly')")
-    demo.add_argument("--seed", type=int, default=42, help="noise seed (default 42)")
-    demo.add_argument("--output", type=Path, default=Path("output"), help="folder for the video (default ./output)")
-    demo.add_argument("--i2v", type=Path, metavar="IMAGE", help="image-to-video from this start picture")
-    demo.add_argument("--r2v", type=Path, nargs="+", default=[], metavar="IMAGE",
-                      help="reference-to-video from 1-2 pictures of the object")
-    demo.add_argument("--lora", dest="loras", action="append", default=[], metavar="NAME[:STRENGTH]",
-                      help="add a nano style LoRA (outline, night) at a strength (default 1); repeatable, "
-                           "text-to-video only")
-    demo.add_argument("--quiet", action="store_true", help="no progress bars")
-    nano = sub.add_parser("train-nano", help="retrain the WanNano models from scratch (CPU, resumable stages)")
-    nano.add_argument("--stage", dest="stages", action="append", default=[], metavar="NAME",
-                      help="run only this stage (repeatable); stages in order: vae, text, t2v, i2v, vace, loras")
-    nano.add_argument("--work", type=Path, default=Path(".nano-work"),
-                      help="folder for checkpoints, loss logs and caches; a stopped run resumes from it")
-    nano.add_argument("--out", type=Path, help="models folder to write (default: the pack's nano/models)")
-    nano.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
-    nano.add_argument("--quiet", action="store_true", help="no progress bars")
-    train_lora_cli.add_parser(sub)
-    return parser
+from .arguments import build_parser
 
 
 def train_nano(args: argparse.Namespace) -> int:

@@ -1,7 +1,9 @@
 """The ``wanflow`` command's entry point: signal handling first, then the real command line.
 
 Importing the command line pulls in torch and the nodes, which takes seconds; a Ctrl-C or
-SIGTERM in that time must still end in one line and the usual exit code, not a traceback.
+SIGTERM in that time must still end in one line and the usual exit code, not a traceback. The
+arguments are checked first, from a torch-free module, so ``--help``, ``--version`` and usage
+errors answer at once.
 """
 from __future__ import annotations
 
@@ -9,10 +11,15 @@ import sys
 from typing import Optional, Sequence
 
 from . import signals
+from .arguments import build_parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     signals.install()
+    try:
+        build_parser().parse_args(argv)  # --help, --version and usage errors: answered before torch loads
+    except SystemExit as exc:
+        return int(exc.code or 0)
     try:
         from .cli import main as cli_main
 

@@ -82,3 +82,22 @@ def test_ctrl_c_during_start_up_prints_one_line_and_exits_130(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == signals.EXIT_SIGINT, err
     assert "Traceback" not in err and "wanflow: interrupted" in err, err
+
+
+def test_help_and_version_answer_without_importing_torch(capsys):
+    """``wanflow --help`` / ``--version`` come from the torch-free argument module (issue 11)."""
+    code = ("import sys\nfrom wanflow.runner import launch\n"
+            "assert launch.main(['--version']) == 0 and launch.main(['--help']) == 0\n"
+            "print('torch loaded' if 'torch' in sys.modules else 'torch not loaded')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("wanflow ") and "usage: wanflow" in done.stdout
+    assert done.stdout.strip().endswith("torch not loaded"), done.stdout[-300:]
+
+
+def test_the_check_weights_help_names_the_loaders_variable():
+    from wanflow.model_loaders import finite_check
+    from wanflow.runner.arguments import build_parser
+
+    run = build_parser()._subparsers._group_actions[0].choices["run"]
+    assert f"{finite_check.CHECK_ENV}=1" in run.format_help()
