@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator, Optional, Union
 import torch
 
 from ..nano.files import MODELS_DIR as NANO_MODELS_DIR
+from .headless_progress import HeadlessProgress
 
 MODEL_EXTENSIONS = (".safetensors", ".sft", ".pt", ".pt2", ".pth", ".bin", ".ckpt", ".pkl", ".gguf")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -253,32 +254,35 @@ def set_headless_progress(enabled: bool) -> None:
 
 
 class Progress:
-    """A progress bar: ComfyUI's UI bar inside ComfyUI, tqdm outside."""
+    """A progress bar: ComfyUI's UI bar inside ComfyUI; outside, a tqdm bar on a terminal and
+    plain lines otherwise (:mod:`.headless_progress`)."""
 
     def __init__(self, total: int, desc: str = ""):
         self.total = int(total)
         self.value = 0
         self._comfy_bar = None
-        self._tqdm = None
+        self._headless = None
         if in_comfyui() and _comfy_module("comfy.utils") is not None:
             self._comfy_bar = _comfy_module("comfy.utils").ProgressBar(self.total)
         else:
-            from tqdm.auto import tqdm
-
-            self._tqdm = tqdm(total=self.total, desc=desc, leave=False, file=sys.stderr,
-                              disable=not _progress_enabled)
+            self._headless = HeadlessProgress(self.total, desc, enabled=_progress_enabled)
 
     def update(self, n: int = 1, preview: Any = None) -> None:
         """Advance by ``n``; ``preview`` is a ComfyUI latent preview tuple when available."""
         self.value = min(self.total, self.value + n)
         if self._comfy_bar is not None:
             self._comfy_bar.update_absolute(self.value, self.total, preview)
-        elif self._tqdm is not None:
-            self._tqdm.update(n)
+        elif self._headless is not None:
+            self._headless.update(n)
+
+    def describe(self, note: str) -> None:
+        """Say what runs now (ComfyUI shows the running node itself)."""
+        if self._headless is not None:
+            self._headless.describe(note)
 
     def close(self) -> None:
-        if self._tqdm is not None:
-            self._tqdm.close()
+        if self._headless is not None:
+            self._headless.close()
 
     def __enter__(self) -> "Progress":
         return self

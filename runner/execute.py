@@ -209,6 +209,9 @@ def run(workflow: Workflow, classes: dict[str, type]) -> RunResult:
     try:
         with comfy_adapter.Progress(len(order), desc="workflow") as bar:
             for node_id in order:
+                entry = prompt[node_id]
+                title = entry.get("_meta", {}).get("title") or entry["class_type"]
+                bar.describe(f"node {node_id} ({title})")
                 outcome.ui.update(_run_node(workflow, classes, node_id, results))
                 bar.update(1)
         with signals.deferred():

@@ -118,3 +118,26 @@ def test_staged_outputs_appear_only_on_commit(models, tmp_path):
     ca.reserve_output_file("v", "webp").paths[0].write_bytes(b"x")
     ca.discard_staged_outputs()
     assert sorted(p.name for p in (tmp_path / "output").iterdir()) == ["v_00001_.webp"]
+
+
+def test_headless_progress_writes_plain_lines_when_not_on_a_terminal():
+    """Logs and CI get lines, never cursor codes: a tenth at a time, or one per named item (issue 11)."""
+    import io
+
+    from wanflow.nodes.headless_progress import HeadlessProgress
+
+    out = io.StringIO()
+    bar = HeadlessProgress(20, "sampling", stream=out)
+    for _ in range(20):
+        bar.update(1)
+    named = HeadlessProgress(2, "workflow", stream=out)
+    for node in ("node 2 (High-noise expert)", "node 8 (WanFlowMoESampler)"):
+        named.describe(node)
+        named.update(1)
+    lines = out.getvalue().splitlines()
+    assert "\r" not in out.getvalue() and "\x1b" not in out.getvalue()
+    assert lines == [f"wanflow: sampling {n}/20" for n in range(2, 21, 2)] + [
+        "wanflow: workflow 1/2: node 2 (High-noise expert)", "wanflow: workflow 2/2: node 8 (WanFlowMoESampler)"]
+    quiet = io.StringIO()
+    HeadlessProgress(3, "decode", enabled=False, stream=quiet).update(3)
+    assert quiet.getvalue() == ""
