@@ -6,6 +6,7 @@ normalised space, so this node converts with the VAE's latent statistics on the 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from contextlib import ExitStack
 from typing import Mapping, Optional
 
@@ -24,6 +25,8 @@ from .handles import ModelHandle
 from .lora_nodes import build_lora_stack
 from .model_checks import check_sampler_models, conditioning_kind
 from .types import CONDITIONING, LATENT, LORA_STACK, MODEL, SAMPLING
+
+log = logging.getLogger("wanflow")
 
 SCHEDULER_NAMES = sorted(SCHEDULES) + ["distilled"]
 
@@ -116,7 +119,18 @@ class WanFlowMoESampler:
             except SamplingInterrupted as exc:
                 raise comfy_adapter.Interrupted(str(exc)) from exc
         out = stats.denormalize(result.latent.float()).to(comfy_adapter.offload_device())
-        return ({"samples": out},)
+        note = expert_split_note(result.steps_per_expert, boundary or auto_boundary, automatic=not boundary,
+                                 two_experts=model_low is not None)
+        log.info("MoE sampler: %s", note)
+        return {"ui": {"text": [note]}, "result": ({"samples": out},)}
+
+
+def expert_split_note(steps: dict[str, int], boundary: Optional[float], automatic: bool, two_experts: bool) -> str:
+    """What the node shows after a run: the boundary it used and how many steps each expert took."""
+    if not two_experts:
+        return f"one model, {sum(steps.values())} steps"
+    where = f"boundary {boundary:.3f} ({'automatic' if automatic else 'set'})" if boundary else "switch by step"
+    return f"{where}: high-noise expert {steps.get('high', 0)} steps, low-noise expert {steps.get('low', 0)} steps"
 
 
 def latent_stats_for(raw: torch.Tensor, model: ModelHandle) -> LatentStats:

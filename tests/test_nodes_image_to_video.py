@@ -57,7 +57,7 @@ def test_wan22_i2v_builds_y_only(vaes):
     torch.testing.assert_close(cond.y, expected)
     assert cond.y.shape == (1, 20, 2, 2, 2) and cond.clip_fea is None
     assert latent["samples"].shape == (1, 16, 2, 2, 2)
-    (out,) = WanFlowMoESampler().sample(model, cond, latent, 0, 2, 5.0, "euler", "simple", 3.5, 3.5, 0.0, 1.0)
+    (out,) = WanFlowMoESampler().sample(model, cond, latent, 0, 2, 5.0, "euler", "simple", 3.5, 3.5, 0.0, 1.0)["result"]
     assert out["samples"].shape == (1, 16, 2, 2, 2) and torch.isfinite(out["samples"]).all()
 
 
@@ -72,7 +72,7 @@ def test_wan21_i2v_and_flf2v_add_clip_features(vaes, clip):
     cond, latent = build(flf, vae21, start, end_image=end, clip_vision=clip)
     assert cond.clip_fea.shape == (1, 10, 40)
     assert cond.y[0, :4, -1].sum() > 0  # the last latent frame is marked known
-    (out,) = WanFlowMoESampler().sample(flf, cond, latent, 0, 2, 16.0, "euler", "simple", 5.0, 5.0, 0.0, 1.0)
+    (out,) = WanFlowMoESampler().sample(flf, cond, latent, 0, 2, 16.0, "euler", "simple", 5.0, 5.0, 0.0, 1.0)["result"]
     assert torch.isfinite(out["samples"]).all()
     with pytest.raises(ValueError, match="needs CLIP vision features"):
         build(handle("i2v", "2.1", "i2v"), vae21, start)
@@ -88,7 +88,7 @@ def test_ti2v_first_frame(vaes):
     expected = encode_first_frame(lambda px: WAN22.normalize(vae22.encode(px)), start.permute(0, 3, 1, 2) * 2 - 1)
     torch.testing.assert_close(cond.first_frame, expected)
     assert cond.y is None and latent["samples"].shape == (1, 48, 2, 2, 2)
-    (out,) = WanFlowMoESampler().sample(model, cond, latent, 0, 2, 5.0, "unipc", "unipc", 5.0, 5.0, 0.0, 1.0)
+    (out,) = WanFlowMoESampler().sample(model, cond, latent, 0, 2, 5.0, "unipc", "unipc", 5.0, 5.0, 0.0, 1.0)["result"]
     torch.testing.assert_close(WAN22.normalize(out["samples"])[:, :, :1], expected, atol=1e-4, rtol=1e-4)
 
 

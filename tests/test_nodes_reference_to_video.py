@@ -46,7 +46,7 @@ def test_matches_builder_and_samples_with_trim(vae):
     torch.manual_seed(0)
     model = ModelHandle(WanDiT(VACE).eval(), WanVariant("2.1", "vace", "tiny", None, VACE,
                                                         official_defaults("2.1", "vace", "14B")))
-    (out,) = WanFlowMoESampler().sample(model, cond, latent, 0, 2, 16.0, "unipc", "unipc", 5.0, 5.0, 0.0, 1.0)
+    (out,) = WanFlowMoESampler().sample(model, cond, latent, 0, 2, 16.0, "unipc", "unipc", 5.0, 5.0, 0.0, 1.0)["result"]
     assert out["samples"].shape == (1, 16, 2, 2, 2)  # reference frames trimmed before decode
 
 

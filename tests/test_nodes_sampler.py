@@ -36,7 +36,7 @@ def run(high, low=None, latent=None, lora_stack=None, **overrides):
                 boundary=0.0, denoise=1.0)
     args.update(overrides)
     latent = latent if latent is not None else {"samples": torch.zeros(1, 16, 2, 4, 4)}
-    (out,) = WanFlowMoESampler().sample(high, conditioning(), latent, model_low=low, lora_stack=lora_stack, **args)
+    (out,) = WanFlowMoESampler().sample(high, conditioning(), latent, model_low=low, lora_stack=lora_stack, **args)["result"]
     return out["samples"]
 
 
@@ -174,3 +174,19 @@ def test_lora_pair_keeps_each_files_own_alpha(tmp_path):
         assert len(same.loras) == 1 and same.loras[0].high is same.loras[0].low
     finally:
         ca.configure_headless(None, None, None)
+
+
+def test_the_node_shows_the_boundary_and_the_step_split(experts):
+    """Issue 11: the split is on the node after a run, not only in the log."""
+    high, low = experts
+    result = WanFlowMoESampler().sample(high, conditioning(), {"samples": torch.zeros(1, 16, 2, 4, 4)}, seed=7,
+                                        steps=4, shift=12.0, solver="unipc", scheduler="unipc", cfg_high=4.0,
+                                        cfg_low=3.0, boundary=0.0, denoise=1.0, model_low=low)
+    (note,) = result["ui"]["text"]
+    assert note.startswith("boundary 0.875 (automatic): high-noise expert ") and note.endswith(" steps")
+    split = [int(word) for word in note.replace(",", " ").split() if word.isdigit()]
+    assert sum(split) == 4 and min(split) >= 1
+    single = WanFlowMoESampler().sample(high, conditioning(), {"samples": torch.zeros(1, 16, 2, 4, 4)}, seed=7,
+                                        steps=3, shift=12.0, solver="unipc", scheduler="unipc", cfg_high=4.0,
+                                        cfg_low=3.0, boundary=0.0, denoise=1.0)
+    assert single["ui"]["text"] == ["one model, 3 steps"]

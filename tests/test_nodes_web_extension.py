@@ -42,12 +42,17 @@ node.onDrawForeground(ctx);
 report.drawnBeforeRun = drawn.length;
 node.onExecuted({ text: ["Wan 2.2 T2V-14B (high-noise expert)"] });
 node.onDrawForeground(ctx);
-report.drawn = drawn;
+report.drawn = [...drawn];
 report.size = node.size;
 report.calledOriginal = node.calledOriginal === true;
 report.widgets = node.widgets.length;
 report.otherPatched = typeof Other.prototype.onDrawForeground === "function";
 report.latentPatched = typeof Latent.prototype.onDrawForeground === "function";
+drawn.length = 0;
+node.onExecuted({ text: ["Wan 2.2 T2V-14B (high-noise expert) (ComfyUI, scaled fp8 (float8_e4m3fn), attention sdpa)"] });
+node.onDrawForeground(ctx);
+report.wrapped = drawn;
+report.wrappedSize = node.size;
 console.log(JSON.stringify(report));
 """
 
@@ -70,6 +75,11 @@ def test_loader_draws_the_detected_variant(tmp_path):
     assert report["size"] == [300, 118]  # grown to fit the line under the widgets
     assert report["calledOriginal"] and report["widgets"] == 3  # chained, and no widget added
     assert not report["otherPatched"] and report["latentPatched"]
+    # a long status wraps at the node's width (280 px = 46 characters here) and the node grows to show it
+    assert report["wrapped"] == [["Detected: Wan 2.2 T2V-14B (high-noise expert)", 10, 114],
+                                 ["(ComfyUI, scaled fp8 (float8_e4m3fn),", 10, 132],
+                                 ["attention sdpa)", 10, 150]]
+    assert report["wrappedSize"] == [300, 154]  # the widgets' 100 px + three 18 px lines
 
 
 def test_pack_declares_the_web_directory():

@@ -1,7 +1,8 @@
 // WanFlow frontend extension: one line of status text on some nodes after they ran.
 //
 // The model loader reports the variant it detected ("Wan 2.2 T2V-14B (high-noise expert) ..."),
-// the latent and conditioning nodes the size they used (and what they rounded). Each returns
+// the latent and conditioning nodes the size they used (and what they rounded), the MoE sampler
+// the boundary it used and how the steps went to the experts. Each returns
 // {"ui": {"text": [...]}}, which ComfyUI passes to node.onExecuted. The text is drawn under the
 // widgets instead of being added as a widget, so a saved workflow keeps exactly the node's
 // widgets_values.
@@ -12,14 +13,36 @@ const LABELS = {
   WanFlowEmptyVideoLatent: "Latent",
   WanFlowImageToVideo: "Size",
   WanFlowReferenceToVideo: "Size",
+  WanFlowMoESampler: "Experts",
 };
 const LINE_HEIGHT = 18;
+const MAX_LINES = 3;
 
 function fitText(ctx, text, width) {
   if (ctx.measureText(text).width <= width) return text;
   let shown = text;
   while (shown.length > 1 && ctx.measureText(shown + "…").width > width) shown = shown.slice(0, -1);
   return shown + "…";
+}
+
+// Words wrapped to the node's width, at most MAX_LINES lines (the last one cut with "…").
+function wrapText(ctx, text, width) {
+  const lines = [];
+  let line = "";
+  for (const word of text.split(" ")) {
+    const trial = line ? `${line} ${word}` : word;
+    if (!line || ctx.measureText(trial).width <= width) {
+      line = trial;
+    } else {
+      lines.push(line);
+      line = word;
+    }
+  }
+  if (line) lines.push(line);
+  if (lines.length > MAX_LINES) {
+    lines.splice(MAX_LINES - 1, lines.length, lines.slice(MAX_LINES - 1).join(" "));
+  }
+  return lines.map((shown) => fitText(ctx, shown, width));
 }
 
 app.registerExtension({
@@ -48,8 +71,14 @@ app.registerExtension({
       ctx.font = "12px sans-serif";
       ctx.fillStyle = "#9c9";
       ctx.textBaseline = "bottom";
-      const line = fitText(ctx, `${label}: ${this.wanflowStatus}`, this.size[0] - 20);
-      ctx.fillText(line, 10, this.size[1] - 4);
+      const lines = wrapText(ctx, `${label}: ${this.wanflowStatus}`, this.size[0] - 20);
+      if (lines.length > 1 && typeof this.computeSize === "function") {
+        const needed = this.computeSize()[1] + LINE_HEIGHT * lines.length;
+        if (this.size[1] < needed) this.setSize([this.size[0], needed]);
+      }
+      lines.forEach((line, index) => {
+        ctx.fillText(line, 10, this.size[1] - 4 - (lines.length - 1 - index) * LINE_HEIGHT);
+      });
       ctx.restore();
     };
   },
