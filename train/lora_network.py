@@ -144,13 +144,13 @@ class LoraNetwork(nn.Module):
 # The frozen base
 # --------------------------------------------------------------------------------------------
 
-CHUNK_BYTES = {"cpu": 1024 * 1024}
+CHUNK_BYTES = {"cpu": 2 * 1024 * 1024}
 """Largest piece of a frozen weight recast at once, per device type. A whole FFN weight of a 14B
 model is 283 MB in float32; recasting it in row chunks keeps the transient (and the fp8 -> float
 intermediate) small next to the stored model, whatever the layer size. On the CPU, where the
-trainer's RAM is the budget, chunks are 1 MB (the LoRA-training memory bench: 2 MB chunks cost
-0.02 of the 1.3x budget); on accelerators :data:`ACCELERATOR_CHUNK_BYTES`, so a 14B layer is a few
-matmuls rather than hundreds of small ones."""
+trainer's RAM is the budget, chunks are 2 MB (1 MB saves 0.01 of the 1.3x budget of the memory
+bench but makes a step markedly slower); on accelerators :data:`ACCELERATOR_CHUNK_BYTES`, so a
+14B layer is a few matmuls rather than hundreds of small ones."""
 
 ACCELERATOR_CHUNK_BYTES = 64 * 1024 * 1024
 
@@ -240,6 +240,22 @@ def _frozen_forward(layer: ops.Linear, x: torch.Tensor) -> torch.Tensor:
     return _FrozenLinear.apply(x, layer, tuple(a.scale for a in adapters), *factors)
 
 
+FFN_TOKEN_CHUNKS = 2
+"""With gradient checkpointing, each block's feed-forward also runs on this many token slices,
+each checkpointed: the FFN's hidden activations (4-6x the width) are then live for one slice at
+a time during backward instead of for the whole sequence, which is where a block's backward
+peaks. The FFN is token-wise, so the result is the same; it costs one more FFN forward a step
+(and, on the CPU memory bench's short clip, where recasting the weights dominates, 1.4x the time
+per step)."""
+
+
+def _chunked_ffn(forward, x: torch.Tensor) -> torch.Tensor:
+    if not torch.is_grad_enabled() or x.shape[1] < FFN_TOKEN_CHUNKS:
+        return forward(x)
+    return torch.cat([checkpoint(forward, part, use_reentrant=False)
+                      for part in x.chunk(FFN_TOKEN_CHUNKS, dim=1)], dim=1)
+
+
 def _checkpointed_forward(forward, *args, **kwargs) -> torch.Tensor:
     """Run a block and recompute it in backward instead of keeping its activations."""
     if not torch.is_grad_enabled():
@@ -252,7 +268,8 @@ class LoraAttachment:
 
     Attaching freezes every base parameter, routes each ``ops.Linear`` through
     :class:`_FrozenLinear`, appends the adapters to their layers and, with
-    ``gradient_checkpointing``, makes each block recompute its activations in backward.
+    ``gradient_checkpointing``, makes each block recompute its activations in backward (and its
+    feed-forward a token slice at a time, :data:`FFN_TOKEN_CHUNKS`).
     """
 
     def __init__(self, model: WanDiT, network: LoraNetwork, gradient_checkpointing: bool = False) -> None:
@@ -272,6 +289,7 @@ class LoraAttachment:
             if gradient_checkpointing:
                 for block in model.blocks:
                     self._override(block, partial(_checkpointed_forward, block.forward))
+                    self._override(block.ffn, partial(_chunked_ffn, block.ffn.forward))
         except Exception:
             self.remove()
             raise
