@@ -244,9 +244,9 @@ FFN_TOKEN_CHUNKS = 2
 """With gradient checkpointing, each block's feed-forward also runs on this many token slices,
 each checkpointed: the FFN's hidden activations (4-6x the width) are then live for one slice at
 a time during backward instead of for the whole sequence, which is where a block's backward
-peaks. The FFN is token-wise, so the result is the same; it costs one more FFN forward a step
-(and, on the CPU memory bench's short clip, where recasting the weights dominates, 1.4x the time
-per step)."""
+peaks. The FFN is token-wise, so the result is the same. It costs one more FFN forward a step;
+on the CPU memory bench's short clip, where recasting the weights dominates, up to 1.5x the
+time per step."""
 
 
 def _chunked_ffn(forward, x: torch.Tensor) -> torch.Tensor:
