@@ -17,6 +17,7 @@ from typing import Callable
 
 from . import execute, workflow
 from .registry import node_classes
+from .template_layout import Column
 from .ui_graph import Node, build, note
 
 WORKFLOWS_DIR = Path(__file__).resolve().parents[1] / "workflows"
@@ -42,56 +43,61 @@ I2V_PROMPT = "The subject of the picture comes to life: gentle natural motion, t
 R2V_PROMPT = "The character from the reference picture walks along a beach at sunset, waves rolling in behind."
 
 
+Template = tuple[str, list[Node], list[Column]]
+"""A template's title, its nodes, and its groups as columns of node ids (runner/template_layout.py)."""
+
+
 def _model(repo: str, folder: str, name: str) -> dict:
     return {"name": name, "url": f"{repo}/{folder}/{name}", "directory": folder}
 
 
 def _files_note(node_id: int, title: str, files: list[tuple[str, str, str]], extra: str = "") -> Node:
     """A Markdown note listing the model files and the ComfyUI folder each one goes in."""
-    rows = "\n".join(f"| `{name}` | `models/{folder}/` | [download]({url}) |" for name, folder, url in files)
+    rows = "\n".join(f"| [{name}]({url}) | `models/{folder}/` |" for name, folder, url in files)
     text = (f"## {title}\n\nPut these files in your ComfyUI `models` folder (or pass `--models DIR` to "
-            f"`wanflow run`):\n\n| File | Folder | |\n|---|---|---|\n{rows}\n\n{extra}").strip() + "\n"
-    return note(node_id, (-520.0, 0.0), text, size=(480.0, 420.0), title="Model files")
+            f"`wanflow run`); each name links to its download:\n\n| File | Folder |\n|---|---|\n{rows}\n\n"
+            f"{extra}").strip() + "\n"
+    return note(node_id, text, title="Model files")
 
 
 def _row(entry: dict) -> tuple[str, str, str]:
     return entry["name"], entry["directory"], entry["url"]
 
 
-def _text_nodes(prompt: str, te_id: int = 4, enc_id: int = 5) -> list[Node]:
-    umt5 = _model(REPO_22, "text_encoders", UMT5)
+def _text_nodes(prompt: str, repo: str = REPO_22, te_id: int = 4, enc_id: int = 5) -> list[Node]:
+    umt5 = _model(repo, "text_encoders", UMT5)
     return [
-        Node(te_id, "WanFlowTextEncoderLoader", (0.0, 420.0), {"text_encoder_name": UMT5}, models=[umt5]),
-        Node(enc_id, "WanFlowTextEncode", (380.0, 420.0), {"positive": prompt}, links={"text_encoder": (te_id, 0)},
+        Node(te_id, "WanFlowTextEncoderLoader", {"text_encoder_name": UMT5}, models=[umt5]),
+        Node(enc_id, "WanFlowTextEncode", {"positive": prompt}, links={"text_encoder": (te_id, 0)},
              size=(420.0, 320.0)),
     ]
 
 
-def t2v_a14b() -> tuple[str, list[Node]]:
+def t2v_a14b() -> Template:
     high, low = _model(REPO_22, "diffusion_models", T2V_HIGH), _model(REPO_22, "diffusion_models", T2V_LOW)
     vae, umt5 = _model(REPO_22, "vae", VAE_21), _model(REPO_22, "text_encoders", UMT5)
     nodes = [
         _files_note(1, "Wan 2.2 A14B text-to-video", [_row(m) for m in (high, low, umt5, vae)],
                     "Official settings: 1280x720, 81 frames at 16 fps, 40 UniPC steps, shift 12, guidance 4.0 "
                     "(high-noise expert) / 3.0 (low-noise expert), expert switch at t = 875 (boundary 0 = automatic)."),
-        Node(2, "WanFlowModelLoader", (0.0, 0.0), {"model_name": T2V_HIGH}, title="High-noise expert", models=[high]),
-        Node(3, "WanFlowModelLoader", (0.0, 200.0), {"model_name": T2V_LOW}, title="Low-noise expert", models=[low]),
+        Node(2, "WanFlowModelLoader", {"model_name": T2V_HIGH}, title="High-noise expert", models=[high]),
+        Node(3, "WanFlowModelLoader", {"model_name": T2V_LOW}, title="Low-noise expert", models=[low]),
         *_text_nodes(T2V_PROMPT),
-        Node(6, "WanFlowVAELoader", (0.0, 640.0), {"vae_name": VAE_21}, models=[vae]),
-        Node(7, "WanFlowEmptyVideoLatent", (380.0, 760.0), {"width": 1280, "height": 720, "length": 81},
+        Node(6, "WanFlowVAELoader", {"vae_name": VAE_21}, models=[vae]),
+        Node(7, "WanFlowEmptyVideoLatent", {"width": 1280, "height": 720, "length": 81},
              links={"vae": (6, 0)}),
-        Node(8, "WanFlowMoESampler", (860.0, 0.0),
-             {"seed": 42, "steps": 40, "shift": 12.0, "solver": "unipc", "scheduler": "unipc",
+        Node(8, "WanFlowMoESampler", {"seed": 42, "steps": 40, "shift": 12.0, "solver": "unipc", "scheduler": "unipc",
               "cfg_high": 4.0, "cfg_low": 3.0, "boundary": 0.0, "denoise": 1.0},
              links={"model_high": (2, 0), "model_low": (3, 0), "conditioning": (5, 0), "latent": (7, 0)}),
-        Node(9, "WanFlowVAEDecode", (1260.0, 0.0), links={"samples": (8, 0), "vae": (6, 0)}),
-        Node(10, "WanFlowSaveVideo", (1260.0, 260.0), {"filename_prefix": "WanFlow/t2v_a14b", "fps": 16.0},
+        Node(9, "WanFlowVAEDecode", links={"samples": (8, 0), "vae": (6, 0)}),
+        Node(10, "WanFlowSaveVideo", {"filename_prefix": "WanFlow/t2v_a14b", "fps": 16.0},
              links={"images": (9, 0)}, size=(420.0, 420.0)),
     ]
-    return "Wan 2.2 A14B text-to-video", nodes
+    return "Wan 2.2 A14B text-to-video", nodes, [Column("Load models", [2, 3, 4, 6]), Column("Prompt", [5, 7]), Column("Sample", [8]),
+                   Column("Decode and save", [9, 10])]
 
 
-def i2v_a14b() -> tuple[str, list[Node]]:
+def i2v_a14b() -> Template:
     high, low = _model(REPO_22, "diffusion_models", I2V_HIGH), _model(REPO_22, "diffusion_models", I2V_LOW)
     vae, umt5 = _model(REPO_22, "vae", VAE_21), _model(REPO_22, "text_encoders", UMT5)
     nodes = [
@@ -100,25 +106,25 @@ def i2v_a14b() -> tuple[str, list[Node]]:
                     "1280x720, 81 frames at 16 fps, 40 UniPC steps, shift 5, guidance 3.5 on both experts, switch at "
                     "t = 900. The picture is scaled to cover the size and centre-cropped: for a portrait picture "
                     "set 720x1280. Wan 2.2 I2V needs no CLIP vision model."),
-        Node(2, "WanFlowModelLoader", (0.0, 0.0), {"model_name": I2V_HIGH}, title="High-noise expert", models=[high]),
-        Node(3, "WanFlowModelLoader", (0.0, 200.0), {"model_name": I2V_LOW}, title="Low-noise expert", models=[low]),
+        Node(2, "WanFlowModelLoader", {"model_name": I2V_HIGH}, title="High-noise expert", models=[high]),
+        Node(3, "WanFlowModelLoader", {"model_name": I2V_LOW}, title="Low-noise expert", models=[low]),
         *_text_nodes(I2V_PROMPT),
-        Node(6, "WanFlowVAELoader", (0.0, 640.0), {"vae_name": VAE_21}, models=[vae]),
-        Node(11, "LoadImage", (0.0, 780.0), {"image": "start_image.png"}, title="Start image", size=(320.0, 340.0)),
-        Node(7, "WanFlowImageToVideo", (430.0, 780.0), {"width": 1280, "height": 720, "length": 81},
+        Node(6, "WanFlowVAELoader", {"vae_name": VAE_21}, models=[vae]),
+        Node(11, "LoadImage", {"image": "start_image.png"}, title="Start image", size=(320.0, 340.0)),
+        Node(7, "WanFlowImageToVideo", {"width": 1280, "height": 720, "length": 81},
              links={"model": (2, 0), "conditioning": (5, 0), "vae": (6, 0), "start_image": (11, 0)}),
-        Node(8, "WanFlowMoESampler", (860.0, 0.0),
-             {"seed": 42, "steps": 40, "shift": 5.0, "solver": "unipc", "scheduler": "unipc",
+        Node(8, "WanFlowMoESampler", {"seed": 42, "steps": 40, "shift": 5.0, "solver": "unipc", "scheduler": "unipc",
               "cfg_high": 3.5, "cfg_low": 3.5, "boundary": 0.0, "denoise": 1.0},
              links={"model_high": (2, 0), "model_low": (3, 0), "conditioning": (7, 0), "latent": (7, 1)}),
-        Node(9, "WanFlowVAEDecode", (1260.0, 0.0), links={"samples": (8, 0), "vae": (6, 0)}),
-        Node(10, "WanFlowSaveVideo", (1260.0, 260.0), {"filename_prefix": "WanFlow/i2v_a14b", "fps": 16.0},
+        Node(9, "WanFlowVAEDecode", links={"samples": (8, 0), "vae": (6, 0)}),
+        Node(10, "WanFlowSaveVideo", {"filename_prefix": "WanFlow/i2v_a14b", "fps": 16.0},
              links={"images": (9, 0)}, size=(420.0, 420.0)),
     ]
-    return "Wan 2.2 A14B image-to-video", nodes
+    return "Wan 2.2 A14B image-to-video", nodes, [Column("Load models", [2, 3, 4, 6]), Column("Prompt", [5, 11, 7]), Column("Sample", [8]),
+                   Column("Decode and save", [9, 10])]
 
 
-def ti2v_5b() -> tuple[str, list[Node]]:
+def ti2v_5b() -> Template:
     model, vae = _model(REPO_22, "diffusion_models", TI2V_5B), _model(REPO_22, "vae", VAE_22)
     umt5 = _model(REPO_22, "text_encoders", UMT5)
     nodes = [
@@ -127,24 +133,24 @@ def ti2v_5b() -> tuple[str, list[Node]]:
                     "steps, shift 5, guidance 5. Put your start picture in the `input` folder (it is scaled to "
                     "cover the size and centre-cropped: for a portrait picture set 704x1280); for text-only "
                     "video, replace Image to Video with an Empty Video Latent."),
-        Node(2, "WanFlowModelLoader", (0.0, 0.0), {"model_name": TI2V_5B}, models=[model]),
+        Node(2, "WanFlowModelLoader", {"model_name": TI2V_5B}, models=[model]),
         *_text_nodes(I2V_PROMPT),
-        Node(6, "WanFlowVAELoader", (0.0, 640.0), {"vae_name": VAE_22}, models=[vae]),
-        Node(11, "LoadImage", (0.0, 780.0), {"image": "start_image.png"}, title="Start image", size=(320.0, 340.0)),
-        Node(7, "WanFlowImageToVideo", (430.0, 780.0), {"width": 1280, "height": 704, "length": 121},
+        Node(6, "WanFlowVAELoader", {"vae_name": VAE_22}, models=[vae]),
+        Node(11, "LoadImage", {"image": "start_image.png"}, title="Start image", size=(320.0, 340.0)),
+        Node(7, "WanFlowImageToVideo", {"width": 1280, "height": 704, "length": 121},
              links={"model": (2, 0), "conditioning": (5, 0), "vae": (6, 0), "start_image": (11, 0)}),
-        Node(8, "WanFlowMoESampler", (860.0, 0.0),
-             {"seed": 42, "steps": 50, "shift": 5.0, "solver": "unipc", "scheduler": "unipc",
+        Node(8, "WanFlowMoESampler", {"seed": 42, "steps": 50, "shift": 5.0, "solver": "unipc", "scheduler": "unipc",
               "cfg_high": 5.0, "cfg_low": 5.0, "boundary": 0.0, "denoise": 1.0},
              links={"model_high": (2, 0), "conditioning": (7, 0), "latent": (7, 1)}),
-        Node(9, "WanFlowVAEDecode", (1260.0, 0.0), links={"samples": (8, 0), "vae": (6, 0)}),
-        Node(10, "WanFlowSaveVideo", (1260.0, 260.0), {"filename_prefix": "WanFlow/ti2v_5b", "fps": 24.0},
+        Node(9, "WanFlowVAEDecode", links={"samples": (8, 0), "vae": (6, 0)}),
+        Node(10, "WanFlowSaveVideo", {"filename_prefix": "WanFlow/ti2v_5b", "fps": 24.0},
              links={"images": (9, 0)}, size=(420.0, 420.0)),
     ]
-    return "Wan 2.2 TI2V-5B", nodes
+    return "Wan 2.2 TI2V-5B", nodes, [Column("Load models", [2, 4, 6]), Column("Prompt", [5, 11, 7]), Column("Sample", [8]),
+                   Column("Decode and save", [9, 10])]
 
 
-def r2v_vace() -> tuple[str, list[Node]]:
+def r2v_vace() -> Template:
     model, vae = _model(REPO_21, "diffusion_models", VACE_14B), _model(REPO_21, "vae", VAE_21)
     umt5 = _model(REPO_21, "text_encoders", UMT5)
     nodes = [
@@ -152,26 +158,26 @@ def r2v_vace() -> tuple[str, list[Node]]:
                     "Put up to four reference pictures in the `input` folder; each is letterboxed on white to the "
                     "video size, as in the official VACE code, and trimmed from the result before decoding. "
                     "Official settings: 832x480, 81 frames at 16 fps, 50 UniPC steps, shift 16, guidance 5."),
-        Node(2, "WanFlowModelLoader", (0.0, 0.0), {"model_name": VACE_14B}, models=[model]),
-        *_text_nodes(R2V_PROMPT),
-        Node(6, "WanFlowVAELoader", (0.0, 640.0), {"vae_name": VAE_21}, models=[vae]),
-        Node(11, "LoadImage", (0.0, 780.0), {"image": "reference_1.png"}, title="Reference 1", size=(320.0, 340.0)),
-        Node(12, "LoadImage", (0.0, 1140.0), {"image": "reference_2.png"}, title="Reference 2", size=(320.0, 340.0)),
-        Node(7, "WanFlowReferenceToVideo", (430.0, 780.0), {"width": 832, "height": 480, "length": 81, "strength": 1.0},
+        Node(2, "WanFlowModelLoader", {"model_name": VACE_14B}, models=[model]),
+        *_text_nodes(R2V_PROMPT, REPO_21),
+        Node(6, "WanFlowVAELoader", {"vae_name": VAE_21}, models=[vae]),
+        Node(11, "LoadImage", {"image": "reference_1.png"}, title="Reference 1", size=(320.0, 340.0)),
+        Node(12, "LoadImage", {"image": "reference_2.png"}, title="Reference 2", size=(320.0, 340.0)),
+        Node(7, "WanFlowReferenceToVideo", {"width": 832, "height": 480, "length": 81, "strength": 1.0},
              links={"conditioning": (5, 0), "vae": (6, 0), "reference_1": (11, 0), "reference_2": (12, 0)}),
-        Node(8, "WanFlowMoESampler", (860.0, 0.0),
-             {"seed": 42, "steps": 50, "shift": 16.0, "solver": "unipc", "scheduler": "unipc",
+        Node(8, "WanFlowMoESampler", {"seed": 42, "steps": 50, "shift": 16.0, "solver": "unipc", "scheduler": "unipc",
               "cfg_high": 5.0, "cfg_low": 5.0, "boundary": 0.0, "denoise": 1.0},
              links={"model_high": (2, 0), "conditioning": (7, 0), "latent": (7, 1)}),
-        Node(9, "WanFlowVAEDecode", (1260.0, 0.0), links={"samples": (8, 0), "vae": (6, 0)}),
-        Node(10, "WanFlowSaveVideo", (1260.0, 260.0), {"filename_prefix": "WanFlow/r2v_vace", "fps": 16.0},
+        Node(9, "WanFlowVAEDecode", links={"samples": (8, 0), "vae": (6, 0)}),
+        Node(10, "WanFlowSaveVideo", {"filename_prefix": "WanFlow/r2v_vace", "fps": 16.0},
              links={"images": (9, 0)}, size=(420.0, 420.0)),
     ]
-    return "Wan 2.1 VACE reference-to-video", nodes
+    return "Wan 2.1 VACE reference-to-video", nodes, [Column("Load models and pictures", [2, 4, 6, 11, 12]), Column("Prompt", [5, 7]), Column("Sample", [8]),
+                   Column("Decode and save", [9, 10])]
 
 
-def lora_stack_4step() -> tuple[str, list[Node]]:
-    title, nodes = t2v_a14b()
+def lora_stack_4step() -> Template:
+    title, nodes, _ = t2v_a14b()
     lx_high = _model(REPO_22, "loras", LIGHTX2V_HIGH)
     lx_low = _model(REPO_22, "loras", LIGHTX2V_LOW)
     files = [_row(m) for m in (_model(REPO_22, "diffusion_models", T2V_HIGH), _model(REPO_22, "diffusion_models", T2V_LOW),
@@ -182,28 +188,25 @@ def lora_stack_4step() -> tuple[str, list[Node]]:
                            "usually comes as a high/low pair, a Wan 2.1 one goes on the low-noise expert. The lightx2v "
                            "pair distils sampling to 4 steps at guidance 1 (no negative pass), switching experts after "
                            "2 steps.")
-    by_id[12] = Node(12, "WanFlowLoraSelect", (860.0, 560.0),
-                     {"lora_high": "style_a_high_noise.safetensors", "strength_high": 1.0,
+    by_id[12] = Node(12, "WanFlowLoraSelect", {"lora_high": "style_a_high_noise.safetensors", "strength_high": 1.0,
                       "lora_low": "style_a_low_noise.safetensors", "strength_low": 1.0}, title="Style A")
-    by_id[13] = Node(13, "WanFlowLoraSelect", (860.0, 760.0),
-                     {"lora_high": "none", "strength_high": 0.0,
+    by_id[13] = Node(13, "WanFlowLoraSelect", {"lora_high": "none", "strength_high": 0.0,
                       "lora_low": "style_b_wan21.safetensors", "strength_low": 0.8},
                      links={"lora_stack": (12, 0)}, title="Style B (Wan 2.1 LoRA, low-noise expert)")
-    by_id[14] = Node(14, "WanFlowLoraSelect", (860.0, 960.0),
-                     {"lora_high": LIGHTX2V_HIGH, "strength_high": 1.0, "lora_low": LIGHTX2V_LOW,
+    by_id[14] = Node(14, "WanFlowLoraSelect", {"lora_high": LIGHTX2V_HIGH, "strength_high": 1.0, "lora_low": LIGHTX2V_LOW,
                       "strength_low": 1.0}, links={"lora_stack": (13, 0)}, title="lightx2v 4-step", models=[lx_high, lx_low])
     sampler = by_id[8]
     sampler.widgets.update({"steps": 4, "shift": 5.0, "solver": "distilled", "scheduler": "distilled",
                             "cfg_high": 1.0, "cfg_low": 1.0})
     sampler.links["lora_stack"] = (14, 0)
-    sampler.pos = (1260.0, 560.0)
-    by_id[9].pos, by_id[10].pos = (1660.0, 0.0), (1660.0, 260.0)
     by_id[10].widgets["filename_prefix"] = "WanFlow/t2v_a14b_lora_4step"
     order = [1, 2, 3, 4, 5, 6, 7, 12, 13, 14, 8, 9, 10]
-    return "Wan 2.2 A14B LoRA stack, 4-step lightx2v", [by_id[i] for i in order]
+    columns = [Column("Load models", [2, 3, 4, 6]), Column("Prompt", [5, 7]), Column("Sample", [12, 13, 14, 8]),
+               Column("Decode and save", [9, 10])]
+    return "Wan 2.2 A14B LoRA stack, 4-step lightx2v", [by_id[i] for i in order], columns
 
 
-TEMPLATES: dict[str, Callable[[], tuple[str, list[Node]]]] = {
+TEMPLATES: dict[str, Callable[[], Template]] = {
     "wan22_a14b_t2v": t2v_a14b,
     "wan22_a14b_i2v": i2v_a14b,
     "wan22_ti2v_5b": ti2v_5b,
@@ -223,8 +226,8 @@ def run_with_overrides(name: str, overrides: list[str]) -> execute.RunResult:
 
 def render(name: str, classes: dict[str, type] | None = None) -> dict:
     """The UI workflow of template ``name``."""
-    title, nodes = TEMPLATES[name]()
-    return build(nodes, classes or node_classes(), title)
+    title, nodes, columns = TEMPLATES[name]()
+    return build(nodes, classes or node_classes(), title, columns)
 
 
 def thumbnail(title: str, subtitle: str) -> "Image.Image":

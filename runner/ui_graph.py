@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from . import node_specs
+from . import node_specs, template_layout
+from .template_layout import Column
 
 PACK_ID = "comfyui-wanflow"
 PACK_VERSION = "0.1.0"
@@ -24,21 +25,25 @@ class Node:
 
     id: int
     type: str
-    pos: tuple[float, float]
     widgets: dict[str, Any] = field(default_factory=dict)
     links: dict[str, tuple[int, int]] = field(default_factory=dict)  # input -> (source node, output)
     title: Optional[str] = None
     size: Optional[tuple[float, float]] = None
     models: list[dict] = field(default_factory=list)  # properties.models: name, url, directory
     seed_control: str = "randomize"
+    pos: tuple[float, float] = (0.0, 0.0)  # set by template_layout.arrange
 
 
-def note(node_id: int, pos: tuple[float, float], text: str, size=(420.0, 260.0), title: str = "Read me") -> Node:
-    return Node(node_id, "MarkdownNote", pos, {"text": text}, title=title, size=size)
+def note(node_id: int, text: str, size: Optional[tuple[float, float]] = None, title: str = "Read me") -> Node:
+    """A Markdown note; without ``size`` it is sized to fit its text (``template_layout.note_size``)."""
+    return Node(node_id, "MarkdownNote", {"text": text}, title=title, size=size)
 
 
-def build(nodes: list[Node], classes: dict[str, type], title: str) -> dict:
-    """The UI workflow JSON for ``nodes``; raises ValueError naming the node for bad references."""
+def build(nodes: list[Node], classes: dict[str, type], title: str, columns: Optional[list[Column]] = None) -> dict:
+    """The UI workflow JSON for ``nodes``; raises ValueError naming the node for bad references.
+
+    With ``columns`` (group title and node ids, see :mod:`.template_layout`) the nodes are placed
+    in groups beside the first note, and the workflow opens with all of it on screen."""
     by_id = {node.id: node for node in nodes}
     links: list[list] = []
     outgoing: dict[tuple[int, int], list[int]] = {}
@@ -73,8 +78,16 @@ def build(nodes: list[Node], classes: dict[str, type], title: str) -> dict:
                 entry["shape"] = OPTIONAL_SHAPE
             inputs.append(entry)
         built_inputs[node.id] = inputs
+    groups: list[dict] = []
+    if columns:
+        sizes = {node.id: _size(node, classes, built_inputs.get(node.id, [])) for node in nodes}
+        notes = [node.id for node in nodes if node.type in NOTE_TYPES]
+        groups = template_layout.arrange(by_id, notes[0], columns, sizes)
+        for node in nodes:
+            node.size = sizes[node.id]
     ui_nodes = [_node_json(node, classes, built_inputs.get(node.id, []), outgoing, order)
                 for order, node in enumerate(nodes)]
+    view = template_layout.initial_view(ui_nodes, groups) if columns else {"scale": 0.75, "offset": [0, 0]}
     return {
         "id": _stable_uuid(title),
         "revision": 0,
@@ -82,9 +95,9 @@ def build(nodes: list[Node], classes: dict[str, type], title: str) -> dict:
         "last_link_id": len(links),
         "nodes": ui_nodes,
         "links": links,
-        "groups": [],
+        "groups": groups,
         "config": {},
-        "extra": {"ds": {"scale": 0.75, "offset": [0, 0]}, "info": {"title": title}},
+        "extra": {"ds": view, "info": {"title": title}},
         "version": 0.4,
     }
 
@@ -130,8 +143,6 @@ def _node_json(node: Node, classes: dict[str, type], inputs: list[dict],
     outputs = []
     for slot, (name, kind) in enumerate(zip(names, cls.RETURN_TYPES)):
         outputs.append({"name": name, "type": kind, "links": outgoing.get((node.id, slot)) or None, "slot_index": slot})
-    widget_count = len(node_specs.widget_specs(cls))
-    height = 30 + 22 * (len(inputs) + max(len(outputs), 0)) + 26 * widget_count
     properties: dict[str, Any] = {"Node name for S&R": node.type}
     if node.type in CORE_NODES:
         properties.update({"cnr_id": "comfy-core"})
@@ -139,11 +150,18 @@ def _node_json(node: Node, classes: dict[str, type], inputs: list[dict],
         properties.update({"cnr_id": PACK_ID, "ver": PACK_VERSION})
     if node.models:
         properties["models"] = node.models
-    base.update({"size": list(node.size or (340.0, float(height))), "inputs": inputs, "outputs": outputs,
+    base.update({"size": list(_size(node, classes, inputs)), "inputs": inputs, "outputs": outputs,
                  "properties": properties, "widgets_values": widgets_values(node, cls)})
     if node.title:
         base["title"] = node.title
     return base
+
+
+def _size(node: Node, classes: dict[str, type], inputs: list[dict]) -> tuple[float, float]:
+    if node.type in NOTE_TYPES:
+        return node.size or template_layout.note_size(node.widgets["text"])
+    cls = classes[node.type]
+    return template_layout.estimated_size(node, cls, len(inputs), len(cls.RETURN_TYPES))
 
 
 def _stable_uuid(title: str) -> str:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from wanflow.nodes import comfy_adapter as ca
-from wanflow.runner import node_specs, templates, tiny_runs
+from wanflow.runner import node_specs, template_layout, templates, tiny_runs
 from wanflow.runner.registry import node_classes
 from wanflow.runner.tiny_models import write_tiny_models
 from wanflow.runner.workflow import UI_ONLY_TYPES, load_workflow
@@ -107,7 +107,7 @@ def test_note_names_every_model_file_and_folder(path):
     notes = " ".join(n["widgets_values"][0] for n in flow["nodes"] if n["type"] in ("Note", "MarkdownNote"))
     for node in flow["nodes"]:
         for model in node.get("properties", {}).get("models", []):
-            assert f"`{model['name']}`" in notes and f"`models/{model['directory']}/`" in notes
+            assert f"[{model['name']}]({model['url']})" in notes and f"`models/{model['directory']}/`" in notes
             assert model["url"].startswith("https://huggingface.co/") and model["url"].endswith(model["name"])
 
 
@@ -258,3 +258,51 @@ def test_a_model_of_the_wrong_kind_fails_from_its_header_before_any_weights_load
     assert code == errors.EXIT_INVALID, err
     assert where in err and message in err and "before loading" in err, err
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------- layout (issue 11)
+
+def _rects(flow):
+    return {node["id"]: template_layout.node_rect(node) for node in flow["nodes"]}
+
+
+def _apart(a, b, gap):
+    """Rectangles ``(x, y, w, h)`` at least ``gap`` apart horizontally or vertically."""
+    return (a[0] + a[2] + gap <= b[0] or b[0] + b[2] + gap <= a[0]
+            or a[1] + a[3] + gap <= b[1] or b[1] + b[3] + gap <= a[1])
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
+def test_templates_open_tidy(path):
+    """Nodes >= 40 px apart (title bars included), every node in one of the four groups, no link
+    across more than half the graph, the note wide enough for its table, and the whole graph on a
+    1920x1080 screen at a zoom where the frontend still draws text."""
+    flow = load(path)
+    rects = _rects(flow)
+    ids = sorted(rects)
+    for i, a in enumerate(ids):
+        for b in ids[i + 1:]:
+            assert _apart(rects[a], rects[b], 40), f"nodes {a} and {b} are closer than 40 px"
+    titles = [group["title"] for group in flow["groups"]]
+    assert titles[0] in ("Load models", "Load models and pictures") and titles[1:] == ["Prompt", "Sample",
+                                                                                          "Decode and save"]
+    for node in flow["nodes"]:
+        if node["type"] in ("Note", "MarkdownNote"):
+            continue
+        x, y, w, h = rects[node["id"]]
+        inside = [g["title"] for g in flow["groups"] if g["bounding"][0] <= x and x + w <= sum(g["bounding"][::2])
+                  and g["bounding"][1] <= y and y + h <= g["bounding"][1] + g["bounding"][3]]
+        assert len(inside) == 1, f"node {node['id']} is in groups {inside}"
+    left, _, right, _ = template_layout.graph_bounds(rects.values(), flow["groups"])
+    for _, source, _, target, _, _ in flow["links"]:
+        span = rects[target][0] - (rects[source][0] + rects[source][2])
+        assert span <= 0.5 * (right - left), f"link {source} -> {target} crosses {span:.0f} px"
+    note = next(n for n in flow["nodes"] if n["type"] == "MarkdownNote")
+    rows = [line for line in note["widgets_values"][0].splitlines() if line.startswith("|")]
+    assert rows and all(template_layout._row_width(row) <= note["size"][0] for row in rows)
+    view = flow["extra"]["ds"]
+    assert template_layout.READABLE_SCALE <= view["scale"] <= 1.0
+    screen_w, screen_h = (m + v for m, v in zip(template_layout.VIEW_MARGIN, template_layout.VIEWPORT))
+    for x, y, w, h in [*rects.values(), *(g["bounding"] for g in flow["groups"])]:
+        sx, sy = (x + view["offset"][0]) * view["scale"], (y + view["offset"][1]) * view["scale"]
+        assert sx >= 0 and sy >= 0 and sx + w * view["scale"] <= screen_w + 1 and sy + h * view["scale"] <= screen_h + 1
