@@ -8,6 +8,7 @@ screen when the template opens. ``tests/test_workflows.py`` checks the same rule
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -102,6 +103,6 @@ def initial_view(ui_nodes: list[dict], groups: list[dict]) -> dict:
     """``extra.ds``: the largest zoom (at most 1) at which the whole graph fits the viewport."""
     left, top, right, bottom = graph_bounds((node_rect(n) for n in ui_nodes), groups)
     scale = min(1.0, VIEWPORT[0] / (right - left), VIEWPORT[1] / (bottom - top))
-    scale = round(scale, 3)
+    scale = math.floor(scale * 1000) / 1000  # rounded down, so the graph still fits
     offset = [round(VIEW_MARGIN[0] / scale - left, 1), round(VIEW_MARGIN[1] / scale - top, 1)]
     return {"scale": scale, "offset": offset}

@@ -206,12 +206,41 @@ def lora_stack_4step() -> Template:
     return "Wan 2.2 A14B LoRA stack, 4-step lightx2v", [by_id[i] for i in order], columns
 
 
+def nano_t2v() -> Template:
+    """The T2V graph on the WanNano models the pack ships: runs on any CPU in seconds, no download."""
+    from ..model_loaders.detect import NANO_DEFAULTS
+    from ..nano.files import NANO
+    from ..nano.vocabulary import BACKGROUNDS, COLOURS, DIRECTIONS, FRAMES, HEIGHT, SHAPES, WIDTH
+
+    title, nodes, columns = t2v_a14b()
+    defaults = NANO_DEFAULTS[("2.2", "t2v", "nano")]
+    by_id = {node.id: node for node in nodes}
+    words = " | ".join(", ".join(sorted(group)) for group in (COLOURS, SHAPES, DIRECTIONS, BACKGROUNDS))
+    by_id[1] = note(1, "## WanNano text-to-video\n\nThe tiny Wan 2.2 A14B-style models the pack ships in "
+                       "`nano/models/`: no download, a few seconds on a laptop CPU (docs/nano.md). They know one "
+                       "small world; write prompts like `a red circle moving slowly left on a white background` "
+                       "with these words:\n\n| Colour | Shape | Direction | Background |\n|---|---|---|---|\n"
+                       f"| {words} |\n\nWith real Wan 2.2 files, open the *Wan 2.2 A14B text-to-video* template.\n",
+                    title="Read me")
+    for node_id, name in ((2, NANO.t2v_high), (3, NANO.t2v_low)):
+        by_id[node_id].widgets["model_name"], by_id[node_id].models = name, []
+    by_id[4].widgets["text_encoder_name"], by_id[4].models = NANO.umt5, []
+    by_id[5].widgets["positive"] = "a red circle moving slowly left on a white background"
+    by_id[6].widgets["vae_name"], by_id[6].models = NANO.vae, []
+    by_id[7].widgets.update({"width": WIDTH, "height": HEIGHT, "length": FRAMES})
+    by_id[8].widgets.update({"steps": defaults.steps, "shift": defaults.shift, "cfg_high": defaults.guide_scale,
+                             "cfg_low": defaults.guide_scale_low_noise})
+    by_id[10].widgets.update({"filename_prefix": "WanFlow/nano_t2v", "fps": float(defaults.fps)})
+    return "WanNano text-to-video (runs on any CPU)", [by_id[node.id] for node in nodes], columns
+
+
 TEMPLATES: dict[str, Callable[[], Template]] = {
     "wan22_a14b_t2v": t2v_a14b,
     "wan22_a14b_i2v": i2v_a14b,
     "wan22_ti2v_5b": ti2v_5b,
     "wan21_vace_r2v": r2v_vace,
     "wan22_a14b_lora_stack_4step": lora_stack_4step,
+    "wanflow_nano_t2v": nano_t2v,
 }
 
 

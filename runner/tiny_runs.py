@@ -27,6 +27,7 @@ def _common(high: str, low: Optional[str], vae: str) -> list[str]:
 
 TINY_OVERRIDES: dict[str, list[str]] = {
     "wan22_a14b_t2v": _common(FILES.t2v_high, FILES.t2v_low, FILES.vae21),
+    "wanflow_nano_t2v": _common(FILES.t2v_high, FILES.t2v_low, FILES.vae21),
     "wan22_a14b_i2v": _common(FILES.i2v_high, FILES.i2v_low, FILES.vae21),
     "wan22_ti2v_5b": _common(FILES.ti2v, None, FILES.vae22),
     "wan21_vace_r2v": _common(FILES.vace, None, FILES.vae21),

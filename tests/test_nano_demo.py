@@ -58,3 +58,24 @@ def test_lora_overrides_fill_the_style_slots_as_pairs():
     assert "12.lora_high=wan_nano_outline_lora_high_noise.safetensors" in sets
     assert "12.strength_low=0.5" in sets and "13.lora_low=wan_nano_night_lora_low_noise.safetensors" in sets
     assert "14.lora_high=none" in nano_runs.NANO_OVERRIDES[nano_runs.LORA_TEMPLATE]
+
+
+@pytest.mark.slow
+def test_the_nano_template_runs_as_shipped_and_shows_its_prompt(tmp_path, capsys):
+    """workflows/wanflow_nano_t2v.json needs no download and no --models (issue 11)."""
+    import numpy as np
+
+    from wanflow.nano.files import NANO
+    from wanflow.nano.measure import read_video
+    from wanflow.runner import templates
+
+    from nano_testing import need_nano
+
+    need_nano(NANO.t2v_high, NANO.t2v_low, NANO.umt5, NANO.vae)
+    flow = templates.WORKFLOWS_DIR / "wanflow_nano_t2v.json"
+    assert cli.main(["run", str(flow), "--output", str(tmp_path), "--quiet", "--set", "8.seed=1"]) == errors.EXIT_OK
+    (video,) = tmp_path.rglob("*.mp4")
+    with av.open(str(video)) as container:
+        frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    reading = read_video(frames)  # the template's prompt: a red circle moving slowly left on white
+    assert (reading.background, reading.colour, reading.direction) == ("white", "red", "left"), reading
