@@ -63,6 +63,17 @@ def load_dit(path: PathLike, storage_dtype: StorageChoice = None, *,
 
 
 @names_the_file
+def reload_dit(path: PathLike, model: WanDiT, storage_dtype: StorageChoice = None, *,
+               expert: Optional[str] = None) -> None:
+    """Fill a parked ``model`` (``parking.park``) from its file again, exactly as :func:`load_dit`
+    did (same storage dtype): the file may not have changed in between."""
+    path = resolve_dit_path(path, expert)
+    ckpt, _ = open_dit_checkpoint(path)
+    load_into(model, ckpt, parse_storage_dtype(storage_dtype), expected=detect_variant(ckpt, path, expert).name)
+    ensure_no_meta(model, str(path))
+
+
+@names_the_file
 def peek_dit_variant(path: PathLike, *, expert: Optional[str] = None) -> WanVariant:
     """The variant of a DiT file from its header (names and shapes) alone, without reading the
     weights: lets a graph be checked against its models before any long load starts."""

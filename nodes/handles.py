@@ -1,11 +1,15 @@
 """What travels on the WANFLOW_ sockets between nodes: loaded models plus what the UI chose."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from typing import Iterator, Optional
 
+import torch
 import torch.nn as nn
 
 from ..model_loaders.detect import WanVariant
+from ..model_loaders.parking import DiskBacked
 
 
 @dataclass
@@ -17,6 +21,18 @@ class ModelHandle:
     attention: str = "sdpa"
     file_format: str = ""
     path: str = ""
+    parking: Optional[DiskBacked] = None  # set when its weights wait on disk ("reload from disk")
+
+    @contextlib.contextmanager
+    def weights_loaded(self, device: torch.device) -> Iterator[nn.Module]:
+        """The model with its weights present (read back from the file first if they wait there)."""
+        if self.parking is None:
+            yield self.model
+            return
+        try:
+            yield self.parking.restore(device)
+        finally:
+            self.parking.park()
 
     def describe(self) -> str:
         details = ", ".join(part for part in (self.file_format, f"attention {self.attention}") if part)

@@ -6,11 +6,13 @@ file from the right folder, check the name before the run, and report what was d
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Union
 
 from ..model_loaders.clip_vision_loader import load_clip_vision
 from ..model_loaders.detect import WanVariant
-from ..model_loaders.dit_loader import load_dit, peek_dit_variant
+from ..model_loaders.dit_loader import load_dit, peek_dit_variant, reload_dit
+from ..model_loaders.parking import DiskBacked
 from ..model_loaders.text_encoder_loader import load_text_encoder
 from ..model_loaders.vae_loader import load_vae
 from ..model_loaders.storage import STORAGE_DTYPES
@@ -22,6 +24,7 @@ from .types import CLIP_VISION, LOADERS, MODEL, TEXT_ENCODER, VAE
 log = logging.getLogger("wanflow")
 
 STORAGE_CHOICES = ["default"] + list(STORAGE_DTYPES)
+RAM_CHOICES = ["keep", "reload from disk"]
 
 
 class WanFlowModelLoader:
@@ -44,6 +47,11 @@ class WanFlowModelLoader:
                               "memory of a bf16 file. Compute runs in bf16/fp16 either way."}),
             "attention": (available_backends(), {"default": "sdpa", "tooltip":
                           "Attention kernel used while sampling with this model."}),
+        }, "optional": {
+            "weights_in_ram": (RAM_CHOICES, {"default": "keep", "tooltip":
+                               "keep: the weights stay in RAM between uses (fastest). reload from disk: they "
+                               "leave RAM whenever this model is not sampling and are read back from the file, so "
+                               "the idle Wan 2.2 A14B expert costs no RAM (each switch reads the file again)."}),
         }}
 
     @classmethod
@@ -56,11 +64,15 @@ class WanFlowModelLoader:
         """The variant from the file header only (the headless runner checks the graph with it)."""
         return peek_dit_variant(comfy_adapter.model_path("diffusion_models", model_name, "model loader: model_name"))
 
-    def load(self, model_name: str, storage_dtype: str, attention: str) -> dict:
+    def load(self, model_name: str, storage_dtype: str, attention: str, weights_in_ram: str = "keep") -> dict:
         path = comfy_adapter.model_path("diffusion_models", model_name, "model loader: model_name")
-        loaded = load_dit(path, None if storage_dtype == "default" else storage_dtype)
+        storage = None if storage_dtype == "default" else storage_dtype
+        loaded = load_dit(path, storage)
         loaded.model.to(comfy_adapter.offload_device())
         handle = ModelHandle(loaded.model, loaded.variant, attention, loaded.file_format, loaded.path)
+        if weights_in_ram == "reload from disk":
+            handle.parking = DiskBacked(loaded.model, partial(reload_dit, path, storage_dtype=storage), model_name)
+            handle.parking.park()
         text = handle.describe()
         for note in loaded.variant.notes:
             log.warning("model loader: %s: %s", model_name, note)

@@ -20,6 +20,7 @@ from ..samplers.schedules import SCHEDULES, build_schedule
 from ..samplers.solvers import SOLVERS
 from ..wan.attention import use_backend
 from ..wan.latent_stats import LatentStats, stats_for_channels
+from ..wan.lora import LoraStack
 from . import comfy_adapter
 from .handles import ModelHandle
 from .lora_nodes import build_lora_stack
@@ -97,9 +98,11 @@ class WanFlowMoESampler:
         device = comfy_adapter.compute_device()
         experts = [m.model for m in (model_high, model_low) if m is not None]
         comfy_adapter.make_room(max(comfy_adapter.module_bytes(m) for m in experts), device)  # one expert at a time
+        parking = {name: handle.parking for name, handle in (("high", model_high), ("low", model_low))
+                   if handle is not None and handle.parking is not None}
         sampler = MoESampler(model_high.model, model_low.model if model_low is not None else None,
                              device=device, offload_device=comfy_adapter.offload_device(),
-                             compute_dtype=comfy_adapter.inference_dtype(device))
+                             compute_dtype=comfy_adapter.inference_dtype(device), parking=parking)
         auto_boundary = getattr(model_high.variant.defaults, "boundary", None)
         with ExitStack() as cleanup, comfy_adapter.Progress(schedule.steps, "sampling") as bar:
             cleanup.enter_context(use_backend(model_high.attention))
@@ -107,7 +110,7 @@ class WanFlowMoESampler:
                 stack = build_lora_stack(lora_stack)
                 for expert, model in (("high", model_high), ("low", model_low)):
                     if model is not None:
-                        cleanup.callback(stack.apply(model.model, expert).remove)
+                        apply_stack(stack, model, expert, cleanup)
             previewer = comfy_adapter.latent_previewer(raw.shape[1])
             hooks = SamplerHooks(progress=lambda done, total: bar.update(done - bar.value),
                                  preview=(lambda step, x0: bar.update(0, preview=previewer(x0))) if previewer else None,
@@ -123,6 +126,22 @@ class WanFlowMoESampler:
                                  two_experts=model_low is not None)
         log.info("MoE sampler: %s", note)
         return {"ui": {"text": [note]}, "result": ({"samples": out},)}
+
+
+def apply_stack(stack: LoraStack, handle: ModelHandle, expert: str, cleanup: ExitStack) -> None:
+    """Apply ``stack`` to one expert for this run; ``cleanup`` takes it off again.
+
+    An expert whose weights wait on disk is read back while the stack is applied (the stack keeps
+    a copy of the few tensors it bakes, such as modulation diffs) and bakes them again each time
+    the weights come back from the file."""
+    if handle.parking is None:
+        cleanup.callback(stack.apply(handle.model, expert).remove)
+        return
+    with handle.weights_loaded(comfy_adapter.offload_device()):
+        application = stack.apply(handle.model, expert)
+    cleanup.callback(application.remove)
+    handle.parking.after_restore.append(application.refresh)
+    cleanup.callback(handle.parking.after_restore.remove, application.refresh)
 
 
 def expert_split_note(steps: dict[str, int], boundary: Optional[float], automatic: bool, two_experts: bool) -> str:

@@ -92,7 +92,8 @@ class WanFlowTrainLora:
         experts = [model, *([model_low] if pair else [])]
         with comfy_adapter.Progress(steps * len(experts), desc=f"train LoRA {lora_name}") as bar, \
                 contextlib.ExitStack() as on_device:
-            for handle in experts:
+            for handle in experts:  # weights waiting on disk are read back for the training
+                on_device.enter_context(handle.weights_loaded(comfy_adapter.offload_device()))
                 on_device.enter_context(comfy_adapter.model_on_compute_device(handle.model))
 
             def on_step(which: str, step: int, loss: float) -> None:

@@ -74,14 +74,21 @@ def widgets_values_length(node_class: type) -> int:
 
 
 def map_widgets_values(node_class: type, values: list, where: str) -> dict[str, Any]:
-    """Name each positional widget value; raises ValueError when the list does not line up."""
+    """Name each positional widget value; raises ValueError when the list does not line up.
+
+    A list that stops early is accepted when every widget it leaves out has a default: a graph
+    saved before a node gained a widget opens in ComfyUI with that widget at its default, so it
+    runs the same here."""
     specs = widget_specs(node_class)
     expected = widgets_values_length(node_class)
-    if len(values) != expected:
-        names = ", ".join(s.name + (" (+control)" if s.extra_values else "") for s in specs)
-        raise ValueError(f"{where}: widgets_values has {len(values)} entries, expected {expected} ({names})")
     named, i = {}, 0
     for spec in specs:
+        if i == len(values) and len(values) < expected and "default" in spec.options:
+            named[spec.name] = spec.options["default"]
+            continue
+        if i + spec.extra_values >= len(values) or len(values) > expected:
+            names = ", ".join(s.name + (" (+control)" if s.extra_values else "") for s in specs)
+            raise ValueError(f"{where}: widgets_values has {len(values)} entries, expected {expected} ({names})")
         named[spec.name] = values[i]
         i += 1 + spec.extra_values
     return named

@@ -5,12 +5,16 @@ extra copies in RAM (a pinned copy next to a CPU copy, a deepcopy per sampler) i
 other packs run out of system memory. Here every expert is a single ``nn.Module`` that is moved
 in place with ``module.to(device)``: the old storage is released by the move, nothing is copied
 or cached on the side. Moves are timed and logged.
+
+An expert can also wait on disk instead of in RAM (the two-expert low-RAM mode): give its
+:class:`Parking` (``model_loaders.parking.DiskBacked``), and offloading it frees its weights,
+activating it reads them back from the file.
 """
 from __future__ import annotations
 
 import logging
 import time
-from typing import Mapping, Optional, Union
+from typing import Mapping, Optional, Protocol, Union
 
 import torch
 import torch.nn as nn
@@ -18,6 +22,14 @@ import torch.nn as nn
 logger = logging.getLogger(__name__)
 
 DeviceLike = Union[str, torch.device]
+
+
+class Parking(Protocol):
+    """Frees an expert's weights (``park``) and reads them back onto a device (``restore``)."""
+
+    def park(self) -> None: ...
+
+    def restore(self, device: torch.device) -> nn.Module: ...
 
 
 def module_device(module: nn.Module) -> Optional[torch.device]:
@@ -38,8 +50,9 @@ class ExpertResidency:
     """
 
     def __init__(self, experts: Mapping[str, nn.Module], device: DeviceLike,
-                 offload_device: DeviceLike = "cpu") -> None:
+                 offload_device: DeviceLike = "cpu", parking: Optional[Mapping[str, Parking]] = None) -> None:
         self.experts = dict(experts)
+        self.parking = dict(parking or {})
         self.device = torch.device(device)
         self.offload_device = torch.device(offload_device)
         self.location: dict[str, Optional[torch.device]] = {
@@ -56,16 +69,34 @@ class ExpertResidency:
             target = self.experts[name]
             for other, module in self.experts.items():
                 if other != name and module is not target:   # same module wired twice
-                    self._move(other, self.offload_device)
-            self._move(name, self.device)
+                    self._leave(other)
+            self._arrive(name)
             self.active = name
         return self.experts[name]
 
     def offload_all(self) -> None:
-        """Send every expert to the offload device (e.g. after sampling, to free VRAM)."""
+        """Send every expert to the offload device, or to the disk (e.g. after sampling)."""
         for name in self.experts:
-            self._move(name, self.offload_device)
+            self._leave(name)
         self.active = None
+
+    def _leave(self, name: str) -> None:
+        if name not in self.parking:
+            self._move(name, self.offload_device)
+            return
+        start = time.perf_counter()
+        self.parking[name].park()
+        self.location[name] = None
+        self.move_seconds.append((name, "disk", time.perf_counter() - start))
+
+    def _arrive(self, name: str) -> None:
+        if name not in self.parking:
+            self._move(name, self.device)
+            return
+        start = time.perf_counter()
+        self.parking[name].restore(self.device)
+        self.location[name] = self.device
+        self.move_seconds.append((name, str(self.device), time.perf_counter() - start))
 
     def _move(self, name: str, target: torch.device) -> None:
         where = self.location.get(name)

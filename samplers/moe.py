@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Union
+from typing import Callable, Mapping, Optional, Union
 
 import torch
 import torch.nn as nn
 
 from .conditioning import WanConditioning
-from .expert_residency import ExpertResidency, module_device
+from .expert_residency import ExpertResidency, Parking, module_device
 from .guidance import CfgSchedule, cfg_at, guided_velocity
 from .noise import noised_start
 from .schedules import Schedule, switch_step_for_boundary
@@ -113,18 +113,21 @@ class MoESampler:
     ``compute_dtype``: dtype of the latent handed to the DiT, which computes in that dtype. By
     default it follows the high expert's weights (fp32 → fp32, bf16/fp16 → same, fp8 → bf16).
     The solver state always stays float32.
+    ``parking``: experts (by name, "high"/"low") whose weights wait on disk while inactive
+    (``model_loaders.parking.DiskBacked``): the two-expert low-RAM mode.
     """
 
     def __init__(self, high: nn.Module, low: Optional[nn.Module] = None, *,
                  device: Union[str, torch.device, None] = None,
                  offload_device: Union[str, torch.device] = "cpu",
                  batched_cfg: bool = True,
-                 compute_dtype: Optional[torch.dtype] = None) -> None:
+                 compute_dtype: Optional[torch.dtype] = None,
+                 parking: Optional[Mapping[str, Parking]] = None) -> None:
         experts = {HIGH: high} if low is None else {HIGH: high, LOW: low}
         if device is None:
             device = (module_device(high) if isinstance(high, nn.Module) else None) or "cpu"
         self.device = torch.device(device)
-        self.residency = ExpertResidency(experts, self.device, offload_device)
+        self.residency = ExpertResidency(experts, self.device, offload_device, parking)
         self.has_low = low is not None
         self.batched_cfg = batched_cfg
         self.compute_dtype = compute_dtype or weights_compute_dtype(high)

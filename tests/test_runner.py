@@ -134,8 +134,8 @@ def test_primitive_node_value_feeds_widget(dirs):
      "node 3 (WanFlowSaveVideo): widget 'format': 'gif' is not one of"),
     (lambda f: f["nodes"][2]["widgets_values"].__setitem__(2, 0), errors.EXIT_INVALID,
      "node 3 (WanFlowSaveVideo): widget 'fps': 0 is outside [1.0, 120.0]"),
-    (lambda f: f["nodes"][2]["widgets_values"].pop(), errors.EXIT_INVALID,
-     "node 3 (WanFlowSaveVideo): widgets_values has 3 entries, expected 4"),
+    (lambda f: f["nodes"][2]["widgets_values"].append(1), errors.EXIT_INVALID,
+     "node 3 (WanFlowSaveVideo): widgets_values has 5 entries, expected 4"),
     (lambda f: f["nodes"].pop(2), errors.EXIT_INVALID, "no output node"),
 ])
 def test_bad_workflows_fail_clearly_and_write_nothing(dirs, capsys, breakage, code, message):
@@ -343,3 +343,11 @@ def test_a_null_widget_value_is_invalid_not_skipped(dirs, capsys):
     api["3"]["inputs"]["fps"] = None
     assert run_cli(dirs, api) == errors.EXIT_INVALID
     assert "node 3 (WanFlowSaveVideo): input 'fps' is null" in capsys.readouterr().err
+
+
+def test_a_graph_saved_before_a_widget_existed_runs_with_its_default(dirs):
+    """As in ComfyUI: trailing widgets missing from widgets_values take their defaults."""
+    flow = load_save_ui()
+    flow["nodes"][2]["widgets_values"].pop()  # the quality widget, as if saved by an older version
+    assert run_cli(dirs, flow) == errors.EXIT_OK
+    assert outputs(dirs) == ["clip_00001_.webp"]
