@@ -291,14 +291,42 @@ def as_text(workflow: dict) -> str:
     return json.dumps(workflow, indent=2, ensure_ascii=False) + "\n"
 
 
+README = WORKFLOWS_DIR.parent / "README.md"
+TABLE_START = "<!-- template files: written by python -m wanflow.runner.templates -->"
+TABLE_END = "<!-- end of template files -->"
+
+
+def files_table(workflows: dict[str, dict]) -> str:
+    """The README's table: each template, the files it needs, their folder and download link."""
+    rows = ["| Template | Files (download) | Folder |", "|---|---|---|"]
+    for name, flow in workflows.items():
+        seen: dict[str, dict] = {}
+        for node in flow["nodes"]:
+            for model in node.get("properties", {}).get("models", []):
+                seen.setdefault(model["name"], model)
+        title = flow["extra"]["info"]["title"]
+        if not seen:
+            rows.append(f"| {title} (`{name}.json`) | none: the WanNano files ship with the pack | `nano/models/` |")
+        for index, model in enumerate(seen.values()):
+            label = f"{title} (`{name}.json`)" if index == 0 else ""
+            rows.append(f"| {label} | [{model['name']}]({model['url']}) | `models/{model['directory']}/` |")
+    return "\n".join(rows)
+
+
+def readme_with_table(text: str, table: str) -> str:
+    """``text`` with the generated table between the markers (which must be there)."""
+    start, end = text.index(TABLE_START) + len(TABLE_START), text.index(TABLE_END)
+    return text[:start] + "\n" + table + "\n" + text[end:]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Generate workflows/*.json from the template descriptions.")
     parser.add_argument("--check", action="store_true", help="only report files that are out of date")
     args = parser.parse_args(argv)
     stale = []
-    for name in TEMPLATES:
+    workflows = {name: render(name) for name in TEMPLATES}
+    for name, workflow in workflows.items():
         path = WORKFLOWS_DIR / f"{name}.json"
-        workflow = render(name)
         text = as_text(workflow)
         picture = path.with_suffix(".jpg")
         if not picture.exists() and not args.check:
@@ -309,6 +337,12 @@ def main(argv: list[str] | None = None) -> int:
         stale.append(path.name)
         if not args.check:
             path.write_text(text, encoding="utf-8")
+    readme = README.read_text(encoding="utf-8")
+    updated = readme_with_table(readme, files_table(workflows))
+    if updated != readme:
+        stale.append(README.name)
+        if not args.check:
+            README.write_text(updated, encoding="utf-8")
     verb = "out of date" if args.check else "written"
     print(f"{len(stale)} template(s) {verb}: {', '.join(stale) or '-'}")
     return 1 if (args.check and stale) else 0

@@ -306,3 +306,14 @@ def test_templates_open_tidy(path):
     for x, y, w, h in [*rects.values(), *(g["bounding"] for g in flow["groups"])]:
         sx, sy = (x + view["offset"][0]) * view["scale"], (y + view["offset"][1]) * view["scale"]
         assert sx >= 0 and sy >= 0 and sx + w * view["scale"] <= screen_w + 1 and sy + h * view["scale"] <= screen_h + 1
+
+
+def test_the_readme_table_lists_every_template_and_its_files():
+    """README (issue 11): which files each template needs, in which folder, with links; generated."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = templates.files_table({name: templates.render(name) for name in templates.TEMPLATES})
+    assert templates.readme_with_table(readme, table) == readme, "README table is stale: run " \
+                                                                 "python -m wanflow.runner.templates"
+    for name in templates.TEMPLATES:
+        assert f"(`{name}.json`)" in table
+    assert "[wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors](https://huggingface.co/" in table
