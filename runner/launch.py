@@ -21,7 +21,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     try:
-        from .cli import main as cli_main
+        # A signal inside torch's import can land in C++ code that calls back into Python, where an
+        # exception aborts the process; it is held until the import is done, then acted on.
+        with signals.deferred():
+            from .cli import main as cli_main
 
         return cli_main(argv)
     except KeyboardInterrupt:
