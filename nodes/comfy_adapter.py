@@ -20,6 +20,8 @@ from typing import Any, Callable, Iterator, Optional, Union
 import torch
 
 from ..nano.files import MODELS_DIR as NANO_MODELS_DIR
+from . import comfy_models
+from .comfy_models import Kind as ModelKind
 from .headless_progress import HeadlessProgress
 
 MODEL_EXTENSIONS = (".safetensors", ".sft", ".pt", ".pt2", ".pth", ".bin", ".ckpt", ".pkl", ".gguf")
@@ -181,11 +183,19 @@ def make_room(bytes_needed: int, device: Optional[torch.device] = None) -> None:
 
 
 @contextmanager
-def model_on_compute_device(module: torch.nn.Module) -> Iterator[torch.device]:
-    """Run a block with ``module`` on the compute device, then move it back to the offload device.
+def model_on_compute_device(module: torch.nn.Module, kind: ModelKind = "diffusion",
+                            whole: bool = False) -> Iterator[torch.device]:
+    """Run a block with ``module`` on the compute device and yield that device.
 
-    Frees memory first when the module does not fit; a no-op when both devices are the CPU.
+    Inside ComfyUI the module is loaded through ComfyUI's model management (registered there on
+    first use, see :mod:`.comfy_models`) and stays loaded until ComfyUI needs the room. Outside
+    it the module is moved there (freeing memory first when it does not fit) and back to the
+    offload device afterwards; a no-op when both devices are the CPU. ``whole`` asks for every
+    weight on the device (training: no layer may be left in RAM).
     """
+    if in_comfyui():
+        yield comfy_models.load(module, kind, whole=whole)
+        return
     device, offload = compute_device(), offload_device()
     if device == offload:
         yield device

@@ -114,7 +114,7 @@ class WanFlowImageToVideo:
         start = fit_image(start_image, width, height)
         end = fit_image(end_image, width, height) if end_image is not None else None
         latent_shape = vae.latent_shape((1, 3, length, height, width))
-        with comfy_adapter.model_on_compute_device(vae):
+        with comfy_adapter.model_on_compute_device(vae, "vae"):
             encode = latent_encoder(vae)
             if config.in_dim == config.out_dim:  # TI2V-5B: the first frame rides in the latent itself
                 cond = dataclasses.replace(conditioning, first_frame=encode_first_frame(encode, start))
@@ -134,7 +134,7 @@ class WanFlowImageToVideo:
         images = start if end is None else torch.cat([start, end])
         tower = clip_vision.tower
         dtype = next(tower.parameters()).dtype
-        with comfy_adapter.model_on_compute_device(tower) as device, torch.no_grad():
+        with comfy_adapter.model_on_compute_device(tower, "clip_vision") as device, torch.no_grad():
             pixels = clip_preprocess(images, size=tower.config.image_size)
             features = tower(pixels.to(device, dtype)).float()
         return features.reshape(1, -1, features.shape[-1]).to(comfy_adapter.offload_device())

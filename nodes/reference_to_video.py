@@ -81,7 +81,7 @@ class WanFlowReferenceToVideo:
         references = reference_frames([reference_1, reference_2, reference_3, reference_4])
         video = self._control_video(control_video, length, height, width)
         mask = self._control_mask(control_mask, length, height, width)
-        with comfy_adapter.model_on_compute_device(vae):
+        with comfy_adapter.model_on_compute_device(vae, "vae"):
             context, trim = build_vace_context(latent_encoder(vae), num_frames=length, height=height, width=width,
                                                video=video, mask=mask, references=references)
         cond = dataclasses.replace(conditioning, vace_context=context, vace_strength=float(strength),

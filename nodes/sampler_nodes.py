@@ -14,6 +14,7 @@ import torch
 
 from ..model_loaders.detect import WanVariant
 from ..samplers.conditioning import WanConditioning
+from ..samplers.expert_residency import Parking
 from ..samplers.moe import MoESampler, SamplerHooks, SamplingInterrupted
 from ..samplers.noise import seeded_noise
 from ..samplers.schedules import SCHEDULES, build_schedule
@@ -22,6 +23,7 @@ from ..wan.attention import use_backend
 from ..wan.latent_stats import LatentStats, stats_for_channels
 from ..wan.lora import LoraStack
 from . import comfy_adapter
+from .comfy_models import ComfyPlacement
 from .handles import ModelHandle
 from .lora_nodes import build_lora_stack
 from .model_checks import check_sampler_models, conditioning_kind
@@ -97,9 +99,9 @@ class WanFlowMoESampler:
         cond = _match_batch(conditioning, raw.shape[0])
         device = comfy_adapter.compute_device()
         experts = [m.model for m in (model_high, model_low) if m is not None]
-        comfy_adapter.make_room(max(comfy_adapter.module_bytes(m) for m in experts), device)  # one expert at a time
-        parking = {name: handle.parking for name, handle in (("high", model_high), ("low", model_low))
-                   if handle is not None and handle.parking is not None}
+        parking = expert_parking({"high": model_high, "low": model_low})
+        if not comfy_adapter.in_comfyui():  # inside ComfyUI its model management makes the room
+            comfy_adapter.make_room(max(comfy_adapter.module_bytes(m) for m in experts), device)  # one expert at a time
         sampler = MoESampler(model_high.model, model_low.model if model_low is not None else None,
                              device=device, offload_device=comfy_adapter.offload_device(),
                              compute_dtype=comfy_adapter.inference_dtype(device), parking=parking)
@@ -126,6 +128,20 @@ class WanFlowMoESampler:
                                  two_experts=model_low is not None)
         log.info("MoE sampler: %s", note)
         return {"ui": {"text": [note]}, "result": ({"samples": out},)}
+
+
+def expert_parking(handles: Mapping[str, Optional[ModelHandle]]) -> dict[str, Parking]:
+    """Who places each expert while the other one runs: its file (the low-RAM "reload from disk"
+    mode), ComfyUI's model management (inside ComfyUI), or the sampler's plain moves (None)."""
+    parking: dict[str, Parking] = {}
+    for name, handle in handles.items():
+        if handle is None:
+            continue
+        if handle.parking is not None:
+            parking[name] = handle.parking
+        elif comfy_adapter.in_comfyui():
+            parking[name] = ComfyPlacement(handle.model)
+    return parking
 
 
 def apply_stack(stack: LoraStack, handle: ModelHandle, expert: str, cleanup: ExitStack) -> None:

@@ -53,7 +53,7 @@ def encode_cached(handle: TextEncoderHandle, prompts: list[str]) -> list[torch.T
         if handle.on_cpu:
             contexts = encode_prompts(module, handle.tokenizer, missing)
         else:
-            with comfy_adapter.model_on_compute_device(module):
+            with comfy_adapter.model_on_compute_device(module, "text_encoder"):
                 contexts = encode_prompts(module, handle.tokenizer, missing)
         for prompt, context in zip(missing, contexts):
             prompt_cache.put(handle.encoder, prompt, context.unsqueeze(0).to(comfy_adapter.offload_device()))

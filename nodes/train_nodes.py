@@ -84,9 +84,9 @@ class WanFlowTrainLora:
                        max_frames, batch, seed, gradient_checkpointing, pair)
         check_outputs(job, pair)   # before any slow work
         with contextlib.ExitStack() as on_device:
-            encoders = [vae] if text_encoder.on_cpu else [vae, text_encoder.encoder]
-            for module in encoders:
-                on_device.enter_context(comfy_adapter.model_on_compute_device(module))
+            on_device.enter_context(comfy_adapter.model_on_compute_device(vae, "vae"))
+            if not text_encoder.on_cpu:
+                on_device.enter_context(comfy_adapter.model_on_compute_device(text_encoder.encoder, "text_encoder"))
             data = read_clips(job, Encoders(vae, text_encoder.encoder, text_encoder.tokenizer,
                                             module_fingerprint(vae) + module_fingerprint(text_encoder.encoder)))
         experts = [model, *([model_low] if pair else [])]
@@ -94,7 +94,7 @@ class WanFlowTrainLora:
                 contextlib.ExitStack() as on_device:
             for handle in experts:  # weights waiting on disk are read back for the training
                 on_device.enter_context(handle.weights_loaded(comfy_adapter.offload_device()))
-                on_device.enter_context(comfy_adapter.model_on_compute_device(handle.model))
+                on_device.enter_context(comfy_adapter.model_on_compute_device(handle.model, "diffusion", whole=True))
 
             def on_step(which: str, step: int, loss: float) -> None:
                 comfy_adapter.check_interrupted()

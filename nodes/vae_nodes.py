@@ -60,7 +60,7 @@ class WanFlowVAEDecode:
             raise ValueError(f"VAE decode: latent has shape {tuple(z.shape)}; this VAE decodes "
                              f"[batch, {vae.z_dim}, frames, h, w] (wrong VAE for the model?)")
         dtype = next(vae.parameters()).dtype
-        with comfy_adapter.model_on_compute_device(vae) as device:
+        with comfy_adapter.model_on_compute_device(vae, "vae") as device:
             z = z.to(device, dtype)
             if tiled:
                 pixels = vae.decode_tiled(z, tile=tile_size, overlap=min(tile_overlap, tile_size - 1))
@@ -102,6 +102,6 @@ class WanFlowVAEEncode:
         frames, height, width = images.shape[0], images.shape[1], images.shape[2]
         check_video_size(vae, frames, height, width, "VAE encode")
         dtype = next(vae.parameters()).dtype
-        with comfy_adapter.model_on_compute_device(vae) as device:
+        with comfy_adapter.model_on_compute_device(vae, "vae") as device:
             z = vae.encode(image_to_pixels(images).to(device, dtype))
         return ({"samples": z.float().to(comfy_adapter.offload_device())},)

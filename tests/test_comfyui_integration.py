@@ -1,63 +1,19 @@
 """The pack inside a real ComfyUI server (headless, CPU), driven by the shared harness.
 
-Runs when ``COMFYUI_PATH`` points to a ComfyUI git checkout (bare or not) or source tarball, by
-default the tarball in ../shared/comfyui beside the checkout, so CI runs it wherever that folder
-is (about 2.5 minutes with a fresh build); see docs/comfyui-check.md. ``COMFYUI_HARNESS`` is the
-harness folder (default ../shared/comfyui-harness); ``COMFYUI_WORKDIR`` keeps the built ComfyUI +
-venv between runs (default: a fresh temporary folder).
-"""
+Runs when ComfyUI's source is at hand (by default the tarball in ../shared/comfyui beside the
+checkout, so CI runs it; about 2.5 minutes with a fresh build); see tests/comfyui_setup.py for
+the settings and docs/comfyui-check.md."""
 import json
 import os
-import subprocess
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from comfyui_setup import HARNESS, PACK_NAME, ROOT, requires_comfyui, run as _run
+
 TEMPLATE_NAMES = [p.stem for p in (ROOT / "workflows").glob("*.json")]
-PACK_NAME = "comfyui-wanflow"
-SHARED = ROOT.parent / "shared"
-HARNESS = Path(os.environ.get("COMFYUI_HARNESS", SHARED / "comfyui-harness"))
-
-
-def _shared_tarball() -> str:
-    """The newest ComfyUI source tarball the shared folder holds ('' when there is none)."""
-    tarballs = sorted((SHARED / "comfyui").glob("ComfyUI-*.tar.gz"))
-    return str(tarballs[-1]) if tarballs else ""
-
-
-COMFYUI_PATH = os.environ.get("COMFYUI_PATH") or _shared_tarball()
-
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not COMFYUI_PATH, reason="no ComfyUI source: set COMFYUI_PATH to a checkout or "
-                                 "tarball (none in ../shared/comfyui) to run the real-ComfyUI check")]
-
-
-def _run(args, **kwargs):
-    return subprocess.run([str(a) for a in args], capture_output=True, text=True, **kwargs)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    if not (HARNESS / "comfy_env.sh").exists():
-        pytest.skip(f"ComfyUI harness not found at {HARNESS} (set COMFYUI_HARNESS)")
-    work = Path(os.environ.get("COMFYUI_WORKDIR") or tmp_path_factory.mktemp("comfyui"))
-    env = _run([HARNESS / "comfy_env.sh", COMFYUI_PATH, work], timeout=3600)
-    assert env.returncode == 0, env.stderr[-3000:]
-    from wanflow.runner.tiny_runs import write_input_images
-    from wanflow.runner.tiny_models import write_tiny_models
-
-    write_tiny_models(work / "ComfyUI" / "models")  # tiny files next to whatever else is there
-    write_input_images(work / "ComfyUI" / "input")
-    serve = _run([HARNESS / "comfy_serve.sh", work, ROOT], timeout=600,
-                 env={**os.environ, "COMFY_PACK_NAME": PACK_NAME})
-    url = serve.stdout.strip().splitlines()[-1] if serve.stdout.strip() else ""
-    try:
-        assert serve.returncode == 0, f"pack failed to import or server did not start:\n{serve.stderr[-3000:]}"
-        yield {"url": url, "work": work}
-    finally:
-        _run([HARNESS / "comfy_stop.sh", work], timeout=120)
+pytestmark = requires_comfyui
 
 
 def test_object_info_lists_every_node(server):

@@ -225,15 +225,15 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (xf * self.weight.float()).to(x.dtype)
+        return (xf * self.weight.to(x.device, torch.float32)).to(x.dtype)
 
 
 class LayerNorm32(nn.LayerNorm):
     """LayerNorm computed in float32 (returns float32) whatever the input and parameter dtype."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = None if self.weight is None else self.weight.float()
-        bias = None if self.bias is None else self.bias.float()
+        weight = None if self.weight is None else self.weight.to(x.device, torch.float32)
+        bias = None if self.bias is None else self.bias.to(x.device, torch.float32)
         return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps)
 
 
@@ -330,7 +330,7 @@ class WanBlock(nn.Module):
     def forward(self, x: torch.Tensor, e0: torch.Tensor, context: torch.Tensor,
                 context_img: Optional[torch.Tensor], rope: tuple[torch.Tensor, torch.Tensor],
                 dtype: torch.dtype, key_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-        mod = self.modulation.float().unsqueeze(0) + e0
+        mod = self.modulation.to(e0.device, torch.float32).unsqueeze(0) + e0
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = mod.unbind(dim=2)
 
         y = self.self_attn(modulate(self.norm1(x), shift_sa, scale_sa).to(dtype), rope)
@@ -372,7 +372,8 @@ class Head(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim).mul_(cfg.dim ** -0.5))
 
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        shift, scale = (self.modulation.float().unsqueeze(0) + e.unsqueeze(2)).unbind(dim=2)
+        modulation = self.modulation.to(e.device, torch.float32)
+        shift, scale = (modulation.unsqueeze(0) + e.unsqueeze(2)).unbind(dim=2)
         return self.head(modulate(self.norm(x), shift, scale))
 
 
@@ -392,7 +393,7 @@ class ImageEmbedding(nn.Module):
     def forward(self, clip_fea: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         x = clip_fea.float()
         if self.emb_pos is not None:
-            x = x + self.emb_pos.float()
+            x = x + self.emb_pos.to(x.device, torch.float32)
         norm_in, fc1, act, fc2, norm_out = self.proj
         x = fc2(act(fc1(norm_in(x).to(dtype))))
         return norm_out(x).to(dtype)

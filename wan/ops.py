@@ -9,7 +9,7 @@ add their delta to the layer's output ``y``, so a LoRA never needs a copy of the
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -31,20 +31,42 @@ def dequantize(weight: torch.Tensor, dtype: torch.dtype,
 
 
 class CastWeights:
-    """Mixin for layers whose ``weight`` may be stored in another dtype than the activations.
+    """Mixin for layers whose ``weight`` may be stored in another dtype (and on another device)
+    than the activations.
 
     ``scale_weight`` is an optional buffer (the ComfyUI scaled-fp8 per-layer scale); it is
     registered only for layers loaded from a scaled file.
+
+    The weight is also brought to the activation's device for each call, so a layer left in RAM
+    still runs: that is how ComfyUI's model management loads a model that does not fit
+    (``--lowvram``). Its loader looks for ``comfy_cast_weights`` to know a layer can stay behind,
+    and may hang ``weight_function`` / ``bias_function`` callables on it (weight patches applied
+    at cast time); both are honoured here. Nothing here imports ComfyUI.
     """
 
     weight: torch.Tensor
     bias: Optional[torch.Tensor]
+    comfy_cast_weights = False
+    weight_function: Sequence[Callable[[torch.Tensor], torch.Tensor]] = ()  # ComfyUI sets lists
+    bias_function: Sequence[Callable[[torch.Tensor], torch.Tensor]] = ()
 
-    def compute_weight(self, dtype: torch.dtype) -> torch.Tensor:
-        return dequantize(self.weight, dtype, getattr(self, "scale_weight", None))
+    def compute_weight(self, dtype: torch.dtype, device: Optional[torch.device] = None) -> torch.Tensor:
+        weight, scale = self.weight, getattr(self, "scale_weight", None)
+        if device is not None and weight.device != device:  # storage dtype over the wire: fp8 stays small
+            weight = weight.to(device, non_blocking=True)
+            scale = None if scale is None else scale.to(device, non_blocking=True)
+        weight = dequantize(weight, dtype, scale)
+        for patch in self.weight_function:
+            weight = patch(weight)
+        return weight
 
-    def compute_bias(self, dtype: torch.dtype) -> Optional[torch.Tensor]:
-        return None if self.bias is None else self.bias.to(dtype)
+    def compute_bias(self, dtype: torch.dtype, device: Optional[torch.device] = None) -> Optional[torch.Tensor]:
+        if self.bias is None:
+            return None
+        bias = self.bias.to(device=device, dtype=dtype, non_blocking=True)
+        for patch in self.bias_function:
+            bias = patch(bias)
+        return bias
 
     def set_scale_weight(self, scale: Optional[torch.Tensor]) -> None:
         """Attach (or drop, with None) the scaled-fp8 weight scale."""
@@ -71,7 +93,7 @@ class Linear(CastWeights, nn.Linear):
         self.adapters: list[Adapter] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.compute_weight(x.dtype), self.compute_bias(x.dtype))
+        y = F.linear(x, self.compute_weight(x.dtype, x.device), self.compute_bias(x.dtype, x.device))
         for adapter in self.adapters:
             y = adapter(x, y)
         return y
@@ -81,11 +103,11 @@ class Conv3d(CastWeights, nn.Conv3d):
     """nn.Conv3d over a storage-dtype weight."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, self.compute_weight(x.dtype), self.compute_bias(x.dtype))
+        return self._conv_forward(x, self.compute_weight(x.dtype, x.device), self.compute_bias(x.dtype, x.device))
 
 
 class Conv2d(CastWeights, nn.Conv2d):
     """nn.Conv2d over a storage-dtype weight."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, self.compute_weight(x.dtype), self.compute_bias(x.dtype))
+        return self._conv_forward(x, self.compute_weight(x.dtype, x.device), self.compute_bias(x.dtype, x.device))
