@@ -3,6 +3,7 @@
 Every node lives in the "WanFlow" menu; ``NODE_CLASS_MAPPINGS`` is what ComfyUI reads.
 """
 from . import comfy_adapter
+from .core_bridge_nodes import WanFlowConditioningFromCore, WanFlowConditioningToCore
 from .image_to_video import WanFlowImageToVideo
 from .latent_nodes import WanFlowEmptyVideoLatent
 from .loader_nodes import WanFlowCLIPVisionLoader, WanFlowModelLoader, WanFlowTextEncoderLoader, WanFlowVAELoader
@@ -29,6 +30,8 @@ NODE_CLASS_MAPPINGS: dict[str, type] = {
     "WanFlowVAEEncode": WanFlowVAEEncode,
     "WanFlowSaveVideo": WanFlowSaveVideo,
     "WanFlowTrainLora": WanFlowTrainLora,
+    "WanFlowConditioningFromCore": WanFlowConditioningFromCore,
+    "WanFlowConditioningToCore": WanFlowConditioningToCore,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
@@ -46,6 +49,8 @@ NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
     "WanFlowVAEEncode": "WanFlow VAE Encode",
     "WanFlowSaveVideo": "WanFlow Save Video",
     "WanFlowTrainLora": "WanFlow Train LoRA",
+    "WanFlowConditioningFromCore": "WanFlow Conditioning from Core",
+    "WanFlowConditioningToCore": "WanFlow Conditioning to Core",
 }
 
 comfy_adapter.register_pack_models()  # the WanNano files appear in ComfyUI's model lists

@@ -74,17 +74,22 @@ def is_loaded(module: nn.Module) -> bool:
 class ComfyPlacement:
     """Where a DiT expert lives during sampling, decided by ComfyUI (the sampler's ``Parking``).
 
-    ``restore`` loads it through ComfyUI (which makes room, partially when it must); ``park``
-    leaves it where it is: when the other expert needs the room, loading that one unloads this
-    one, and otherwise both stay loaded for the next run, as core models do.
+    ``restore`` loads it through ComfyUI (which makes room, partially when it must, and applies a
+    core MODEL's weight patches); ``park`` leaves it where it is: when the other expert needs the
+    room, loading that one unloads this one, and otherwise both stay loaded for the next run, as
+    core models do.
     """
 
-    def __init__(self, module: nn.Module) -> None:
-        self.module = module
+    def __init__(self, patcher) -> None:
+        self.patcher = patcher
 
-    def restore(self, device: torch.device) -> nn.Module:
-        load(self.module, "diffusion")
-        return self.module
+    @classmethod
+    def for_module(cls, module: nn.Module) -> "ComfyPlacement":
+        return cls(patcher_for(module, "diffusion"))
+
+    def restore(self, device: torch.device):
+        _model_management().load_models_gpu([self.patcher])
+        return self.patcher.model
 
     def park(self) -> None:
         return None

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from ..model_loaders.detect import WanVariant
-from ..model_loaders.parking import DiskBacked
+from ..samplers.expert_residency import Parking
 
 
 @dataclass
@@ -21,7 +21,9 @@ class ModelHandle:
     attention: str = "sdpa"
     file_format: str = ""
     path: str = ""
-    parking: Optional[DiskBacked] = None  # set when its weights wait on disk ("reload from disk")
+    # set when its weights wait on disk ("reload from disk": model_loaders.parking.DiskBacked) or
+    # when ComfyUI places it (a core MODEL: nodes.comfy_models.ComfyPlacement)
+    parking: Optional[Parking] = None
 
     @contextlib.contextmanager
     def weights_loaded(self, device: torch.device) -> Iterator[nn.Module]:

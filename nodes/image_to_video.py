@@ -9,7 +9,7 @@ The builders are samplers/conditioning.py's; this node sizes the images and pick
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
@@ -19,10 +19,11 @@ from ..samplers.conditioning import WanConditioning, encode_first_frame, encode_
 from ..wan.clip_vision import preprocess as clip_preprocess
 from ..wan.latent_stats import stats_for_channels
 from . import comfy_adapter
+from .core_bridge import as_model_handle, clip_tokens_from_core
 from .handles import ClipVisionHandle, ModelHandle
 from .model_checks import check_image_model
 from .sizes import fit_video_size
-from .types import CLIP_VISION, CONDITIONING, CONDITIONING_MENU, IMAGE, LATENT, MODEL, VAE
+from .types import CLIP_VISION, CLIP_VISION_OUTPUT, CONDITIONING, CONDITIONING_MENU, IMAGE, LATENT, MODEL_OR_CORE, VAE
 
 
 def fit_image(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
@@ -74,8 +75,8 @@ class WanFlowImageToVideo:
     def INPUT_TYPES(cls) -> dict:
         return {
             "required": {
-                "model": (MODEL, {"tooltip": "The I2V / TI2V model (the high-noise expert for Wan 2.2 A14B); "
-                                             "decides which conditioning is built."}),
+                "model": (MODEL_OR_CORE, {"tooltip": "The I2V / TI2V model (the high-noise expert for Wan 2.2 A14B; "
+                                                     "WanFlow or core MODEL); decides which conditioning is built."}),
                 "conditioning": (CONDITIONING, {"tooltip": "Text conditioning from WanFlow Text Encode."}),
                 "vae": (VAE, {"tooltip": "Wan 2.1 VAE (14B models) or Wan 2.2 VAE (TI2V-5B)."}),
                 "start_image": (IMAGE, {"tooltip": "First frame of the video; scaled to cover the size and "
@@ -91,6 +92,8 @@ class WanFlowImageToVideo:
                 "end_image": (IMAGE, {"tooltip": "Last frame (first-last-frame models, e.g. Wan 2.1 FLF2V)."}),
                 "clip_vision": (CLIP_VISION, {"tooltip": "CLIP vision model; required by Wan 2.1 I2V and FLF2V, "
                                                          "not used by Wan 2.2."}),
+                "clip_vision_output": (CLIP_VISION_OUTPUT, {"tooltip": "Instead of clip_vision: core CLIPVisionEncode "
+                                       "of the start image (a batch of start and end image for FLF2V)."}),
             },
         }
 
@@ -100,13 +103,15 @@ class WanFlowImageToVideo:
         """The headless runner's check before loading (from file headers); see nodes/model_checks.py."""
         if "model" in models:
             check_image_model(models["model"], end_image="end_image" in connected,
-                              clip_vision="clip_vision" in connected)
+                              clip_vision=bool({"clip_vision", "clip_vision_output"} & connected))
 
     def build(self, model: ModelHandle, conditioning: WanConditioning, vae, start_image: torch.Tensor,
               width: int, height: int, length: int, end_image: Optional[torch.Tensor] = None,
-              clip_vision: Optional[ClipVisionHandle] = None) -> dict:
+              clip_vision: Optional[ClipVisionHandle] = None, clip_vision_output: Any = None) -> dict:
         what = "image-to-video"
-        check_image_model(model.variant, end_image=end_image is not None, clip_vision=clip_vision is not None)
+        model = as_model_handle(model, "Image to Video", "model")
+        check_image_model(model.variant, end_image=end_image is not None,
+                          clip_vision=clip_vision is not None or clip_vision_output is not None)
         check_vae(model, vae, what)
         size = fit_video_size(width, height, length, vae, what)
         width, height, length = size.width, size.height, size.length
@@ -120,8 +125,10 @@ class WanFlowImageToVideo:
                 cond = dataclasses.replace(conditioning, first_frame=encode_first_frame(encode, start))
             else:
                 y = encode_i2v_condition(encode, start, length, end)
-                cond = dataclasses.replace(conditioning, y=y,
-                                           clip_fea=self._clip_features(model, clip_vision, start, end))
+                clip_fea = (clip_tokens_from_core(clip_vision_output, "Image to Video")
+                            if clip_vision_output is not None and model.variant.config.has_image_input
+                            else self._clip_features(model, clip_vision, start, end))
+                cond = dataclasses.replace(conditioning, y=y, clip_fea=clip_fea)
         latent = torch.zeros(latent_shape, device=comfy_adapter.offload_device())
         return {"ui": {"text": [size.note]}, "result": (cond, {"samples": latent})}
 

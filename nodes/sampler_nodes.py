@@ -24,10 +24,11 @@ from ..wan.latent_stats import LatentStats, stats_for_channels
 from ..wan.lora import LoraStack
 from . import comfy_adapter
 from .comfy_models import ComfyPlacement
+from .core_bridge import CoreWanModel, as_model_handle
 from .handles import ModelHandle
 from .lora_nodes import build_lora_stack
 from .model_checks import check_sampler_models, conditioning_kind
-from .types import CONDITIONING, LATENT, LORA_STACK, MODEL, SAMPLING
+from .types import CONDITIONING, LATENT, LORA_STACK, MODEL_OR_CORE, SAMPLING
 
 log = logging.getLogger("wanflow")
 
@@ -36,7 +37,9 @@ SCHEDULER_NAMES = sorted(SCHEDULES) + ["distilled"]
 
 class WanFlowMoESampler:
     DESCRIPTION = ("Denoise with a high-noise expert and an optional low-noise expert (Wan 2.2 A14B), switching at "
-                   "the official boundary; also runs single models (Wan 2.1, TI2V-5B).")
+                   "the official boundary; also runs single models (Wan 2.1, TI2V-5B). Takes WanFlow models or core "
+                   "MODELs (WANFLOW_MODEL or MODEL), and WanFlow conditioning (core CONDITIONING through WanFlow "
+                   "Conditioning from Core).")
     CATEGORY = SAMPLING
     RETURN_TYPES = (LATENT,)
     RETURN_NAMES = ("latent",)
@@ -46,7 +49,9 @@ class WanFlowMoESampler:
     def INPUT_TYPES(cls) -> dict:
         return {
             "required": {
-                "model_high": (MODEL, {"tooltip": "High-noise expert, or the only model for Wan 2.1 / TI2V-5B."}),
+                "model_high": (MODEL_OR_CORE, {"tooltip": "High-noise expert, or the only model for Wan 2.1 / TI2V-5B. "
+                               "A core MODEL works too (UNETLoader, GGUF loaders, after core LoRA loaders and "
+                               "patches): ComfyUI's model management places it."}),
                 "conditioning": (CONDITIONING, {"tooltip": "From WanFlow Text Encode, Image to Video or Reference to Video."}),
                 "latent": (LATENT, {"tooltip": "Start latent (raw): from Empty Video Latent, Image to Video, "
                                                "Reference to Video, or a VAE encode for video-to-video."}),
@@ -71,7 +76,8 @@ class WanFlowMoESampler:
                             "Below 1 starts from the input latent (video-to-video)."}),
             },
             "optional": {
-                "model_low": (MODEL, {"tooltip": "Low-noise expert of Wan 2.2 A14B; leave empty for single models."}),
+                "model_low": (MODEL_OR_CORE, {"tooltip": "Low-noise expert of Wan 2.2 A14B (WanFlow or core MODEL); "
+                              "leave empty for single models."}),
                 "lora_stack": (LORA_STACK, {"tooltip": "LoRAs applied for this run only (high/low strengths)."}),
             },
         }
@@ -85,6 +91,12 @@ class WanFlowMoESampler:
     def sample(self, model_high: ModelHandle, conditioning: WanConditioning, latent: dict, seed: int, steps: int, shift: float,
                solver: str, scheduler: str, cfg_high: float, cfg_low: float, boundary: float, denoise: float,
                model_low: Optional[ModelHandle] = None, lora_stack: Optional[tuple] = None) -> tuple[dict]:
+        model_high = as_model_handle(model_high, "MoE sampler", "model_high")
+        if model_low is not None:
+            model_low = as_model_handle(model_low, "MoE sampler", "model_low")
+        if lora_stack and any(isinstance(m.model, CoreWanModel) for m in (model_high, model_low) if m is not None):
+            raise ValueError("MoE sampler: lora_stack: WanFlow LoRA stacks apply to models from WanFlow Model Loader; "
+                             "for a core MODEL use core LoraLoaderModelOnly before this node")
         models = {"model_high": model_high.variant}
         if model_low is not None:
             models["model_low"] = model_low.variant
@@ -140,7 +152,7 @@ def expert_parking(handles: Mapping[str, Optional[ModelHandle]]) -> dict[str, Pa
         if handle.parking is not None:
             parking[name] = handle.parking
         elif comfy_adapter.in_comfyui():
-            parking[name] = ComfyPlacement(handle.model)
+            parking[name] = ComfyPlacement.for_module(handle.model)
     return parking
 
 

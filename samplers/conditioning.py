@@ -10,6 +10,9 @@
 | TI2V-5B I2V     | ``first_frame``: clean first-frame latent; per-token timesteps     |
 | VACE            | ``vace_context``, ``vace_strength``, ``vace_trim_frames``          |
 
+``pad_context``: True for our text encoder's output (the DiT zero-pads to 512 tokens, as the
+official code does); False for text from ComfyUI's core nodes, which the DiT takes unpadded.
+
 All latents are in the sampler's normalised latent space (``(z − mean)/std``); converting
 ComfyUI's raw LATENT is the caller's job (``wan/latent_stats.py``).
 
@@ -42,6 +45,7 @@ class WanConditioning:
     vace_trim_frames: int = 0
     first_frame: Optional[torch.Tensor] = None
     patch_size: tuple[int, int, int] = (1, 2, 2)
+    pad_context: bool = True                   # False: ComfyUI core text, taken at its own length
 
     def validate(self, latent: torch.Tensor) -> None:
         """Fail early, naming the field, when a condition does not fit the latent ``[B,C,F,H,W]``."""
@@ -111,7 +115,15 @@ class WanConditioning:
         if self.vace_context is not None:
             extras["vace_context"] = self.vace_context
             extras["vace_scale"] = self.vace_strength
+        if not self.pad_context:
+            extras["pad_context"] = False
         return extras
+
+    def can_batch_guidance(self) -> bool:
+        """Whether cond and uncond may share one forward: batching pads the shorter context with
+        zero rows, which only leaves the result unchanged when the model pads anyway."""
+        return (self.pad_context or self.negative_context is None
+                or self.negative_context.shape[1] == self.context.shape[1])
 
     # --- TI2V-5B: clean first frame with per-token timesteps --------------------------------
 

@@ -167,7 +167,7 @@ class MoESampler:
         x = noised_start(noise.to(self.device, torch.float32), float(schedule.sigmas[0]),
                          None if latent is None else latent.to(self.device, torch.float32))
 
-        batched = self.batched_cfg
+        batched = self.batched_cfg and cond.can_batch_guidance()
 
         def denoise(x_t: torch.Tensor, step: int) -> torch.Tensor:
             nonlocal batched

@@ -20,3 +20,17 @@ def test_comfyui_loads_and_unloads_our_models(server):
     assert report["partial_lowvram"] and report["cast_layers"] > 10
     assert report["lora_changes_output"] > 1e-3
     assert report["partial_lora_diff"] < 1e-6 and report["partial_plain_diff"] < 1e-6
+
+
+def test_core_model_and_conditioning_sample_like_core_two_stage_ksampler(server):
+    """Two core Wan experts (UNETLoader's loader, ModelSamplingSD3, one after core LoraLoaderModelOnly)
+    and core text conditioning (unpadded, prompts of different lengths) through our MoE sampler
+    give core KSamplerAdvanced's two-stage result (Euler, simple); our DiT takes the unpadded
+    context exactly as core's Wan model does."""
+    models = server["work"] / "ComfyUI" / "models"
+    report = run_in_comfyui(server["work"], "core_model_check.py", ROOT, models)
+    assert report["note"].endswith("high-noise expert 2 steps, low-noise expert 4 steps"), report
+    assert report["sampler_max_diff"] < 1e-4 and report["sampler_lora_max_diff"] < 1e-4, report
+    assert report["lora_changes_result"] > 1e-2, report       # the core LoRA patch reached our sampler
+    assert report["dit_unpadded_max_diff"] < 1e-4 < report["dit_padded_max_diff"], report
+    assert report["dit_both_padded_max_diff"] < 1e-4, report

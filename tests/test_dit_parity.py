@@ -193,6 +193,20 @@ def test_short_context_is_zero_padded_to_text_len(twins):
         assert _max_diff(ours(x, t, short), ours(x, t, context)) <= 1e-6
 
 
+def test_unpadded_context_is_taken_at_its_length_like_diffusers_and_comfyui(twins):
+    """ComfyUI's core text encoders never pad; with ``pad_context=False`` the DiT takes a 77-token
+    context as given, as diffusers' transformer and core's Wan model do (tests/test_comfyui_models.py
+    checks core), while the default pads it to 512 as the official code does."""
+    ours, ref = twins("t2v")
+    x, t, context, _ = _latent_and_text(ours.config, (2, 4, 6))
+    short = torch.randn(BATCH, 77, ours.config.text_dim, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        unpadded = ours(x, t, short, pad_context=False)
+        padded = ours(x, t, short)
+    assert _max_diff(unpadded, _diffusers(ref, x, t, short)) <= TOL
+    assert _max_diff(padded, unpadded) > 1e-3
+
+
 # ---- key maps ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", sorted(TINY_PRESETS))

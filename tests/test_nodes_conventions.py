@@ -5,6 +5,8 @@ from wanflow.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 from wanflow.runner import node_specs
 
 STANDARD_TYPES = {"IMAGE", "MASK", "LATENT", "INT", "FLOAT", "STRING", "BOOLEAN"}
+# core types that only the bridges take or give (nodes/core_bridge.py), each named in the description
+BRIDGE_TYPES = {"MODEL": "MODEL", "CONDITIONING": "CONDITIONING", "CLIP_VISION_OUTPUT": "CLIPVisionEncode"}
 
 
 def all_types(cls):
@@ -27,8 +29,13 @@ def test_node_conventions(name):
             assert "default" in spec.options, f"{name}.{spec.name} has no default"
         if spec.is_combo and spec.type:
             assert spec.options.get("default", spec.type[0]) in spec.type
-    for kind in all_types(cls):
-        assert kind in STANDARD_TYPES or kind.startswith("WANFLOW_"), f"{name}: type {kind} lacks WANFLOW_"
+    for union in all_types(cls):
+        for kind in union.split(","):
+            if kind in BRIDGE_TYPES:
+                texts = cls.DESCRIPTION + " ".join(spec.options.get("tooltip", "") for spec in node_specs.input_specs(cls))
+                assert BRIDGE_TYPES[kind] in texts, f"{name}: says nowhere which socket takes core {kind}"
+                continue
+            assert kind in STANDARD_TYPES or kind.startswith("WANFLOW_"), f"{name}: type {kind} lacks WANFLOW_"
     if getattr(cls, "RETURN_NAMES", None):
         assert len(cls.RETURN_NAMES) == len(cls.RETURN_TYPES)
 

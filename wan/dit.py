@@ -475,7 +475,8 @@ class WanDiT(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, *,
                 y: Optional[torch.Tensor] = None, clip_fea: Optional[torch.Tensor] = None,
-                vace_context: VaceContext = None, vace_scale: VaceScale = 1.0) -> torch.Tensor:
+                vace_context: VaceContext = None, vace_scale: VaceScale = 1.0,
+                pad_context: bool = True) -> torch.Tensor:
         """Predict the flow velocity ``[B, out_dim, F, H, W]`` (float32).
 
         ``x`` [B, C, F, H, W] latent (its dtype is the compute dtype); ``t`` timesteps in
@@ -483,7 +484,8 @@ class WanDiT(nn.Module):
         [B, L, text_dim] text embeddings (zero-padded to ``text_len`` here when shorter); ``y``
         channel-concat condition; ``clip_fea`` [B, N, clip_dim] CLIP tokens (2.1 I2V/FLF2V);
         ``vace_context`` one [B, vace_in_dim, F', H, W] tensor or a list of them, each with its
-        strength in ``vace_scale``.
+        strength in ``vace_scale``. ``pad_context=False`` takes the context at the length given:
+        ComfyUI's core text encoders never pad, and the zero rows change the cross-attention.
         """
         cfg = self.config
         dtype = x.dtype
@@ -495,7 +497,7 @@ class WanDiT(nn.Module):
 
         h = self.patch_embedding(x).flatten(2).transpose(1, 2).float()   # residual [B, L, dim]
         e, e0 = self._embed_time(torch.as_tensor(t, device=x.device), batch, grid)
-        context, key_bias = self._embed_text(context.to(dtype))
+        context, key_bias = self._embed_text(context.to(dtype), pad_context)
         context_img = self.img_emb(clip_fea, dtype) if cfg.has_image_input else None
         rope = rope_tables(grid, cfg.rope_axes, cfg.rope_theta, x.device)
 
@@ -560,9 +562,12 @@ class WanDiT(nn.Module):
         e0 = self.time_projection(e).unflatten(-1, (6, self.config.dim))
         return e, e0
 
-    def _embed_text(self, context: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Zero-pad to ``text_len`` tokens (as the original does) and project to model width;
-        with ``collapse_text_padding`` the padding is one row plus a key bias instead."""
+    def _embed_text(self, context: torch.Tensor,
+                    pad: bool = True) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Zero-pad to ``text_len`` tokens (as the original does; not with ``pad=False``) and project
+        to model width; with ``collapse_text_padding`` the padding is one row plus a key bias."""
+        if not pad:
+            return self.text_embedding(context), None
         if self.collapse_text_padding:
             context, key_bias = collapse_padding(context, self.config.text_len)
             return self.text_embedding(context), key_bias
