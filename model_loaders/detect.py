@@ -172,10 +172,14 @@ NANO_DEFAULTS: dict[tuple[str, str, str], WanDefaults] = {
                                         guide_scale_low_noise=3.5, boundary=0.900),
     ("2.1", "vace", "nano"): WanDefaults("2.1", 3.0, 20, 4.0, 16, 17, NANO_SIZES),
 }
-# Not official Wan-AI releases: community expert pairs built on Wan 2.2 T2V-A14B (e.g. Comfy-Org's
-# wan2.2_fun_vace_{high,low}_noise_14B). They inherit the T2V-A14B settings.
+# Not Wan-AI releases: expert pairs built on Wan 2.2 T2V-A14B by others. Wan2.2-VACE-Fun-A14B
+# (Alibaba PAI; Comfy-Org repackages it as wan2.2_fun_vace_{high,low}_noise_14B): VACE blocks on
+# the T2V-A14B experts, the Wan 2.1 VAE, and its authors' settings (VideoX-Fun
+# examples/wan2.2_vace_fun: 832x480, 81 frames at 16 fps, 50 steps, UniPC at shift 12, guidance 5
+# on both experts, the T2V switch at t = 875).
 COMMUNITY_DEFAULTS: dict[tuple[str, str, str], WanDefaults] = {
-    ("2.2", "vace", "14B"): OFFICIAL_DEFAULTS[("2.2", "t2v", "14B")],
+    ("2.2", "vace", "14B"): WanDefaults("2.1", 12.0, 50, 5.0, 16, 81, SIZES_480P + SIZES_720P,
+                                        guide_scale_low_noise=5.0, boundary=0.875),
 }
 
 
@@ -184,7 +188,7 @@ def official_defaults(family: str, task: str, size: str) -> WanDefaults:
     for table in (OFFICIAL_DEFAULTS, NANO_DEFAULTS, COMMUNITY_DEFAULTS):
         if (family, task, size) in table:
             return table[(family, task, size)]
-    for (fam, tsk, _), defaults in OFFICIAL_DEFAULTS.items():
+    for (fam, tsk, _), defaults in [*OFFICIAL_DEFAULTS.items(), *COMMUNITY_DEFAULTS.items()]:
         if fam == family and tsk == task:
             return defaults
     for (_, tsk, _), defaults in OFFICIAL_DEFAULTS.items():
@@ -362,8 +366,8 @@ def detect_dit_variant(shapes: Shapes, path: Union[str, Path, None] = None,
 
     if config.model_type == "ti2v" or (config.model_type == "i2v" and not config.has_image_input):
         family, family_from = "2.2", "weights"
-    elif config.model_type == "vace" and config.dim == 5120 and (expert or named_family == "2.2"):
-        family, family_from = "2.2", "file name"  # Wan 2.2 Fun VACE expert pair (community)
+    elif config.model_type == "vace" and config.dim != 1536 and (expert or named_family == "2.2"):
+        family, family_from = "2.2", "file name"  # Wan2.2-VACE-Fun-A14B expert pair (no 2.2 VACE is 1.3B wide)
     elif config.model_type in ("flf2v", "vace") or config.has_image_input:
         family, family_from = "2.1", "weights"
     elif config.dim == 1536:

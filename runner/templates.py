@@ -31,6 +31,8 @@ I2V_HIGH = "wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors"
 I2V_LOW = "wan2.2_i2v_low_noise_14B_fp8_scaled.safetensors"
 TI2V_5B = "wan2.2_ti2v_5B_fp16.safetensors"
 VACE_14B = "wan2.1_vace_14B_fp16.safetensors"
+VACE_FUN_HIGH = "wan2.2_fun_vace_high_noise_14B_fp8_scaled.safetensors"
+VACE_FUN_LOW = "wan2.2_fun_vace_low_noise_14B_fp8_scaled.safetensors"
 UMT5 = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
 VAE_21 = "wan_2.1_vae.safetensors"
 VAE_22 = "wan2.2_vae.safetensors"
@@ -176,6 +178,42 @@ def r2v_vace() -> Template:
                    Column("Decode and save", [9, 10])]
 
 
+def r2v_vace_a14b() -> Template:
+    """Wan2.2-VACE-Fun-A14B: VACE blocks on both Wan 2.2 T2V-A14B experts, so the reference
+    conditioning of one Reference to Video node drives both, switched like T2V-A14B."""
+    high = _model(REPO_22, "diffusion_models", VACE_FUN_HIGH)
+    low = _model(REPO_22, "diffusion_models", VACE_FUN_LOW)
+    vae, umt5 = _model(REPO_22, "vae", VAE_21), _model(REPO_22, "text_encoders", UMT5)
+    nodes = [
+        _files_note(1, "Reference-to-video with Wan 2.2 A14B VACE (Wan2.2-VACE-Fun)",
+                    [_row(m) for m in (high, low, umt5, vae)],
+                    "Wan2.2-VACE-Fun-A14B (Alibaba PAI) adds VACE to both Wan 2.2 A14B experts; it uses the Wan 2.1 "
+                    "VAE. Put up to four reference pictures in the `input` folder; each is letterboxed on white to "
+                    "the video size and trimmed from the result before decoding. Settings of its authors' "
+                    "subject-to-video example: 832x480, 81 frames at 16 fps, 50 UniPC steps, shift 12, guidance 5 "
+                    "on both experts, expert switch at t = 875 (boundary 0 = automatic)."),
+        Node(2, "WanFlowModelLoader", {"model_name": VACE_FUN_HIGH}, title="High-noise expert", models=[high]),
+        Node(3, "WanFlowModelLoader", {"model_name": VACE_FUN_LOW}, title="Low-noise expert", models=[low]),
+        *_text_nodes(R2V_PROMPT),
+        Node(6, "WanFlowVAELoader", {"vae_name": VAE_21}, models=[vae]),
+        Node(11, "LoadImage", {"image": "reference_1.png"}, title="Reference 1", size=(320.0, 340.0)),
+        Node(12, "LoadImage", {"image": "reference_2.png"}, title="Reference 2", size=(320.0, 340.0)),
+        Node(7, "WanFlowReferenceToVideo", {"width": 832, "height": 480, "length": 81, "strength": 1.0},
+             links={"conditioning": (5, 0), "vae": (6, 0), "reference_1": (11, 0), "reference_2": (12, 0)}),
+        Node(8, "WanFlowMoESampler", {"seed": 42, "steps": 50, "shift": 12.0, "solver": "unipc", "scheduler": "unipc",
+              "cfg_high": 5.0, "cfg_low": 5.0, "boundary": 0.0, "denoise": 1.0},
+             links={"model_high": (2, 0), "model_low": (3, 0), "conditioning": (7, 0), "latent": (7, 1)}),
+        Node(9, "WanFlowVAEDecode", links={"samples": (8, 0), "vae": (6, 0)}),
+        Node(10, "WanFlowSaveVideo", {"filename_prefix": "WanFlow/r2v_vace_a14b", "fps": 16.0},
+             links={"images": (9, 0)}, size=(420.0, 420.0)),
+    ]
+    # Two experts and two pictures make one column too tall to open readable: the pictures go
+    # with the prompt, the VACE conditioning beside the sampler it feeds.
+    return "Wan 2.2 A14B VACE reference-to-video", nodes, [
+        Column("Load models", [2, 3, 4, 6]), Column("Prompt", [5, 11, 12]), Column("Sample", [7, 8]),
+        Column("Decode and save", [9, 10])]
+
+
 def lora_stack_4step() -> Template:
     title, nodes, _ = t2v_a14b()
     lx_high = _model(REPO_22, "loras", LIGHTX2V_HIGH)
@@ -239,6 +277,7 @@ TEMPLATES: dict[str, Callable[[], Template]] = {
     "wan22_a14b_i2v": i2v_a14b,
     "wan22_ti2v_5b": ti2v_5b,
     "wan21_vace_r2v": r2v_vace,
+    "wan22_a14b_vace_r2v": r2v_vace_a14b,
     "wan22_a14b_lora_stack_4step": lora_stack_4step,
     "wanflow_nano_t2v": nano_t2v,
 }
@@ -272,9 +311,28 @@ def thumbnail(title: str, subtitle: str) -> "Image.Image":
     except TypeError:  # Pillow < 10.1 has one fixed-size default font
         big = small = ImageFont.load_default()
     draw.text((28, 28), "WanFlow", fill=(255, 255, 255), font=small)
-    draw.text((28, 110), title, fill=(255, 255, 255), font=big)
-    draw.text((28, 160), subtitle, fill=(220, 230, 255), font=small)
+    y = 100.0
+    for line in _wrapped(draw, title, big, width - 56):
+        draw.text((28, y), line, fill=(255, 255, 255), font=big)
+        y += 38
+    y += 12
+    for line in _wrapped(draw, subtitle, small, width - 56):
+        draw.text((28, y), line, fill=(220, 230, 255), font=small)
+        y += 24
     return card
+
+
+def _wrapped(draw, text: str, font, width: float) -> list[str]:
+    """``text`` broken between words into lines no wider than ``width`` pixels (a word longer
+    than a line stays whole)."""
+    lines: list[str] = []
+    for word in text.split(" "):
+        trial = f"{lines[-1]} {word}" if lines else word
+        if lines and draw.textlength(trial, font=font) <= width:
+            lines[-1] = trial
+        else:
+            lines.append(word)
+    return lines
 
 
 def _gradient(width: int, height: int):

@@ -5,7 +5,7 @@ Every file is written in the layout users have on disk (Comfy-Org repackaged: Di
 the tokenizer embedded as a ``spiece_model`` tensor), so the real loaders read them. The weights
 are random (seeded): the videos are noise, but every code path of a real run is exercised in a
 fraction of a second, for every variant (WanNano, in ``nano/``, has trained models for T2V, I2V
-and VACE only).
+and Wan 2.1 VACE only).
 """
 from __future__ import annotations
 
@@ -53,6 +53,8 @@ class TinyFiles:
     i2v_clip: str = "wanflow_tiny_wan2.1_i2v.safetensors"
     ti2v: str = "wanflow_tiny_wan2.2_ti2v.safetensors"
     vace: str = "wanflow_tiny_wan2.1_vace.safetensors"
+    vace_high: str = "wanflow_tiny_wan2.2_vace_high_noise.safetensors"  # a Wan2.2-VACE-Fun-A14B-style pair
+    vace_low: str = "wanflow_tiny_wan2.2_vace_low_noise.safetensors"
     vae21: str = "wanflow_tiny_wan2.1_vae.safetensors"
     vae22: str = "wanflow_tiny_wan2.2_vae.safetensors"
     umt5: str = "wanflow_tiny_umt5.safetensors"
@@ -111,7 +113,7 @@ def write_tiny_models(root: Path, seed: int = 0) -> TinyFiles:
     root = Path(root)
     dits = {FILES.t2v_high: ("t2v", 1), FILES.t2v_low: ("t2v", 2), FILES.i2v_high: ("i2v", 3),
             FILES.i2v_low: ("i2v", 4), FILES.i2v_clip: ("i2v_clip", 5), FILES.ti2v: ("ti2v", 6),
-            FILES.vace: ("vace", 7)}
+            FILES.vace: ("vace", 7), FILES.vace_high: ("vace", 8), FILES.vace_low: ("vace", 9)}
     for name, (kind, offset) in dits.items():
         _save(root / "diffusion_models" / name, _dit_file(DIT_CONFIGS[kind], seed + offset))
     torch.manual_seed(seed + 10)

@@ -49,6 +49,8 @@ RELEASES = [
     ("wan2.2_ti2v_5B_fp16.safetensors", "wan2.2-ti2v-5b", ("2.2", "ti2v", "5B", None)),
     ("some_finetune_of_i2v.safetensors", "wan2.2-i2v-a14b", ("2.2", "i2v", "14B", None)),
     ("wan2.2_fun_vace_high_noise_14B_bf16.safetensors", "wan2.1-vace-14b", ("2.2", "vace", "14B", "high")),
+    ("wan2.2_fun_vace_high_noise_14B_fp8_scaled.safetensors", "wan2.1-vace-14b", ("2.2", "vace", "14B", "high")),
+    ("wan2.2_fun_vace_low_noise_14B_fp8_scaled.safetensors", "wan2.1-vace-14b", ("2.2", "vace", "14B", "low")),
 ]
 
 
@@ -81,6 +83,40 @@ def test_expert_override_makes_a_t2v_14b_a_2_2_expert():
 def test_expert_override_on_a_model_without_experts_is_an_error():
     with pytest.raises(WrongModelError, match="no high/low-noise experts"):
         detect_dit_variant(preset_shapes("wan2.2-ti2v-5b"), "x.safetensors", expert="high")
+
+
+def test_wan22_vace_fun_expert_pair_from_tiny_files(tmp_path):
+    """Wan2.2-VACE-Fun-A14B as Comfy-Org ships it (``model.diffusion_model.`` keys, scaled fp8, a
+    high/low file pair), written tiny: both files load as experts of one pair that takes the
+    conditioning of WanFlow Reference to Video, with its authors' settings and the T2V switch."""
+    import checkpoint_fixtures as fx
+    from wanflow.model_loaders.dit_loader import load_dit, peek_dit_variant
+    from wanflow.nodes.model_checks import check_sampler_models
+
+    variants = {}
+    for expert in ("high", "low"):
+        written = fx.write("comfy_fp8_scaled", "vace", tmp_path / expert, seed=1 if expert == "high" else 2)
+        path = written.rename(written.with_name(f"wan2.2_fun_vace_{expert}_noise_14B_fp8_scaled.safetensors"))
+        loaded = load_dit(path)
+        assert peek_dit_variant(path) == loaded.variant
+        variants[expert] = variant = loaded.variant
+        assert (variant.family, variant.task, variant.expert) == ("2.2", "vace", expert)
+        assert variant.config.vace_layers == fx.TINY_CONFIGS["vace"].vace_layers and variant.config.in_dim == 16
+        assert variant.defaults == COMMUNITY_DEFAULTS[("2.2", "vace", "14B")] and variant.defaults.boundary == 0.875
+        assert "high-noise expert" in variant.name if expert == "high" else "low-noise expert" in variant.name
+    check_sampler_models({"model_high": variants["high"], "model_low": variants["low"]}, "reference")
+    with pytest.raises(ValueError, match="connect the high-noise expert to model_high"):
+        check_sampler_models({"model_high": variants["low"], "model_low": variants["high"]}, "reference")
+    # The Wan 2.1 VACE file of the same shapes stays a single Wan 2.1 model.
+    single = detect_dit_variant(preset_shapes("wan2.1-vace-14b"), "wan2.1_vace_14B_fp16.safetensors")
+    assert (single.family, single.expert) == ("2.1", None)
+
+
+def test_wan22_vace_fun_defaults_are_its_authors_settings():
+    vace22 = COMMUNITY_DEFAULTS[("2.2", "vace", "14B")]
+    assert (vace22.shift, vace22.steps, vace22.solver, vace22.boundary) == (12.0, 50, "unipc", 0.875)
+    assert (vace22.guide_scale, vace22.guide_scale_low_noise, vace22.vae) == (5.0, 5.0, "2.1")
+    assert (832, 480) in vace22.sizes and (vace22.frames, vace22.fps) == (81, 16)
 
 
 def test_official_defaults():

@@ -131,6 +131,7 @@ OFFICIAL = {  # template -> the model whose official settings (model_loaders/det
     "wan22_a14b_i2v": ("2.2", "i2v", "14B"),
     "wan22_ti2v_5b": ("2.2", "ti2v", "5B"),
     "wan21_vace_r2v": ("2.1", "vace", "14B"),
+    "wan22_a14b_vace_r2v": ("2.2", "vace", "14B"),  # Wan2.2-VACE-Fun-A14B: its authors' settings
 }
 
 
@@ -228,6 +229,10 @@ SWAPPED_MODELS = [
      "is a text-to-video model and takes no image"),
     ("wan22_a14b_i2v", {"i2v_clip": ("i2v_high",)}, "node 7 (WanFlowImageToVideo)", "needs CLIP vision features"),
     ("wan21_vace_r2v", {"t2v_high": ("vace",)}, "node 8 (WanFlowMoESampler)", "which has no VACE blocks"),
+    ("wan22_a14b_vace_r2v", {"t2v_low": ("vace_low",)}, "node 8 (WanFlowMoESampler)",
+     "model_low is Wan 2.2 T2V-nano (low-noise expert), which has no VACE blocks"),
+    ("wan22_a14b_vace_r2v", {"vace_low": ("vace_high",), "vace_high": ("vace_low",)}, "node 8 (WanFlowMoESampler)",
+     "connect the high-noise expert to model_high"),
     ("wan22_a14b_t2v", {"t2v_low": ("t2v_high",), "t2v_high": ("t2v_low",)}, "node 8 (WanFlowMoESampler)",
      "connect the high-noise expert to model_high"),
 ]
