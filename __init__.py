@@ -7,7 +7,7 @@ The node mappings load on first access (PEP 562 ``__getattr__``): ComfyUI reads 
 importing the pack, while the ``wanflow`` command can start (and handle Ctrl-C) before torch and
 the nodes are imported.
 """
-WEB_DIRECTORY = "./web"  # frontend extension: the model loader shows the variant it detected
+WEB_DIRECTORY = "./web"  # frontend extension: status text on nodes, "auto" on the sampler's boundary at 0
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]
 

@@ -6,6 +6,10 @@
 // {"ui": {"text": [...]}}, which ComfyUI passes to node.onExecuted. The text is drawn under the
 // widgets instead of being added as a widget, so a saved workflow keeps exactly the node's
 // widgets_values.
+//
+// A second extension shows "auto" on number widgets where 0 means "automatic" (the MoE sampler's
+// boundary): only the text drawn on the canvas changes, the widget's value and so the saved
+// widgets_values stay the number 0.
 import { app } from "../../scripts/app.js";
 
 const LABELS = {
@@ -80,6 +84,48 @@ app.registerExtension({
         ctx.fillText(line, 10, this.size[1] - 4 - (lines.length - 1 - index) * LINE_HEIGHT);
       });
       ctx.restore();
+    };
+  },
+});
+
+// Number widgets whose 0 means "automatic", by node type.
+const AUTO_AT_ZERO = {
+  WanFlowMoESampler: ["boundary"],
+};
+
+// The frontend's number widget draws the text its `_displayValue` getter returns; an own getter
+// on the widget puts "auto" there for 0 and leaves every other value to the original getter.
+function showAutoAtZero(widget) {
+  if (!widget || widget.wanflowAutoAtZero) return;
+  let proto = Object.getPrototypeOf(widget);
+  let original;
+  while (proto && !original) {
+    original = Object.getOwnPropertyDescriptor(proto, "_displayValue")?.get;
+    proto = Object.getPrototypeOf(proto);
+  }
+  Object.defineProperty(widget, "_displayValue", {
+    configurable: true,
+    get() {
+      if (Number(this.value) === 0 && !this.computedDisabled) return "auto";
+      return original ? original.call(this) : String(this.value);
+    },
+  });
+  widget.wanflowAutoAtZero = true;
+}
+
+app.registerExtension({
+  name: "WanFlow.AutoAtZero",
+  async beforeRegisterNodeDef(nodeType, nodeData) {
+    const names = AUTO_AT_ZERO[nodeData?.name];
+    if (!names) return;
+
+    const onNodeCreated = nodeType.prototype.onNodeCreated;
+    nodeType.prototype.onNodeCreated = function () {
+      const result = onNodeCreated?.apply(this, arguments);
+      for (const widget of this.widgets ?? []) {
+        if (names.includes(widget.name)) showAutoAtZero(widget);
+      }
+      return result;
     };
   },
 });
