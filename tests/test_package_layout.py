@@ -57,3 +57,28 @@ def test_pack_imports_are_relative():
         if rel.parts[0] in {"tests", "bench", ".venv", "build"} or "site-packages" in rel.parts:
             continue
         assert "wanflow" not in _absolute_imports(path), f"{rel} imports wanflow absolutely"
+
+
+def test_registry_metadata_and_readme_install_agree():
+    """The Comfy Registry fields (docs.comfy.org/registry/specifications) and the README's three
+    install routes name the same node id, repository and minimum ComfyUI version."""
+    import re
+
+    import pytest
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    project, comfy = meta["project"], meta["tool"]["comfy"]
+    node_id, repository = project["name"], project["urls"]["Repository"]
+    assert re.fullmatch(r"[A-Za-z][A-Za-z0-9]*(?:[-_.][A-Za-z0-9]+)*", node_id) and len(node_id) < 100
+    assert re.fullmatch(r"\d+\.\d+\.\d+", project["version"])
+    assert comfy["PublisherId"] and comfy["DisplayName"] and isinstance(comfy.get("includes", []), list)
+    minimum = re.fullmatch(r">=(\d+\.\d+\.\d+)", comfy["requires-comfyui"]).group(1)
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    install = readme[readme.index("## Install into ComfyUI"):]
+    install = install[:install.index("\n## ", 1)]
+    assert f"comfy node install {node_id}" in install and f"`{node_id}`" in install
+    assert f"git clone {repository} {node_id}" in install
+    assert f"ComfyUI {minimum} or newer" in install
+    assert comfy["DisplayName"] in install and "Custom Nodes" in install  # ComfyUI-Manager's search
