@@ -60,7 +60,7 @@ class WanFlowMoESampler:
                 "steps": ("INT", {"default": 40, "min": 1, "max": 200, "tooltip":
                           "Denoising steps (official: 40 for Wan 2.2 A14B, 50 for 2.1 and TI2V-5B; 4 with lightx2v)."}),
                 "shift": ("FLOAT", {"default": 12.0, "min": 0.1, "max": 100.0, "step": 0.1, "tooltip":
-                          "Sigma shift (official: 12 T2V-A14B, 5 I2V-A14B and TI2V-5B, 16 VACE)."}),
+                          "Sigma shift (official: 12 T2V-A14B and Wan 2.2 VACE-Fun, 5 I2V-A14B and TI2V-5B, 16 Wan 2.1 VACE)."}),
                 "solver": (sorted(SOLVERS), {"default": "unipc", "tooltip":
                            "unipc (official default), dpm++, euler, or distilled (step-distilled LoRAs/models)."}),
                 "scheduler": (SCHEDULER_NAMES, {"default": "unipc", "tooltip":
@@ -70,8 +70,8 @@ class WanFlowMoESampler:
                 "cfg_low": ("FLOAT", {"default": 3.0, "min": 0.0, "max": 30.0, "step": 0.1, "tooltip":
                             "Guidance on the low-noise expert (official T2V-A14B: 3.0)."}),
                 "boundary": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.005, "tooltip":
-                             "Expert switch as a fraction of 1000 timesteps; 0 = automatic from the model "
-                             "(0.875 T2V, 0.900 I2V)."}),
+                             "Expert switch as a fraction of 1000 timesteps; 0 (shown as auto) = from the model "
+                             "(0.875 T2V and VACE-Fun, 0.900 I2V)."}),
                 "denoise": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01, "tooltip":
                             "Below 1 starts from the input latent (video-to-video)."}),
             },
