@@ -16,7 +16,7 @@ from ..model_loaders.parking import DiskBacked
 from ..model_loaders.text_encoder_loader import load_text_encoder
 from ..model_loaders.vae_loader import load_vae
 from ..model_loaders.storage import STORAGE_DTYPES
-from ..wan.attention import available_backends
+from ..wan.attention import backend_names, backend_problem
 from . import comfy_adapter
 from .handles import ClipVisionHandle, ModelHandle, TextEncoderHandle
 from .types import CLIP_VISION, LOADERS, MODEL, TEXT_ENCODER, VAE
@@ -45,8 +45,11 @@ class WanFlowModelLoader:
             "storage_dtype": (STORAGE_CHOICES, {"default": "default", "tooltip":
                               "Keep the file's dtypes (default) or convert while loading, e.g. fp8_e4m3fn to halve "
                               "memory of a bf16 file. Compute runs in bf16/fp16 either way."}),
-            "attention": (available_backends(), {"default": "sdpa", "tooltip":
-                          "Attention kernel used while sampling with this model."}),
+            "attention": (backend_names(), {"default": "sdpa", "tooltip":
+                          "Attention kernel used while sampling with this model. sdpa: PyTorch's, everywhere. "
+                          "flash: pip install flash-attn. sage: pip install sageattention (8-bit, slightly "
+                          "approximate). sdpa_fp8: FlashAttention 3 on Hopper GPUs (fp8, approximate). The optional "
+                          "ones need a CUDA GPU; the run stops before loading if the chosen one cannot run."}),
         }, "optional": {
             "weights_in_ram": (RAM_CHOICES, {"default": "keep", "tooltip":
                                "keep: the weights stay in RAM between uses (fastest). reload from disk: they "
@@ -55,8 +58,11 @@ class WanFlowModelLoader:
         }}
 
     @classmethod
-    def VALIDATE_INPUTS(cls, model_name: str) -> Union[bool, str]:
-        """Checked before the run: a safe name of a file that exists."""
+    def VALIDATE_INPUTS(cls, model_name: str, attention: str = "sdpa") -> Union[bool, str]:
+        """Checked before the run: a safe name of a file that exists, an attention backend that runs here."""
+        problem = None if attention is None else backend_problem(attention)  # None: fed by a link
+        if problem is not None:
+            return f"model loader: attention: {problem}"
         return comfy_adapter.model_file_verdict("diffusion_models", model_name, "model loader: model_name")
 
     @classmethod
@@ -65,6 +71,9 @@ class WanFlowModelLoader:
         return peek_dit_variant(comfy_adapter.model_path("diffusion_models", model_name, "model loader: model_name"))
 
     def load(self, model_name: str, storage_dtype: str, attention: str, weights_in_ram: str = "keep") -> dict:
+        problem = backend_problem(attention)
+        if problem is not None:
+            raise ValueError(f"model loader: attention: {problem}")
         path = comfy_adapter.model_path("diffusion_models", model_name, "model loader: model_name")
         storage = None if storage_dtype == "default" else storage_dtype
         loaded = load_dit(path, storage)

@@ -19,7 +19,7 @@ from ..samplers.moe import MoESampler, SamplerHooks, SamplingInterrupted
 from ..samplers.noise import seeded_noise
 from ..samplers.schedules import SCHEDULES, build_schedule
 from ..samplers.solvers import SOLVERS
-from ..wan.attention import use_backend
+from ..wan.attention import backend_for, use_backend
 from ..wan.latent_stats import LatentStats, stats_for_channels
 from ..wan.lora import LoraStack
 from . import comfy_adapter
@@ -120,6 +120,9 @@ class WanFlowMoESampler:
         auto_boundary = getattr(model_high.variant.defaults, "boundary", None)
         with ExitStack() as cleanup, comfy_adapter.Progress(schedule.steps, "sampling") as bar:
             cleanup.enter_context(use_backend(model_high.attention))
+            for handle in (model_high, model_low):  # each expert with its own loader's choice (core MODELs: core's)
+                if handle is not None and isinstance(handle.model, torch.nn.Module):
+                    cleanup.enter_context(backend_for(handle.model, handle.attention))
             if lora_stack:
                 stack = build_lora_stack(lora_stack)
                 for expert, model in (("high", model_high), ("low", model_low)):

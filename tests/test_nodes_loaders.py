@@ -71,3 +71,36 @@ def test_vae_text_encoder_and_clip_loaders_on_tiny_files(tmp_path):
     finally:
         ca.configure_headless(None, None, None)
         ca._headless.models_dir = None
+
+
+def test_model_loader_lists_every_attention_backend_and_refuses_one_that_cannot_run(models):
+    from wanflow.wan.attention import backend_problem
+
+    choices = WanFlowModelLoader.INPUT_TYPES()["required"]["attention"][0]
+    assert choices[0] == "sdpa" and {"flash", "sage", "sdpa_fp8"} <= set(choices)
+    name = "wan2.2_t2v_high_noise_14B_tiny.safetensors"
+    assert WanFlowModelLoader.VALIDATE_INPUTS(name, "sdpa") is True
+    assert WanFlowModelLoader.VALIDATE_INPUTS(name, None) is True  # fed by a link
+    assert "unknown" in WanFlowModelLoader.VALIDATE_INPUTS(name, "xformers")
+    if backend_problem("sage") is None:
+        pytest.skip("sageattention runs on this machine")
+    verdict = WanFlowModelLoader.VALIDATE_INPUTS(name, "sage")
+    assert verdict.startswith("model loader: attention: attention backend 'sage' cannot run here")
+    assert "pip install sageattention" in verdict
+    with pytest.raises(ValueError, match="pip install sageattention"):  # before reading the (missing) file
+        WanFlowModelLoader().load("not-there.safetensors", "default", "sage")
+
+
+def test_a_saved_workflow_naming_a_missing_attention_backend_fails_before_any_node_runs(tmp_path, capsys):
+    from wanflow.runner import cli, errors, templates
+    from wanflow.wan.attention import backend_problem
+
+    if backend_problem("sage") is None:
+        pytest.skip("sageattention runs on this machine")
+    flow = templates.WORKFLOWS_DIR / "wanflow_nano_t2v.json"  # node 2: the high-noise model loader
+    code = cli.main(["run", str(flow), "--output", str(tmp_path), "--quiet", "--set", "2.attention=sage"])
+    assert code == errors.EXIT_INVALID
+    err = capsys.readouterr().err
+    assert "node 2 (WanFlowModelLoader): model loader: attention: attention backend 'sage'" in err, err
+    assert "pip install sageattention" in err
+    assert not any(tmp_path.iterdir())

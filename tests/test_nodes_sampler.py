@@ -190,3 +190,21 @@ def test_the_node_shows_the_boundary_and_the_step_split(experts):
                                         steps=3, shift=12.0, solver="unipc", scheduler="unipc", cfg_high=4.0,
                                         cfg_low=3.0, boundary=0.0, denoise=1.0)
     assert single["ui"]["text"] == ["one model, 3 steps"]
+
+
+def test_each_expert_samples_with_its_own_loaders_attention_backend(experts, monkeypatch):
+    import dataclasses
+
+    from wanflow.wan import attention as A
+
+    calls = []
+    for name in ("high-kernel", "low-kernel"):
+        fn = (lambda tag: lambda q, k, v, k_lens=None: calls.append(tag) or A.sdpa_attention(q, k, v, k_lens))(name)
+        monkeypatch.setitem(A._BACKENDS, name, A.Backend(name, fn))
+    high = dataclasses.replace(experts[0], attention="high-kernel")
+    low = dataclasses.replace(experts[1], attention="low-kernel")
+    out = run(high, low, steps=4, boundary=0.9)
+    torch.testing.assert_close(out, run(*experts, steps=4, boundary=0.9))  # same maths, other kernels
+    switch = calls.index("low-kernel")
+    assert switch > 0 and set(calls[:switch]) == {"high-kernel"} and set(calls[switch:]) == {"low-kernel"}
+    assert A.get_backend() == "sdpa"
