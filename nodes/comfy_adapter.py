@@ -76,6 +76,7 @@ class _Headless:
     input_dir: Path = field(default_factory=lambda: Path.cwd() / "input")
     output_dir: Path = field(default_factory=lambda: Path.cwd() / "output")
     device: Optional[torch.device] = None
+    max_vram: Optional[int] = None  # --max-vram: bytes of device memory a DiT's weights may use (block swap)
     forced: bool = False
     interrupt_requested: bool = False
     # While a headless run stages its outputs, files are written here and moved on success.
@@ -90,7 +91,8 @@ _headless = _Headless()
 def configure_headless(models_dir: Optional[os.PathLike | str] = None,
                        input_dir: Optional[os.PathLike | str] = None,
                        output_dir: Optional[os.PathLike | str] = None,
-                       device: Optional[str] = None, force: bool = True) -> None:
+                       device: Optional[str] = None, force: bool = True,
+                       max_vram: Optional[int] = None) -> None:
     """Point the fallbacks at a ComfyUI-style models folder and input/output folders.
 
     ``force`` makes the adapter ignore a ComfyUI that happens to be imported in this process,
@@ -109,6 +111,9 @@ def configure_headless(models_dir: Optional[os.PathLike | str] = None,
             raise BadSetting(f"--output: {out} is a file; expected a folder (it is created when missing)")
         _headless.output_dir = out
     _headless.device = _device(device) if device else None
+    if max_vram is not None and max_vram <= 0:
+        raise BadSetting(f"--max-vram: {max_vram} bytes; expected a positive size such as 12GB")
+    _headless.max_vram = max_vram
     _headless.forced = force
     _headless.interrupt_requested = False
 
@@ -129,6 +134,12 @@ def _device(name: str) -> torch.device:
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise BadSetting(f"--device: {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
+
+
+def max_vram() -> Optional[int]:
+    """The headless ``--max-vram`` budget in bytes, or None when not set (block swap decides
+    from free memory then; see ``nodes/headless_placement.py``)."""
+    return _headless.max_vram
 
 
 def compute_device() -> torch.device:
