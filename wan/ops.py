@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .adapter_op import apply_adapters
+
 FP8_DTYPES = tuple(d for d in (getattr(torch, "float8_e4m3fn", None),
                                 getattr(torch, "float8_e5m2", None)) if d is not None)
 
@@ -94,9 +96,7 @@ class Linear(CastWeights, nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(x, self.compute_weight(x.dtype, x.device), self.compute_bias(x.dtype, x.device))
-        for adapter in self.adapters:
-            y = adapter(x, y)
-        return y
+        return apply_adapters(self, x, y)  # opaque to torch.compile: see adapter_op
 
 
 class Conv3d(CastWeights, nn.Conv3d):
