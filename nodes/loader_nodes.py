@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from functools import partial
-from typing import Union
+from typing import Optional, Union
 
 from ..model_loaders.clip_vision_loader import load_clip_vision
 from ..model_loaders.detect import WanVariant
@@ -17,6 +17,7 @@ from ..model_loaders.text_encoder_loader import load_text_encoder
 from ..model_loaders.vae_loader import load_vae
 from ..model_loaders.storage import STORAGE_DTYPES
 from ..wan.attention import backend_names, backend_problem
+from ..wan.compiled_blocks import compile_blocks, compile_problem, compile_requested
 from . import comfy_adapter
 from .handles import ClipVisionHandle, ModelHandle, TextEncoderHandle
 from .types import CLIP_VISION, LOADERS, MODEL, TEXT_ENCODER, VAE
@@ -25,6 +26,7 @@ log = logging.getLogger("wanflow")
 
 STORAGE_CHOICES = ["default"] + list(STORAGE_DTYPES)
 RAM_CHOICES = ["keep", "reload from disk"]
+COMPILE_CHOICES = ["off", "blocks"]
 
 
 class WanFlowModelLoader:
@@ -55,14 +57,23 @@ class WanFlowModelLoader:
                                "keep: the weights stay in RAM between uses (fastest). reload from disk: they "
                                "leave RAM whenever this model is not sampling and are read back from the file, so "
                                "the idle Wan 2.2 A14B expert costs no RAM (each switch reads the file again)."}),
+            "compile": (COMPILE_CHOICES, {"default": "off", "tooltip":
+                        "blocks: torch.compile the transformer blocks (one compiled block serves all). The first "
+                        "step at a new size compiles (tens of seconds), later steps run faster; LoRA strength or "
+                        "stack changes and expert switches never recompile. Needs a C++ compiler on CPU, "
+                        "Triton on CUDA. 'wanflow run --compile' turns it on for every loader."}),
         }}
 
     @classmethod
-    def VALIDATE_INPUTS(cls, model_name: str, attention: str = "sdpa") -> Union[bool, str]:
-        """Checked before the run: a safe name of a file that exists, an attention backend that runs here."""
+    def VALIDATE_INPUTS(cls, model_name: str, attention: str = "sdpa", compile: str = "off") -> Union[bool, str]:
+        """Checked before the run: a safe name of a file that exists, an attention backend and
+        compiled blocks that run here."""
         problem = None if attention is None else backend_problem(attention)  # None: fed by a link
         if problem is not None:
             return f"model loader: attention: {problem}"
+        problem = _compile_problem(compile)
+        if problem is not None:
+            return f"model loader: compile: {problem}"
         return comfy_adapter.model_file_verdict("diffusion_models", model_name, "model loader: model_name")
 
     @classmethod
@@ -70,10 +81,14 @@ class WanFlowModelLoader:
         """The variant from the file header only (the headless runner checks the graph with it)."""
         return peek_dit_variant(comfy_adapter.model_path("diffusion_models", model_name, "model loader: model_name"))
 
-    def load(self, model_name: str, storage_dtype: str, attention: str, weights_in_ram: str = "keep") -> dict:
+    def load(self, model_name: str, storage_dtype: str, attention: str, weights_in_ram: str = "keep",
+             compile: str = "off") -> dict:
         problem = backend_problem(attention)
         if problem is not None:
             raise ValueError(f"model loader: attention: {problem}")
+        problem = _compile_problem(compile)
+        if problem is not None:
+            raise ValueError(f"model loader: compile: {problem}")
         path = comfy_adapter.model_path("diffusion_models", model_name, "model loader: model_name")
         storage = None if storage_dtype == "default" else storage_dtype
         loaded = load_dit(path, storage)
@@ -82,11 +97,24 @@ class WanFlowModelLoader:
         if weights_in_ram == "reload from disk":
             handle.parking = DiskBacked(loaded.model, partial(reload_dit, path, storage_dtype=storage), model_name)
             handle.parking.park()
+        if compile == "blocks" or compile_requested():
+            log.info("model loader: %s: %d blocks compile at the first step", model_name, compile_blocks(loaded.model))
         text = handle.describe()
         for note in loaded.variant.notes:
             log.warning("model loader: %s: %s", model_name, note)
         log.info("model loader: %s -> %s", model_name, text)
         return {"ui": {"text": [text]}, "result": (handle, text)}
+
+
+def _compile_problem(choice: Optional[str]) -> Optional[str]:
+    """Why compiled blocks cannot run on the compute device (None: they can, or compile is off)."""
+    if choice is None:  # fed by a link: checked in load()
+        return None
+    if choice not in COMPILE_CHOICES:
+        return f"{choice!r} is not one of {COMPILE_CHOICES}"
+    if choice == "off" and not compile_requested():
+        return None
+    return compile_problem(comfy_adapter.compute_device())
 
 
 class WanFlowVAELoader:

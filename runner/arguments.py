@@ -42,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--check-weights", action="store_true",
                      help="after each model loads, warn about tensors holding NaN or Inf (same as "
                           "WANFLOW_CHECK_WEIGHTS=1; costs one more pass over the weights)")
+    run.add_argument("--compile", action="store_true",
+                     help="torch.compile the transformer blocks of every loaded diffusion model (same as the "
+                          "model loader's compile=blocks or WANFLOW_COMPILE=1); the first step at each size "
+                          "compiles, LoRA and expert changes do not recompile")
     demo = sub.add_parser("demo", help="render a template on the WanNano models shipped with the pack (CPU, seconds)")
     demo.add_argument("--prompt", default=None, help="e.g. 'a red circle moving left on a white background' "
                       "(colours red/green/blue/yellow, shapes circle/square/triangle, directions left/right/up/down, "

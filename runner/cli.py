@@ -20,6 +20,7 @@ from typing import Optional, Sequence
 
 from ..model_loaders import finite_check
 from ..nodes import comfy_adapter
+from ..wan.compiled_blocks import COMPILE_ENV
 from . import errors, execute, registry, train_lora_cli, workflow
 from .arguments import build_parser
 
@@ -73,6 +74,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "run":
             if args.check_weights:
                 os.environ[finite_check.CHECK_ENV] = "1"
+            if args.compile:
+                os.environ[COMPILE_ENV] = "1"
             result = run_workflow(args.workflow, args.models, args.input, args.output, args.overrides, args.device)
         else:
             from . import demo

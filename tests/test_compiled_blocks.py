@@ -199,3 +199,21 @@ def test_inductor_blocks_match_eager_and_survive_a_strength_change():
         stack.set_strength("a", high=0.3)
         torch.testing.assert_close(run(model, inputs), eager(model, inputs), rtol=0, atol=ATOL)
     assert counter.frame_count == 1
+
+
+@pytest.mark.slow
+def test_wanflow_run_compile_samples_the_nano_template_with_compiled_blocks(tmp_path, monkeypatch):
+    """``wanflow run --compile`` on the shipped nano template: both experts, one inductor graph."""
+    from torch._dynamo.utils import counters
+
+    from wanflow.runner import cli, errors, templates
+
+    if cb.compile_problem("cpu") is not None:
+        pytest.skip(cb.compile_problem("cpu"))
+    monkeypatch.setenv(cb.COMPILE_ENV, "0")  # restored after the test (--compile sets it to 1)
+    flow = templates.WORKFLOWS_DIR / "wanflow_nano_t2v.json"
+    graphs = counters["stats"]["unique_graphs"]
+    code = cli.main(["run", str(flow), "--output", str(tmp_path), "--quiet", "--compile",
+                     "--set", "8.steps=4", "--set", "7.length=5"])
+    assert code == errors.EXIT_OK
+    assert counters["stats"]["unique_graphs"] - graphs == 1 and any(tmp_path.rglob("*.mp4"))

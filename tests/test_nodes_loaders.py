@@ -104,3 +104,23 @@ def test_a_saved_workflow_naming_a_missing_attention_backend_fails_before_any_no
     assert "node 2 (WanFlowModelLoader): model loader: attention: attention backend 'sage'" in err, err
     assert "pip install sageattention" in err
     assert not any(tmp_path.iterdir())
+
+
+def test_model_loader_compiles_the_blocks_on_request(models, monkeypatch):
+    from wanflow.wan import compiled_blocks
+
+    name = "wan2.2_t2v_high_noise_14B_tiny.safetensors"
+    assert WanFlowModelLoader.INPUT_TYPES()["optional"]["compile"][0] == ["off", "blocks"]
+    monkeypatch.delenv(compiled_blocks.COMPILE_ENV, raising=False)
+    plain = WanFlowModelLoader().load(name, "default", "sdpa")["result"][0]
+    assert not compiled_blocks.is_compiled(plain.model)
+    compiled = WanFlowModelLoader().load(name, "default", "sdpa", "keep", "blocks")["result"][0]
+    assert compiled_blocks.is_compiled(compiled.model)
+    monkeypatch.setenv(compiled_blocks.COMPILE_ENV, "1")  # wanflow run --compile
+    assert compiled_blocks.is_compiled(WanFlowModelLoader().load(name, "default", "sdpa")["result"][0].model)
+
+    monkeypatch.setattr(compiled_blocks.shutil, "which", lambda _: None)  # no C++ compiler here
+    verdict = WanFlowModelLoader.VALIDATE_INPUTS(name, "sdpa", "blocks")
+    assert verdict.startswith("model loader: compile: torch.compile on the CPU needs a C++ compiler"), verdict
+    with pytest.raises(ValueError, match="model loader: compile: .*g\\+\\+"):
+        WanFlowModelLoader().load(name, "default", "sdpa", "keep", "blocks")
