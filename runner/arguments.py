@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from importlib import metadata
 from pathlib import Path
 
@@ -20,6 +21,24 @@ def package_version() -> str:
         return metadata.version(DISTRIBUTION)
     except metadata.PackageNotFoundError:
         return "(not installed)"
+
+
+_SIZE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]?)(i?b?)\s*", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3, "t": 1024 ** 4}
+
+
+def parse_size(text: str) -> int:
+    """``12GB``, ``11.5G``, ``12000MB``, ``12GiB`` or plain bytes -> bytes. K/M/G/T are binary
+    (1024-based, as nvidia-smi and ComfyUI count VRAM), with or without ``B`` / ``iB``."""
+    match = _SIZE.fullmatch(text)
+    number, unit, suffix = match.groups() if match else ("", "", "")
+    if not match or suffix.lower() == "i" or (suffix.lower() == "ib" and not unit):
+        raise argparse.ArgumentTypeError(
+            f"{text[:40]!r} is not a size; expected e.g. 12GB, 12000MB or a number of bytes")
+    value = int(float(number) * _UNITS[unit.lower()])
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r}: the size must be more than 0 bytes")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override an input; NODE is a node id or unique title, VALUE is JSON or text "
                           "(e.g. --set 3.seed=42 --set 6.text='a cat')")
     run.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    run.add_argument("--max-vram", type=parse_size, metavar="SIZE",
+                     help="device memory a diffusion model's weights may use, e.g. 12GB (binary units); "
+                          "blocks that do not fit stream from pinned RAM during each step (block swap). "
+                          "Default: block swap only when the model does not fit the free GPU memory")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--check-weights", action="store_true",
                      help="after each model loads, warn about tensors holding NaN or Inf (same as "

@@ -45,10 +45,11 @@ def train_nano(args: argparse.Namespace) -> int:
 
 
 def run_workflow(path: Path, models: Optional[Path], input_dir: Path, output_dir: Path,
-                 overrides: Sequence[str] = (), device: Optional[str] = None) -> execute.RunResult:
+                 overrides: Sequence[str] = (), device: Optional[str] = None,
+                 max_vram: Optional[int] = None) -> execute.RunResult:
     """Load, check and run one workflow file; raises a RunnerError subclass on failure."""
     try:
-        comfy_adapter.configure_headless(models, input_dir, output_dir, device)
+        comfy_adapter.configure_headless(models, input_dir, output_dir, device, max_vram=max_vram)
     except (comfy_adapter.MissingFile, comfy_adapter.BadSetting) as exc:
         raise errors.UsageError(str(exc)) from exc
     classes = registry.node_classes()
@@ -76,7 +77,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 os.environ[finite_check.CHECK_ENV] = "1"
             if args.compile:
                 os.environ[COMPILE_ENV] = "1"
-            result = run_workflow(args.workflow, args.models, args.input, args.output, args.overrides, args.device)
+            result = run_workflow(args.workflow, args.models, args.input, args.output, args.overrides, args.device,
+                                  args.max_vram)
         else:
             from . import demo
 
