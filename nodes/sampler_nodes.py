@@ -26,6 +26,7 @@ from . import comfy_adapter
 from .comfy_models import ComfyPlacement
 from .core_bridge import CoreWanModel, as_model_handle
 from .handles import ModelHandle
+from .headless_placement import block_swap_for
 from .lora_nodes import build_lora_stack
 from .model_checks import check_sampler_models, conditioning_kind
 from .types import CONDITIONING, LATENT, LORA_STACK, MODEL_OR_CORE, SAMPLING
@@ -146,13 +147,20 @@ class WanFlowMoESampler:
 
 
 def expert_parking(handles: Mapping[str, Optional[ModelHandle]]) -> dict[str, Parking]:
-    """Who places each expert while the other one runs: its file (the low-RAM "reload from disk"
-    mode), ComfyUI's model management (inside ComfyUI), or the sampler's plain moves (None)."""
+    """Who places each expert while the other one runs.
+
+    Inside ComfyUI: its model management (or the expert's file, in the low-RAM "reload from disk"
+    mode). Headless: block swap when the expert is larger than ``--max-vram`` or the free GPU
+    memory (the file, if any, feeding it), else the file, else the sampler's plain moves (absent).
+    """
     parking: dict[str, Parking] = {}
     for name, handle in handles.items():
         if handle is None:
             continue
-        if handle.parking is not None:
+        swap = None if comfy_adapter.in_comfyui() else block_swap_for(handle.model, inner=handle.parking)
+        if swap is not None:
+            parking[name] = swap
+        elif handle.parking is not None:
             parking[name] = handle.parking
         elif comfy_adapter.in_comfyui():
             parking[name] = ComfyPlacement.for_module(handle.model)

@@ -208,3 +208,27 @@ def test_each_expert_samples_with_its_own_loaders_attention_backend(experts, mon
     switch = calls.index("low-kernel")
     assert switch > 0 and set(calls[:switch]) == {"high-kernel"} and set(calls[switch:]) == {"low-kernel"}
     assert A.get_backend() == "sdpa"
+
+
+def test_headless_experts_larger_than_the_budget_stream_their_blocks(experts, monkeypatch):
+    """When block_swap_for picks block swap (here forced with a budget of one block, on the CPU),
+    the sampler places both experts through it and the video is the same as without."""
+    from wanflow.nodes import sampler_nodes
+    from wanflow.wan.block_swap import BlockSwap
+
+    high, low = experts
+    ca.set_headless_progress(False)
+    plain = run(high, low)
+    made = []
+
+    def tiny_budget(module, inner=None):
+        block = ca.module_bytes(module.blocks[0])
+        other = ca.module_bytes(module) - sum(ca.module_bytes(b) for b in module.blocks)
+        swap = BlockSwap(module, other + 2 * block, inner=inner)   # no block can stay resident
+        assert swap.plan_for(other + 2 * block).resident == ()
+        made.append(swap)
+        return swap
+
+    monkeypatch.setattr(sampler_nodes, "block_swap_for", tiny_budget)
+    torch.testing.assert_close(run(high, low), plain)
+    assert len(made) == 2 and all(not swap.hooked for swap in made)
