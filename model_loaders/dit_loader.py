@@ -3,7 +3,8 @@
 Accepted: official safetensors (single, or sharded with an ``index.json``) and ``.pth``; ComfyUI
 repackaged files (``model.diffusion_model.`` prefix or bare keys), ComfyUI ``fp8_scaled``; kijai
 ``fp8_e4m3fn`` / bf16 / scaled (``weight_scale``) files; diffusers transformers (folder with
-``config.json`` and shards, or a single file); VACE and FLF2V extras in all of them.
+``config.json`` and shards, or a single file); city96's GGUF files (``gguf_files.py``: quantized
+weights stay packed and are dequantized per layer at run time); VACE and FLF2V extras in all of them.
 
 The model is built on the meta device and filled with the file's own tensors (see
 ``storage.load_into``), so loading costs the weights' bytes once.
@@ -17,7 +18,7 @@ from typing import Optional
 import torch
 
 from ..wan.dit import WanDiT
-from . import dit_keys
+from . import dit_keys, gguf_files
 from .detect import WanVariant, classify, detect_dit_variant, wrong_model_error
 from .errors import CheckpointError, CorruptCheckpointError, names_the_file
 from .files import Checkpoint, PathLike, common_prefix, open_checkpoint, strip_prefix
@@ -53,7 +54,7 @@ def load_dit(path: PathLike, storage_dtype: StorageChoice = None, *,
     variant = detect_variant(ckpt, path, expert)
     with torch.device("meta"):
         model = WanDiT(variant.config)
-    load_into(model, ckpt, storage, expected=variant.name)
+    _fill(model, ckpt, storage, variant.name)
     ensure_no_meta(model, str(path))
     warn_if_non_finite(model, str(path))
     # The nano models' 80 video tokens would spend half their time on the 512 padded text rows;
@@ -69,8 +70,15 @@ def reload_dit(path: PathLike, model: WanDiT, storage_dtype: StorageChoice = Non
     did (same storage dtype): the file may not have changed in between."""
     path = resolve_dit_path(path, expert)
     ckpt, _ = open_dit_checkpoint(path)
-    load_into(model, ckpt, parse_storage_dtype(storage_dtype), expected=detect_variant(ckpt, path, expert).name)
+    _fill(model, ckpt, parse_storage_dtype(storage_dtype), detect_variant(ckpt, path, expert).name)
     ensure_no_meta(model, str(path))
+
+
+def _fill(model: WanDiT, ckpt: Checkpoint, storage: StorageChoice, expected: str) -> None:
+    """``storage.load_into``; a GGUF file's quantized layers are planned first (kept packed)."""
+    if gguf_files.is_gguf(ckpt):
+        ckpt = gguf_files.prepare_model(model, ckpt, expected)
+    load_into(model, ckpt, storage, expected=expected)
 
 
 @names_the_file
@@ -107,6 +115,8 @@ def open_dit_checkpoint(path: PathLike) -> tuple[Checkpoint, str]:
     """Open a DiT file with official key names, whatever its layout; also describe the format."""
     ckpt = open_checkpoint(path)
     ckpt, prefix = _strip_dit_prefix(ckpt)
+    if gguf_files.is_gguf(ckpt):
+        gguf_files.check_patch_embedding(ckpt)
     shapes = ckpt.shapes()
     kind = classify(shapes)
     if kind.kind == "wan_dit_diffusers":
@@ -147,6 +157,8 @@ def _heads_key(config: dict) -> str:
 
 def describe_format(ckpt: Checkpoint, prefix: str, diffusers: bool) -> str:
     """A short human description such as "ComfyUI, scaled fp8 (float8_e4m3fn)"."""
+    if gguf_files.is_gguf(ckpt):
+        return gguf_files.describe_gguf(ckpt)
     scales = find_weight_scales(ckpt)
     dtypes = {ckpt.info(k).dtype for k in ckpt if k.endswith(".weight")}
     fp8 = sorted(str(d).replace("torch.", "") for d in dtypes & set(FP8_DTYPES))

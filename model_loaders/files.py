@@ -40,6 +40,7 @@ PathLike = Union[str, os.PathLike]
 
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
+GGUF_SUFFIX = ".gguf"  # model_loaders/gguf_files.py
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors format's own limit
 MAX_HEADER_ENTRIES = 100_000
 """Most tensors one safetensors file may list. A whole Wan 14B with fp8 scales has about 2 500,
@@ -72,6 +73,12 @@ class TensorInfo:
     @property
     def nbytes(self) -> int:
         return math.prod(self.shape) * _itemsize(self.dtype)
+
+    @property
+    def model_shape(self) -> tuple[int, ...]:
+        """The shape the tensor has in the model: ``shape``, except for block-quantized GGUF
+        tensors, whose ``shape`` counts their raw bytes (``gguf_files.BlockQuantInfo``)."""
+        return self.shape
 
 
 def _itemsize(dtype: torch.dtype) -> int:
@@ -106,7 +113,7 @@ def _sniff_foreign(head: bytes) -> Optional[str]:
     if head.startswith(b"\x80") and len(head) > 1 and head[1] in (2, 3, 4, 5):
         return "a raw pickle (legacy PyTorch .pth/.ckpt)"
     if head.startswith(b"GGUF"):
-        return "a GGUF file (use a GGUF loader such as ComfyUI-GGUF)"
+        return "a GGUF file (give it a .gguf name to load it as one)"
     if text.startswith(b"version https://git-lfs"):
         return "a Git LFS pointer, not the weights (run `git lfs pull` or download the file itself)"
     if text.startswith((b"<!doctype html", b"<html")):
@@ -374,13 +381,18 @@ class Checkpoint(Mapping[str, torch.Tensor]):
         return source.infos[source_key]
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
-        return {k: self.info(k).shape for k in self._entries}
+        """Each tensor's shape in the model (what variant detection reads)."""
+        return {k: self.info(k).model_shape for k in self._entries}
 
     def nbytes(self) -> int:
         return sum(self.info(k).nbytes for k in self._entries)
 
     def source_key(self, key: str) -> str:
         return self._entries[key][1]
+
+    def source(self, key: str) -> "TensorSource":
+        """The file (or memory) object that holds ``key``."""
+        return self._entries[key][0]
 
     def renamed(self, new_to_old: Mapping[str, str]) -> "Checkpoint":
         """A view whose keys are ``new_to_old``'s keys; keys not listed are dropped."""
@@ -500,11 +512,11 @@ def open_checkpoint(path: PathLike) -> Checkpoint:
         return _single(SafetensorsFile(path), path)
     if name.endswith(PICKLE_SUFFIXES):
         return _single(PickleFile(path), path)
-    if name.endswith(".gguf"):
-        raise CheckpointError(f"{path}: GGUF files are not supported by this loader; expected "
-                              ".safetensors or .pth (use a GGUF loader such as ComfyUI-GGUF).")
+    if name.endswith(GGUF_SUFFIX):
+        from .gguf_files import open_gguf  # the gguf package is only imported for GGUF files
+        return open_gguf(path)
     raise CheckpointError(f"{path}: unknown file type {path.suffix!r}; expected one of "
-                          f"{SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES} or a *.index.json")
+                          f"{SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES + (GGUF_SUFFIX,)} or a *.index.json")
 
 
 def _single(source: TensorSource, path: Path) -> Checkpoint:

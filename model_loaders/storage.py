@@ -179,8 +179,9 @@ def quantize_fp8(weight: torch.Tensor, dtype: torch.dtype,
 
 def _cast_weight(convert: Converter, tensor: torch.Tensor, scale: Optional[torch.Tensor],
                  storage: Optional[StorageDtype]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """A storage-dtype layer's weight (and scale) in the chosen storage dtype."""
-    if storage is None:
+    """A storage-dtype layer's weight (and scale) in the chosen storage dtype; block-quantized
+    (GGUF) weights arrive as raw bytes and stay as they are."""
+    if storage is None or not tensor.is_floating_point():
         return tensor, scale
     if storage.is_fp8:
         if tensor.dtype == storage.dtype and (scale is not None or not storage.scaled):

@@ -69,7 +69,8 @@ class SamplingResult:
 def weights_compute_dtype(model: nn.Module) -> torch.dtype:
     """The activation dtype suiting the dtype that holds most of a model's weights.
 
-    fp32 → fp32, bf16 / fp16 → the same, fp8 storage → bf16; non-modules → fp32.
+    fp32 → fp32, bf16 / fp16 → the same, fp8 or GGUF block storage (raw ``uint8`` blocks) → bf16;
+    non-modules → fp32.
     """
     sizes: dict[torch.dtype, int] = {}
     for tensor in model.parameters() if isinstance(model, nn.Module) else ():
@@ -79,7 +80,7 @@ def weights_compute_dtype(model: nn.Module) -> torch.dtype:
     dominant = max(sizes, key=sizes.__getitem__)
     if dominant in (torch.bfloat16, torch.float16):
         return dominant
-    if dominant.is_floating_point and dominant.itemsize == 1:     # fp8 storage
+    if dominant.itemsize == 1 and (dominant.is_floating_point or dominant == torch.uint8):  # fp8, GGUF
         return torch.bfloat16
     return torch.float32
 

@@ -8,6 +8,8 @@
   stored back in the weight's own dtype; fp8 is re-quantised with round-to-nearest, growing
   ``scale_weight`` if a patched value would leave the fp8 range). The original tensors are
   backed up (on CPU by default) and restored bit-exactly by :meth:`AppliedLoras.remove`.
+  Block-quantized (GGUF) layers always take run-time adapters: re-quantising them would lose
+  the LoRA in the rounding.
 
 Targets that are not ``ops.Linear`` (norms, ``modulation`` parameters, convs) are always baked
 with a backup, in both modes; they are small.
@@ -27,6 +29,7 @@ import collections.abc
 import dataclasses
 import functools
 import logging
+import math
 import re
 from dataclasses import dataclass
 from typing import Callable, Literal, Mapping, Optional, Union
@@ -35,7 +38,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import ops
+from . import gguf_ops, ops
 from ..model_loaders.lora_formats import (FullDiff, LowRank, ParsedLora, TargetPatch, WeightPatch,
                                           describe_foreign, lora_width, parse_lora, select_expert,
                                           width_name)
@@ -107,12 +110,12 @@ def _resolve(model: nn.Module, target: str) -> tuple[Optional[nn.Module], Option
     return None, None
 
 
-def _weight_mismatch(patch: WeightPatch, stored: torch.Tensor) -> Optional[str]:
-    if tuple(patch.shape) == tuple(stored.shape):
+def _weight_mismatch(patch: WeightPatch, shape: tuple[int, ...]) -> Optional[str]:
+    if tuple(patch.shape) == tuple(shape):
         return None
-    if isinstance(patch, FullDiff) and patch.diff.numel() == stored.numel():
+    if isinstance(patch, FullDiff) and patch.diff.numel() == math.prod(shape):
         return None
-    return f"shape {tuple(patch.shape)} does not fit this model's {tuple(stored.shape)}"
+    return f"shape {tuple(patch.shape)} does not fit this model's {tuple(shape)}"
 
 
 def _check(model: nn.Module, target: str, patch: TargetPatch) -> Optional[str]:
@@ -123,14 +126,14 @@ def _check(model: nn.Module, target: str, patch: TargetPatch) -> Optional[str]:
     if slot is not None:
         if patch.bias is not None:
             return f"{target!r} is a parameter; it has no bias to patch"
-        reasons = [_weight_mismatch(w, slot.tensor) for w in patch.weights]
+        reasons = [_weight_mismatch(w, tuple(slot.tensor.shape)) for w in patch.weights]
         return next((r for r in reasons if r), None)
     if patch.weights:
         weight = getattr(module, "weight", None)
         if not isinstance(weight, torch.Tensor):
             return f"module {target!r} has no weight"
         for w in patch.weights:
-            reason = _weight_mismatch(w, weight)
+            reason = _weight_mismatch(w, tuple(gguf_ops.weight_shape(module)))
             if reason:
                 return f"{target}: {reason}"
     if patch.bias is not None:
@@ -147,7 +150,7 @@ def _model_width(model: nn.Module) -> Optional[int]:
     if dim is None:
         for name, module in model.named_modules():
             if name.endswith("self_attn.q") and hasattr(module, "weight"):
-                return module.weight.shape[1]
+                return gguf_ops.weight_shape(module)[1]
     return dim
 
 
@@ -506,7 +509,7 @@ class AppliedLoras:
             for weight in patch.weights:
                 self._add_delta(slot, strength, weight.delta)
             return
-        as_adapter = self.mode == "unmerged" and isinstance(module, ops.Linear)
+        as_adapter = isinstance(module, ops.Linear) and (self.mode == "unmerged" or gguf_ops.is_quantized(module))
         device = module.weight.device
         for weight in patch.weights:
             if not as_adapter:
