@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import fp8_matmul
 from .adapter_op import apply_adapters
 
 FP8_DTYPES = tuple(d for d in (getattr(torch, "float8_e4m3fn", None),
@@ -95,7 +96,9 @@ class Linear(CastWeights, nn.Linear):
         self.adapters: list[Adapter] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.compute_weight(x.dtype, x.device), self.compute_bias(x.dtype, x.device))
+        y = fp8_matmul.try_linear(self, x)  # fp8 x fp8 on GPUs with fp8 tensor cores, else None
+        if y is None:
+            y = F.linear(x, self.compute_weight(x.dtype, x.device), self.compute_bias(x.dtype, x.device))
         return apply_adapters(self, x, y)  # opaque to torch.compile: see adapter_op
 
 
