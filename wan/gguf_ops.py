@@ -44,11 +44,13 @@ class BlockFormat:
 
 
 # --------------------------------------------------------------------------- unpacking helpers
+# Large layers are unpacked at every call, so each step works in place where it can: one float32
+# allocation per weight, the rest on uint8 planes (memory-bound passes are what this costs).
 
 
 def _f16(blocks: torch.Tensor, start: int) -> torch.Tensor:
-    """The little-endian fp16 at byte ``start`` of each block, as float32 ``[n, 1]``."""
-    return blocks[:, start:start + 2].contiguous().view(torch.float16).to(torch.float32)
+    """The little-endian fp16 at (even) byte ``start`` of each block, as float32 ``[n, 1]``."""
+    return blocks.view(torch.float16)[:, start // 2:start // 2 + 1].to(torch.float32)
 
 
 def _shifts(values: tuple[int, ...], like: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
@@ -58,29 +60,41 @@ def _shifts(values: tuple[int, ...], like: torch.Tensor, shape: tuple[int, ...])
 def _nibbles(packed: torch.Tensor, groups: int, width: int) -> torch.Tensor:
     """Low then high 4 bits of ``packed`` ``[n, groups * width]``: ``[n, groups, 2, width]``."""
     n = packed.shape[0]
-    return (packed.reshape(n, groups, 1, width) >> _shifts((0, 4), packed, (1, 1, 2, 1))) & 0x0F
+    return (packed.reshape(n, groups, 1, width) >> _shifts((0, 4), packed, (1, 1, 2, 1))).bitwise_and_(0x0F)
 
 
 def _crumbs(packed: torch.Tensor, groups: int, width: int) -> torch.Tensor:
     """The four 2-bit fields of ``packed`` ``[n, groups * width]``: ``[n, groups, 4, width]``."""
     n = packed.shape[0]
-    return (packed.reshape(n, groups, 1, width) >> _shifts((0, 2, 4, 6), packed, (1, 1, 4, 1))) & 0x03
+    shifted = packed.reshape(n, groups, 1, width) >> _shifts((0, 2, 4, 6), packed, (1, 1, 4, 1))
+    return shifted.bitwise_and_(0x03)
 
 
 def _bits(packed: torch.Tensor, width: int) -> torch.Tensor:
     """The eight single bits of ``packed`` ``[n, width]``: ``[n, 8, width]`` (bit k in row k)."""
     n = packed.shape[0]
-    return (packed.reshape(n, 1, width) >> _shifts(tuple(range(8)), packed, (1, 8, 1))) & 0x01
+    return (packed.reshape(n, 1, width) >> _shifts(tuple(range(8)), packed, (1, 8, 1))).bitwise_and_(0x01)
 
 
 def _k_scale_min(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The eight 6-bit scales and mins of a Q4_K / Q5_K super-block (12 bytes), each ``[n, 8]``."""
-    n = packed.shape[0]
-    grouped = packed.reshape(n, 3, 4)
-    d, m, md = grouped[:, 0], grouped[:, 1], grouped[:, 2]
-    scales = torch.cat([d & 0x3F, (md & 0x0F) | ((d >> 2) & 0x30)], dim=-1)
-    mins = torch.cat([m & 0x3F, (md >> 4) | ((m >> 2) & 0x30)], dim=-1)
-    return scales, mins
+    """The eight 6-bit scales and mins of a Q4_K / Q5_K super-block (12 bytes), each ``[n, 8]``.
+
+    Worked on byte planes (``[12, n]``, one row per byte position): the per-block rows are only
+    12 bytes wide, and strided ops over them cost more than the whole weight's unpacking."""
+    planes = packed.t().contiguous()
+    d, m, md = planes[0:4], planes[4:8], planes[8:12]
+    scales = torch.cat([d & 0x3F, (md & 0x0F) | ((d >> 2) & 0x30)])
+    mins = torch.cat([m & 0x3F, (md >> 4) | ((m >> 2) & 0x30)])
+    return scales.t(), mins.t()
+
+
+def _k_scaled(blocks: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """``d * scale * q - dmin * min`` over the eight groups of 32 of a Q4_K / Q5_K super-block."""
+    n = blocks.shape[0]
+    scales, mins = _k_scale_min(blocks[:, 4:16])
+    d = (_f16(blocks, 0) * scales.to(torch.float32)).reshape(n, 8, 1)
+    dm = (_f16(blocks, 2) * mins.to(torch.float32)).reshape(n, 8, 1)
+    return q.reshape(n, 8, 32).to(torch.float32).mul_(d).sub_(dm).reshape(n, QK_K)
 
 
 # --------------------------------------------------------------------------- dequantizers
@@ -88,71 +102,57 @@ def _k_scale_min(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _q8_0(blocks: torch.Tensor) -> torch.Tensor:
     """d (fp16), 32 int8 values: ``d * q``."""
-    return blocks[:, 2:].contiguous().view(torch.int8).to(torch.float32) * _f16(blocks, 0)
+    return blocks[:, 2:].view(torch.int8).to(torch.float32).mul_(_f16(blocks, 0))
 
 
 def _q4_0(blocks: torch.Tensor) -> torch.Tensor:
     """d (fp16), 16 bytes of 4-bit values (first 16 in the low nibbles): ``d * (q - 8)``."""
-    q = _nibbles(blocks[:, 2:], 1, 16).reshape(-1, 32).to(torch.int8) - 8
-    return _f16(blocks, 0) * q.to(torch.float32)
+    q = _nibbles(blocks[:, 2:], 1, 16).reshape(-1, 32)
+    return q.to(torch.float32).sub_(8).mul_(_f16(blocks, 0))
 
 
 def _q5_0(blocks: torch.Tensor) -> torch.Tensor:
     """d (fp16), 32 high bits (4 bytes), 16 bytes of low nibbles: ``d * (q - 16)``."""
     high = _bits(blocks[:, 2:6], 4).transpose(1, 2).reshape(-1, 32)  # value j: bit j % 8 of byte j // 8
-    low = _nibbles(blocks[:, 6:], 1, 16).reshape(-1, 32)
-    q = (low | (high << 4)).to(torch.int8) - 16
-    return _f16(blocks, 0) * q.to(torch.float32)
+    q = _nibbles(blocks[:, 6:], 1, 16).reshape(-1, 32).bitwise_or_(high << 4)
+    return q.to(torch.float32).sub_(16).mul_(_f16(blocks, 0))
 
 
 def _q4_k(blocks: torch.Tensor) -> torch.Tensor:
     """d, dmin (fp16), 12 bytes of 6-bit scales and mins, 128 bytes of nibbles; eight groups of
     32 values: ``d * scale * q - dmin * min``."""
-    n = blocks.shape[0]
-    scales, mins = _k_scale_min(blocks[:, 4:16])
-    d = (_f16(blocks, 0) * scales.to(torch.float32)).reshape(n, 8, 1)
-    dm = (_f16(blocks, 2) * mins.to(torch.float32)).reshape(n, 8, 1)
-    q = _nibbles(blocks[:, 16:], 4, 32).reshape(n, 8, 32).to(torch.float32)
-    return (d * q - dm).reshape(n, QK_K)
+    return _k_scaled(blocks, _nibbles(blocks[:, 16:], 4, 32))
 
 
 def _q5_k(blocks: torch.Tensor) -> torch.Tensor:
     """Q4_K with a fifth bit per value (32 bytes before the nibbles)."""
     n = blocks.shape[0]
-    scales, mins = _k_scale_min(blocks[:, 4:16])
-    d = (_f16(blocks, 0) * scales.to(torch.float32)).reshape(n, 8, 1)
-    dm = (_f16(blocks, 2) * mins.to(torch.float32)).reshape(n, 8, 1)
-    low = _nibbles(blocks[:, 48:], 4, 32).reshape(n, 8, 32)
-    high = _bits(blocks[:, 16:48], 32)
-    q = (low | (high << 4)).to(torch.float32)
-    return (d * q - dm).reshape(n, QK_K)
+    q = _nibbles(blocks[:, 48:], 4, 32).reshape(n, 8, 32).bitwise_or_(_bits(blocks[:, 16:48], 32) << 4)
+    return _k_scaled(blocks, q)
 
 
 def _q6_k(blocks: torch.Tensor) -> torch.Tensor:
     """128 bytes of low nibbles, 64 bytes of 2-bit highs, 16 int8 scales, d (fp16); sixteen groups
     of 16 values: ``d * scale * (q - 32)``."""
     n = blocks.shape[0]
-    scales = blocks[:, 192:208].contiguous().view(torch.int8).to(torch.float32)
+    scales = blocks[:, 192:208].view(torch.int8).to(torch.float32)
     d = (_f16(blocks, 208) * scales).reshape(n, 16, 1)
-    low = _nibbles(blocks[:, :128], 2, 64).reshape(n, 8, 32)
-    high = _crumbs(blocks[:, 128:192], 2, 32).reshape(n, 8, 32)
-    q = (low | (high << 4)).to(torch.int8) - 32
-    return (d * q.reshape(n, 16, 16).to(torch.float32)).reshape(n, QK_K)
+    q = _nibbles(blocks[:, :128], 2, 64).reshape(n, 8, 32).bitwise_or_(_crumbs(blocks[:, 128:192], 2, 32).reshape(n, 8, 32) << 4)
+    return q.reshape(n, 16, 16).to(torch.float32).sub_(32).mul_(d).reshape(n, QK_K)
 
 
 def _q3_k(blocks: torch.Tensor) -> torch.Tensor:
     """32 bytes of high-bit mask, 64 bytes of 2-bit lows, 12 bytes of 6-bit scales, d (fp16);
     sixteen groups of 16: ``d * (scale - 32) * q`` with q in -4..3 (a set mask bit means no -4)."""
     n = blocks.shape[0]
-    packed = blocks[:, 96:108]
-    low_scales = _nibbles(packed[:, :8], 1, 8).reshape(n, 16)
-    high_scales = _crumbs(packed[:, 8:], 1, 4).reshape(n, 16)
-    scales = ((low_scales | (high_scales << 4)).to(torch.int8) - 32).to(torch.float32)
+    planes = blocks[:, 96:108].t().contiguous()  # byte planes, as in _k_scale_min
+    low = torch.cat([planes[:8] & 0x0F, planes[:8] >> 4])                       # scale j: byte j % 8
+    high = torch.cat([(planes[8:] >> shift) & 0x03 for shift in (0, 2, 4, 6)])  # scale j: byte 8 + j % 4
+    scales = low.bitwise_or_(high << 4).t().to(torch.float32) - 32
     d = (_f16(blocks, 108) * scales).reshape(n, 16, 1)
-    low = _crumbs(blocks[:, 32:96], 2, 32).reshape(n, 16, 16).to(torch.int8)
-    missing = (_bits(blocks[:, :32], 32).reshape(n, 16, 16) ^ 1).to(torch.int8)
-    q = (low - (missing << 2)).to(torch.float32)
-    return (d * q).reshape(n, QK_K)
+    # q + 4 = low + 4 * mask bit: the 3-bit code, shifted back by 4 in float
+    q = _crumbs(blocks[:, 32:96], 2, 32).reshape(n, 16, 16).bitwise_or_(_bits(blocks[:, :32], 32).reshape(n, 16, 16) << 2)
+    return q.to(torch.float32).sub_(4).mul_(d).reshape(n, QK_K)
 
 
 FORMATS: dict[str, BlockFormat] = {f.name: f for f in (
