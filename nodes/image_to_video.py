@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from ..model_loaders.detect import WanVariant
 from ..samplers.conditioning import WanConditioning, encode_first_frame, encode_i2v_condition
 from ..wan.clip_vision import preprocess as clip_preprocess
+from ..wan.compute_dtype import module_compute_dtype
 from ..wan.latent_stats import stats_for_channels
 from . import comfy_adapter
 from .core_bridge import as_model_handle, clip_tokens_from_core
@@ -51,12 +52,14 @@ def check_vae(model: ModelHandle, vae, what: str) -> None:
 
 
 def latent_encoder(vae):
-    """Pixels ``[B, 3, F, H, W]`` in [-1, 1] → normalised latents, on the VAE's device and dtype."""
+    """Pixels ``[B, 3, F, H, W]`` in [-1, 1] → normalised latents, on the VAE's device, in the dtype
+    that device computes the VAE's weights fast in."""
     stats = stats_for_channels(vae.z_dim)
-    parameter = next(vae.parameters())
+    device = next(vae.parameters()).device
+    dtype = module_compute_dtype(vae, device)
 
     def encode(pixels: torch.Tensor) -> torch.Tensor:
-        raw = vae.encode(pixels.to(parameter.device, parameter.dtype)).float()
+        raw = vae.encode(pixels.to(device, dtype)).float()
         return stats.normalize(raw).to(comfy_adapter.offload_device())
 
     return encode
@@ -140,8 +143,7 @@ class WanFlowImageToVideo:
             return None
         images = start if end is None else torch.cat([start, end])
         tower = clip_vision.tower
-        dtype = next(tower.parameters()).dtype
         with comfy_adapter.model_on_compute_device(tower, "clip_vision") as device, torch.no_grad():
             pixels = clip_preprocess(images, size=tower.config.image_size)
-            features = tower(pixels.to(device, dtype)).float()
+            features = tower(pixels.to(device, module_compute_dtype(tower, device))).float()
         return features.reshape(1, -1, features.shape[-1]).to(comfy_adapter.offload_device())

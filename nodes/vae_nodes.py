@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from ..wan.compute_dtype import module_compute_dtype
 from . import comfy_adapter
 from .types import IMAGE, LATENT, VAE, VIDEO
 
@@ -59,9 +60,8 @@ class WanFlowVAEDecode:
         if z.ndim != 5 or z.shape[1] != vae.z_dim:
             raise ValueError(f"VAE decode: latent has shape {tuple(z.shape)}; this VAE decodes "
                              f"[batch, {vae.z_dim}, frames, h, w] (wrong VAE for the model?)")
-        dtype = next(vae.parameters()).dtype
         with comfy_adapter.model_on_compute_device(vae, "vae") as device:
-            z = z.to(device, dtype)
+            z = z.to(device, module_compute_dtype(vae, device))
             if tiled:
                 pixels = vae.decode_tiled(z, tile=tile_size, overlap=min(tile_overlap, tile_size - 1))
                 return (pixels_to_image(pixels).to(comfy_adapter.offload_device()),)
@@ -101,7 +101,6 @@ class WanFlowVAEEncode:
     def encode(self, images: torch.Tensor, vae) -> tuple[dict]:
         frames, height, width = images.shape[0], images.shape[1], images.shape[2]
         check_video_size(vae, frames, height, width, "VAE encode")
-        dtype = next(vae.parameters()).dtype
         with comfy_adapter.model_on_compute_device(vae, "vae") as device:
-            z = vae.encode(image_to_pixels(images).to(device, dtype))
+            z = vae.encode(image_to_pixels(images).to(device, module_compute_dtype(vae, device)))
         return ({"samples": z.float().to(comfy_adapter.offload_device())},)

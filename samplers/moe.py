@@ -20,6 +20,7 @@ from typing import Callable, Mapping, Optional, Union
 import torch
 import torch.nn as nn
 
+from ..wan.compute_dtype import module_compute_dtype
 from .conditioning import WanConditioning
 from .expert_residency import ExpertResidency, Parking, module_device
 from .guidance import CfgSchedule, cfg_at, guided_velocity
@@ -66,23 +67,16 @@ class SamplingResult:
     steps_per_expert: dict[str, int] = field(default_factory=dict)
 
 
-def weights_compute_dtype(model: nn.Module) -> torch.dtype:
-    """The activation dtype suiting the dtype that holds most of a model's weights.
+def weights_compute_dtype(model: nn.Module, device: Optional[torch.device] = None) -> torch.dtype:
+    """The activation dtype suiting the dtype that holds most of a model's weights, on ``device``.
 
-    fp32 → fp32, bf16 / fp16 → the same, fp8 or GGUF block storage (raw ``uint8`` blocks) → bf16;
-    non-modules → fp32.
+    fp32 → fp32; bf16 / fp16 → the same and fp8 or GGUF block storage (raw ``uint8`` blocks) → bf16
+    where the device computes half precision natively, else fp32 (a CPU without native bf16 runs
+    it several times slower; the weights stay as stored: ``wan.compute_dtype``); non-modules → fp32.
     """
-    sizes: dict[torch.dtype, int] = {}
-    for tensor in model.parameters() if isinstance(model, nn.Module) else ():
-        sizes[tensor.dtype] = sizes.get(tensor.dtype, 0) + tensor.numel()
-    if not sizes:
+    if not isinstance(model, nn.Module):
         return torch.float32
-    dominant = max(sizes, key=sizes.__getitem__)
-    if dominant in (torch.bfloat16, torch.float16):
-        return dominant
-    if dominant.itemsize == 1 and (dominant.is_floating_point or dominant == torch.uint8):  # fp8, GGUF
-        return torch.bfloat16
-    return torch.float32
+    return module_compute_dtype(model, device)
 
 
 def resolve_switch_step(schedule: Schedule, *, has_low: bool, boundary: Optional[float],
@@ -112,7 +106,8 @@ class MoESampler:
     forward that runs out of device memory also falls back to two forwards for the rest of
     that run (logged).
     ``compute_dtype``: dtype of the latent handed to the DiT, which computes in that dtype. By
-    default it follows the high expert's weights (fp32 → fp32, bf16/fp16 → same, fp8 → bf16).
+    default it follows the high expert's weights and ``device`` (fp32 → fp32, bf16/fp16 → same,
+    fp8 → bf16; fp32 instead of half precision on CPUs without native bf16).
     The solver state always stays float32.
     ``parking``: experts (by name, "high"/"low") whose weights wait on disk while inactive
     (``model_loaders.parking.DiskBacked``): the two-expert low-RAM mode.
@@ -131,7 +126,7 @@ class MoESampler:
         self.residency = ExpertResidency(experts, self.device, offload_device, parking)
         self.has_low = low is not None
         self.batched_cfg = batched_cfg
-        self.compute_dtype = compute_dtype or weights_compute_dtype(high)
+        self.compute_dtype = compute_dtype or weights_compute_dtype(high, self.device)
 
     @torch.no_grad()
     def sample(self, noise: torch.Tensor, schedule: Schedule, cond: WanConditioning, *,

@@ -415,7 +415,7 @@ def test_stacked_vace_contexts_go_to_both_cfg_passes():
         WanConditioning(context=text(1), vace_context=contexts, vace_strength=[1.0]).validate(noise())
 
 
-def test_compute_dtype_reaches_the_dit_and_solver_state_stays_float32():
+def test_compute_dtype_reaches_the_dit_and_solver_state_stays_float32(monkeypatch):
     from dit_testing import randomize_
     from wanflow.wan.dit import TINY_PRESETS, WanDiT
 
@@ -434,11 +434,19 @@ def test_compute_dtype_reaches_the_dit_and_solver_state_stays_float32():
     assert dtypes[:6] == [torch.float32] * 6 and dtypes[6:] == [torch.bfloat16] * 6
     assert half.dtype == torch.float32
     assert (half - full).abs().max() < 0.1 * full.abs().max()
-    model.to(torch.bfloat16)                              # bf16 weights: bf16 compute by default
+    model.to(torch.bfloat16)          # bf16 weights: bf16 compute by default where the CPU has bf16 ...
+    monkeypatch.setenv("WANFLOW_CPU_BF16", "1")
     assert MoESampler(model).compute_dtype == torch.bfloat16
+    monkeypatch.setenv("WANFLOW_CPU_BF16", "0")       # ... float32 on one without (AVX2 only)
+    assert MoESampler(model).compute_dtype == torch.float32
+    assert next(model.parameters()).dtype == torch.bfloat16   # the weights stay as stored
+    assert MoESampler(model, device="cuda").compute_dtype == torch.bfloat16  # GPUs: bf16
     for block in model.blocks:                            # mostly-fp8 storage computes in bf16
         block.to(torch.float8_e4m3fn)
     model.patch_embedding.to(torch.float32)
+    assert weights_compute_dtype(model, torch.device("cuda")) == torch.bfloat16
+    assert weights_compute_dtype(model, torch.device("cpu")) == torch.float32
+    monkeypatch.setenv("WANFLOW_CPU_BF16", "1")
     assert weights_compute_dtype(model) == torch.bfloat16
     assert weights_compute_dtype(lambda *a: None) == torch.float32
 

@@ -84,3 +84,21 @@ def test_empty_latent_matches_comfyui_layout(vae21, vae22, caplog):
     out = WanFlowEmptyVideoLatent().create(vae21, 832, 480, 80, 1)
     assert out["result"][3] == 77 and out["result"][0]["samples"].shape[2] == 20
     assert out["ui"]["text"] == ["832x480, 77 frames (80 frames rounded down to 77: the model needs 4n+1)"]
+
+
+@pytest.mark.parametrize("native_bf16, expected", [("1", torch.bfloat16), ("0", torch.float32)])
+def test_a_bf16_vae_computes_in_what_the_cpu_does_fast(monkeypatch, native_bf16, expected):
+    """bf16 weights on a CPU without native bf16 run in float32 (several times faster there);
+    the weights stay bf16 either way."""
+    monkeypatch.setenv("WANFLOW_CPU_BF16", native_bf16)
+    torch.manual_seed(0)
+    vae = WanVAE21(TINY_WAN21_VAE).eval().to(torch.bfloat16)
+    seen = []
+    for method in ("encode", "decode_chunks"):  # what the nodes hand the VAE
+        real = getattr(vae, method)
+        spy = (lambda real: lambda x, *a, **k: seen.append(x.dtype) or real(x, *a, **k))(real)
+        monkeypatch.setattr(vae, method, spy)
+    (latent,) = WanFlowVAEEncode().encode(torch.rand(5, 8, 16, 3), vae)
+    WanFlowVAEDecode().decode(latent, vae, False, 32, 8)
+    assert seen and set(seen) == {expected}
+    assert {p.dtype for p in vae.parameters()} == {torch.bfloat16}

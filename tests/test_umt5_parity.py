@@ -149,7 +149,7 @@ def test_xxl_preset_shapes():
     assert abs(sum(p.numel() for p in model.parameters()) / 1e9 - 5.68) < 0.01
 
 
-def test_low_precision_and_fp8_storage(models):
+def test_low_precision_and_fp8_storage(models, monkeypatch):
     _, ours = models
     ids, mask = _batch(TINY)
     with torch.no_grad():
@@ -162,9 +162,15 @@ def test_low_precision_and_fp8_storage(models):
     fp8.load_state_dict({k: v.to(torch.float8_e4m3fn) if v.ndim == 2 else v
                          for k, v in ours.state_dict().items()}, assign=True)
     assert fp8.blocks[0].attn.q.weight.dtype == torch.float8_e4m3fn
+    monkeypatch.setenv("WANFLOW_CPU_BF16", "1")  # a CPU with native bf16: fp8 storage computes in bf16
     with torch.no_grad():
         out = fp8(ids, mask)
     assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+    monkeypatch.setenv("WANFLOW_CPU_BF16", "0")  # AVX2 only: float32, the weights stay fp8
+    with torch.no_grad():
+        wide = fp8(ids, mask)
+    assert wide.dtype == torch.float32 and fp8.blocks[0].attn.q.weight.dtype == torch.float8_e4m3fn
+    assert (wide - out.float()).abs().max().item() < 0.1 * wide.abs().max().item()
 
 
 def test_fp16_clamp():

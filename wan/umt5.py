@@ -32,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import ops
+from .compute_dtype import compute_dtype_for
 from .tokenizer import UMT5Tokenizer
 
 
@@ -205,11 +206,10 @@ class UMT5Block(nn.Module):
 # Encoder
 # --------------------------------------------------------------------------------------------
 
-def default_compute_dtype(storage_dtype: torch.dtype) -> torch.dtype:
-    """Compute in the storage dtype when it is a normal float type, else (fp8) in bf16."""
-    if storage_dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
-        return storage_dtype
-    return torch.bfloat16
+def default_compute_dtype(storage_dtype: torch.dtype, device: Optional[torch.device] = None) -> torch.dtype:
+    """The storage dtype when the device computes it fast (fp8 → bf16), else float32 (see
+    :mod:`.compute_dtype`: a CPU without native bf16 runs bf16 several times slower)."""
+    return compute_dtype_for(storage_dtype, device)
 
 
 class UMT5Encoder(nn.Module):
@@ -227,10 +227,11 @@ class UMT5Encoder(nn.Module):
         """Hidden states of every position (padded positions included, as in official Wan).
 
         ``mask`` is ``[B, L]`` with 1 for real tokens; padded *keys* are ignored by attention.
-        ``dtype`` is the compute dtype; by default that of the token embedding (bf16 for fp8).
+        ``dtype`` is the compute dtype; by default that of the token embedding (bf16 for fp8), or
+        float32 where the device has no fast bf16/fp16.
         """
         self._check_inputs(ids, mask)
-        dtype = dtype or default_compute_dtype(self.token_embedding.weight.dtype)
+        dtype = dtype or default_compute_dtype(self.token_embedding.weight.dtype, ids.device)
         x = self.token_embedding.lookup(ids, dtype)
         key_is_pad = None if mask is None else (mask == 0)[:, None, None, :]
         for block in self.blocks:
