@@ -57,7 +57,7 @@ def _run_adapters(x: torch.Tensor, y: torch.Tensor, key: torch.Tensor) -> None:
     linear = _registry.get(int(key))
     if linear is None:
         raise RuntimeError("a compiled WanFlow block called a Linear layer that is no longer "
-                           "registered; compile the model again (wan.compile.compile_blocks)")
+                           "registered; compile the model again (wan.compiled_blocks.compile_blocks)")
     out = y
     for adapter in linear.adapters:  # type: ignore[attr-defined]
         out = adapter(x, out)
@@ -65,12 +65,17 @@ def _run_adapters(x: torch.Tensor, y: torch.Tensor, key: torch.Tensor) -> None:
         y.copy_(out)
 
 
-run_adapters_ = torch.library.custom_op(_OP_NAME, _run_adapters, mutates_args=("y",))
-
-
-@run_adapters_.register_fake
 def _run_adapters_fake(x: torch.Tensor, y: torch.Tensor, key: torch.Tensor) -> None:
     return None
+
+
+# Defined with torch.library.Library rather than the custom_op decorator: a call costs about 5 us
+# instead of 25, which matters on small models (ten calls per block per step).
+_LIBRARY = torch.library.Library(_NAMESPACE, "FRAGMENT")
+_LIBRARY.define("run_adapters_(Tensor x, Tensor(a!) y, Tensor key) -> ()")
+_LIBRARY.impl("run_adapters_", _run_adapters, "CompositeExplicitAutograd")
+torch.library.register_fake(_OP_NAME, _run_adapters_fake, lib=_LIBRARY)
+run_adapters_ = getattr(torch.ops, _NAMESPACE).run_adapters_.default
 
 
 def apply_adapters(linear: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
