@@ -19,6 +19,7 @@ from ..samplers.moe import MoESampler, SamplerHooks, SamplingInterrupted
 from ..samplers.noise import seeded_noise
 from ..samplers.schedules import SCHEDULES, build_schedule
 from ..samplers.solvers import SOLVERS
+from ..samplers.step_cache import CACHE_CHOICES, OFF, cache_level
 from ..wan.attention import backend_for, use_backend
 from ..wan.latent_stats import LatentStats, stats_for_channels
 from ..wan.lora import LoraStack
@@ -40,7 +41,8 @@ class WanFlowMoESampler:
     DESCRIPTION = ("Denoise with a high-noise expert and an optional low-noise expert (Wan 2.2 A14B), switching at "
                    "the official boundary; also runs single models (Wan 2.1, TI2V-5B). Takes WanFlow models or core "
                    "MODELs (WANFLOW_MODEL or MODEL), and WanFlow conditioning (core CONDITIONING through WanFlow "
-                   "Conditioning from Core).")
+                   "Conditioning from Core). The optional step cache skips model forwards that the last computed "
+                   "ones predict (off by default).")
     CATEGORY = SAMPLING
     RETURN_TYPES = (LATENT,)
     RETURN_NAMES = ("latent",)
@@ -80,6 +82,13 @@ class WanFlowMoESampler:
                 "model_low": (MODEL_OR_CORE, {"tooltip": "Low-noise expert of Wan 2.2 A14B (WanFlow or core MODEL); "
                               "leave empty for single models."}),
                 "lora_stack": (LORA_STACK, {"tooltip": "LoRAs applied for this run only (high/low strengths)."}),
+                "cache": (list(CACHE_CHOICES), {"default": OFF, "tooltip":
+                          "Step cache: skip a model forward when the last computed steps predict it (EasyCache-"
+                          "style, calibrated while sampling, with its own threshold for each expert; the first 3 "
+                          "steps of each expert and the last 2 steps always run). off: every step runs (exact). "
+                          "quality / balanced / fast: on the nano models about 2-3.5x / 3-4.5x / 3.5-5x fewer "
+                          "forwards at 45+ / 33-41 / 24-33 dB PSNR against the exact video. 'wanflow run --cache "
+                          "LEVEL' sets it on every sampler."}),
             },
         }
 
@@ -91,7 +100,9 @@ class WanFlowMoESampler:
 
     def sample(self, model_high: ModelHandle, conditioning: WanConditioning, latent: dict, seed: int, steps: int, shift: float,
                solver: str, scheduler: str, cfg_high: float, cfg_low: float, boundary: float, denoise: float,
-               model_low: Optional[ModelHandle] = None, lora_stack: Optional[tuple] = None) -> tuple[dict]:
+               model_low: Optional[ModelHandle] = None, lora_stack: Optional[tuple] = None,
+               cache: str = OFF) -> tuple[dict]:
+        cache_level(cache, "MoE sampler: cache")
         model_high = as_model_handle(model_high, "MoE sampler", "model_high")
         if model_low is not None:
             model_low = as_model_handle(model_low, "MoE sampler", "model_low")
@@ -136,12 +147,14 @@ class WanFlowMoESampler:
             try:
                 result = sampler.sample(noise, schedule, cond, latent=start, solver=solver, cfg_high=cfg_high,
                                         cfg_low=cfg_low, boundary=boundary or auto_boundary, hooks=hooks,
-                                        offload_when_done=True)
+                                        offload_when_done=True, cache=cache)
             except SamplingInterrupted as exc:
                 raise comfy_adapter.Interrupted(str(exc)) from exc
         out = stats.denormalize(result.latent.float()).to(comfy_adapter.offload_device())
         note = expert_split_note(result.steps_per_expert, boundary or auto_boundary, automatic=not boundary,
                                  two_experts=model_low is not None)
+        if result.cache is not None:
+            note = f"{note}; {result.cache.note()}"
         log.info("MoE sampler: %s", note)
         return {"ui": {"text": [note]}, "result": ({"samples": out},)}
 

@@ -61,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="device memory a diffusion model's weights may use, e.g. 12GB (binary units); "
                           "blocks that do not fit stream from pinned RAM during each step (block swap). "
                           "Default: block swap only when the model does not fit the free GPU memory")
+    run.add_argument("--cache", metavar="LEVEL",
+                     help="step cache on every WanFlow MoE sampler of the workflow: off, quality, balanced or fast "
+                          "(same as each sampler's cache input; --set NODE.cache=... still wins for one node). "
+                          "It skips model forwards the last computed steps predict: fewer forwards, small "
+                          "differences from the exact video")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--check-weights", action="store_true",
                      help="after each model loads, warn about tensors holding NaN or Inf (same as "

@@ -20,9 +20,13 @@ from typing import Optional, Sequence
 
 from ..model_loaders import finite_check
 from ..nodes import comfy_adapter
+from ..samplers.step_cache import cache_level
 from ..wan.compiled_blocks import COMPILE_ENV
 from . import errors, execute, registry, train_lora_cli, workflow
 from .arguments import build_parser
+
+log = logging.getLogger("wanflow")
+CACHED_SAMPLER = "WanFlowMoESampler"
 
 
 def train_nano(args: argparse.Namespace) -> int:
@@ -46,16 +50,33 @@ def train_nano(args: argparse.Namespace) -> int:
 
 def run_workflow(path: Path, models: Optional[Path], input_dir: Path, output_dir: Path,
                  overrides: Sequence[str] = (), device: Optional[str] = None,
-                 max_vram: Optional[int] = None) -> execute.RunResult:
+                 max_vram: Optional[int] = None, cache: Optional[str] = None) -> execute.RunResult:
     """Load, check and run one workflow file; raises a RunnerError subclass on failure."""
+    if cache is not None:
+        try:
+            cache_level(cache, "--cache")
+        except ValueError as exc:
+            raise errors.UsageError(str(exc)) from exc
     try:
         comfy_adapter.configure_headless(models, input_dir, output_dir, device, max_vram=max_vram)
     except (comfy_adapter.MissingFile, comfy_adapter.BadSetting) as exc:
         raise errors.UsageError(str(exc)) from exc
     classes = registry.node_classes()
     flow = workflow.load_workflow(workflow.read_json(path), classes, str(path))
+    if cache is not None:
+        set_cache(flow.prompt, cache)
     workflow.apply_overrides(flow.prompt, list(overrides), classes)
     return execute.run(flow, classes)
+
+
+def set_cache(prompt: dict[str, dict], level: str) -> int:
+    """``--cache``: the step-cache level on every WanFlow MoE sampler; returns how many."""
+    samplers = [entry for entry in prompt.values() if entry["class_type"] == CACHED_SAMPLER]
+    for entry in samplers:
+        entry["inputs"]["cache"] = level
+    if not samplers:
+        log.warning("--cache %s: the workflow has no WanFlow MoE sampler, so nothing is cached", level)
+    return len(samplers)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -78,7 +99,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if args.compile:
                 os.environ[COMPILE_ENV] = "1"
             result = run_workflow(args.workflow, args.models, args.input, args.output, args.overrides, args.device,
-                                  args.max_vram)
+                                  args.max_vram, args.cache)
         else:
             from . import demo
 

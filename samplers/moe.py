@@ -27,6 +27,7 @@ from .guidance import CfgSchedule, cfg_at, guided_velocity
 from .noise import noised_start
 from .schedules import Schedule, switch_step_for_boundary
 from .solvers import get_solver
+from .step_cache import CacheLevel, CacheStats, start_cache
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class SamplingResult:
     latent: torch.Tensor
     switch_step: int
     steps_per_expert: dict[str, int] = field(default_factory=dict)
+    cache: Optional[CacheStats] = None
 
 
 def weights_compute_dtype(model: nn.Module, device: Optional[torch.device] = None) -> torch.dtype:
@@ -135,7 +137,8 @@ class MoESampler:
                boundary: Optional[float] = None, switch_step: Optional[int] = None,
                hooks: Optional[SamplerHooks] = None,
                generator: Optional[torch.Generator] = None,
-               offload_when_done: bool = False) -> SamplingResult:
+               offload_when_done: bool = False,
+               cache: Union[str, CacheLevel, None] = None) -> SamplingResult:
         """Denoise ``noise`` (``[B,C,F,H,W]``, normalised space) over ``schedule``.
 
         ``latent``: start video-to-video from this latent at ``schedule.sigmas[0]`` (use a
@@ -143,6 +146,8 @@ class MoESampler:
         each a float or a per-step list indexed by the global step (``cfg_low`` defaults to
         ``cfg_high``). ``boundary``: defaults to 0.900 when ``cond.y`` is set (I2V), else 0.875.
         ``generator``: fresh-noise re-noising for the "distilled" solver only.
+        ``cache``: a step-cache level (``samplers.step_cache``: "off", a level name or a
+        ``CacheLevel``) that skips forwards the last computed ones predict; default off.
         """
         hooks = hooks or SamplerHooks()
         cond.validate(noise)
@@ -154,6 +159,7 @@ class MoESampler:
         switch = resolve_switch_step(schedule, has_low=self.has_low, boundary=boundary,
                                      switch_step=switch_step)
         split = {HIGH: switch, LOW: schedule.steps - switch} if self.has_low else {HIGH: switch}
+        step_cache = start_cache(cache, schedule.steps, switch)
         logger.info("sampling %d steps with %s: %s", schedule.steps, solver, split)
 
         cond = cond.to(self.device)
@@ -176,7 +182,8 @@ class MoESampler:
             x_in = cond.impose_first_frame(x_t).to(self.compute_dtype)
 
             def guided(batch_cfg: bool) -> torch.Tensor:
-                return guided_velocity(model, x_in, t, cond.context, cond.negative_context, scale,
+                fn = model if step_cache is None else step_cache.model_for(model, name, step)
+                return guided_velocity(fn, x_in, t, cond.context, cond.negative_context, scale,
                                        batched=batch_cfg, extras=extras)
 
             try:
@@ -204,7 +211,7 @@ class MoESampler:
             if offload_when_done:
                 self.residency.offload_all()
         x = cond.impose_first_frame(x)
-        return SamplingResult(cond.trim(x), switch, split)
+        return SamplingResult(cond.trim(x), switch, split, None if step_cache is None else step_cache.stats)
 
 
 def _release_cached_memory(device: torch.device) -> None:
