@@ -211,7 +211,8 @@ def open_gguf(path: PathLike) -> Checkpoint:
     arch = source.architecture
     if arch is not None and arch not in WAN_ARCHITECTURES:
         raise WrongModelError(f"{path}: this GGUF file holds a {arch!r} model ({ARCHITECTURE_KEY}); "
-                              "expected a Wan diffusion model (architecture 'wan').")
+                              "expected a Wan diffusion model (architecture 'wan'), the only GGUF models "
+                              "WanFlow reads.")
     return Checkpoint(str(path), {k: (source, k) for k in source.infos}, dict(source.metadata))
 
 

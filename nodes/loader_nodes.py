@@ -42,11 +42,13 @@ class WanFlowModelLoader:
     def INPUT_TYPES(cls) -> dict:
         return {"required": {
             "model_name": (comfy_adapter.list_models("diffusion_models"), {"tooltip":
-                           "DiT file in models/diffusion_models (or models/unet). For Wan 2.2 A14B load the "
+                           "DiT file in models/diffusion_models (or models/unet): .safetensors, .pth, or a "
+                           "GGUF (Q8_0 to Q3_K, kept quantized in memory). For Wan 2.2 A14B load the "
                            "high-noise and the low-noise file with two loaders."}),
             "storage_dtype": (STORAGE_CHOICES, {"default": "default", "tooltip":
                               "Keep the file's dtypes (default) or convert while loading, e.g. fp8_e4m3fn to halve "
-                              "memory of a bf16 file. Compute runs in bf16/fp16 either way."}),
+                              "memory of a bf16 file (a GGUF's quantized weights stay as they are). Compute runs in "
+                              "bf16/fp16 either way."}),
             "attention": (backend_names(), {"default": "sdpa", "tooltip":
                           "Attention kernel used while sampling with this model. sdpa: PyTorch's, everywhere. "
                           "flash: pip install flash-attn. sage: pip install sageattention (8-bit, slightly "

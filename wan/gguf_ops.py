@@ -15,6 +15,7 @@ F32, F16 and BF16 tensors of a GGUF file need none of this: they load as ordinar
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -54,7 +55,13 @@ def _f16(blocks: torch.Tensor, start: int) -> torch.Tensor:
 
 
 def _shifts(values: tuple[int, ...], like: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.uint8, device=like.device).reshape(shape)
+    return _shift_table(values, like.device, shape)
+
+
+@functools.lru_cache(maxsize=None)
+def _shift_table(values: tuple[int, ...], device: torch.device, shape: tuple[int, ...]) -> torch.Tensor:
+    """Shift amounts as a small tensor, made once per device (not one host-to-GPU copy per call)."""
+    return torch.tensor(values, dtype=torch.uint8, device=device).reshape(shape)
 
 
 def _nibbles(packed: torch.Tensor, groups: int, width: int) -> torch.Tensor:
