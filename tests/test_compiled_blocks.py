@@ -217,3 +217,23 @@ def test_wanflow_run_compile_samples_the_nano_template_with_compiled_blocks(tmp_
                      "--set", "8.steps=4", "--set", "7.length=5"])
     assert code == errors.EXIT_OK
     assert counters["stats"]["unique_graphs"] - graphs == 1 and any(tmp_path.rglob("*.mp4"))
+
+
+def test_block_swap_streams_the_blocks_of_a_compiled_model():
+    """Block swap's hooks run outside the compiled forward: streamed blocks, one graph, same output."""
+    from wanflow.wan.block_swap import BlockSwap
+
+    model = random_dit("t2v")
+    inputs = dit_inputs(model.config)
+    plain = run(model, inputs)
+    counter, settings = counted()
+    cb.compile_blocks(model, settings)
+    probe = BlockSwap(model, 1)
+    budget = probe.plan_for(10 ** 12).other_bytes + 2 * max(unit.nbytes for unit in probe.units)
+    swap = BlockSwap(model, budget)  # room for the non-block parts and two blocks in flight
+    swap.restore("cpu")
+    assert len(swap.plan.streamed) == model.config.num_layers
+    torch.testing.assert_close(run(model, inputs), plain, rtol=0, atol=ATOL)
+    torch.testing.assert_close(run(model, inputs), plain, rtol=0, atol=ATOL)
+    swap.park()
+    assert counter.frame_count == 1
