@@ -245,6 +245,9 @@ def test_flattened_tensor_and_modulation_without_its_leading_one(float_model, tm
                          orig_shapes={"blocks.0.cross_attn.k.weight": tuple(weight.shape)})
     model = load_dit(path).model
     assert model.blocks[0].cross_attn.k.weight_shape == weight.shape
+    for layer in (model.blocks[0].cross_attn.k, model.blocks[0].cross_attn.v):  # flattened, and by rows
+        assert torch.equal(gguf_ops.weight_rows(layer, slice(3, 9), torch.float32),
+                           layer.compute_weight(torch.float32)[3:9])
     assert model.blocks[0].modulation.shape == (1, 6, CFG.dim)
     inputs = _inputs()
     expected = WanDiT(CFG).eval()
@@ -355,3 +358,26 @@ def test_damaged_gguf_files_load_or_get_a_named_error(files, tmp_path):
             _assert_named(exc, path)
 
     check()
+
+
+def test_lora_training_on_a_gguf_base_matches_the_float_base(files, monkeypatch):
+    """The trainer recasts frozen weights a few rows at a time: on quantized layers it unpacks
+    just those rows' blocks. Loss and adapter gradients equal those on the dequantized float model."""
+    from wanflow.train import lora_network as ln
+
+    monkeypatch.setattr(ln, "CHUNK_BYTES", {"cpu": 64 * 1024})  # several row chunks per layer
+    inputs = _inputs()
+    grads = []
+    for model in (load_dit(files["Q5_K"]).model, _reference_model(files["Q5_K"])):
+        network = ln.LoraNetwork.for_model(model, ln.LoraConfig(rank=4), seed=1)
+        with torch.no_grad():
+            for p in network.parameters():
+                p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+        with ln.attach_lora(model, network):
+            loss = model(*inputs).square().mean()
+            loss.backward()
+        grads.append((loss.detach(), [p.grad.clone() for p in network.parameters()]))
+    (loss_q, grads_q), (loss_f, grads_f) = grads
+    assert torch.allclose(loss_q, loss_f, rtol=1e-5)
+    for got, want in zip(grads_q, grads_f):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)

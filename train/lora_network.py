@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ..wan import ops
+from ..wan import gguf_ops, ops
 from ..wan.dit import WanDiT
 from .nano_files import save_tensors
 
@@ -131,7 +131,7 @@ class LoraNetwork(nn.Module):
     @classmethod
     def for_model(cls, model: WanDiT, config: LoraConfig, seed: int = 0) -> "LoraNetwork":
         """Adapters for the targets of ``config`` in ``model``, on the model's device."""
-        shapes = {p: tuple(model.get_submodule(p).weight.shape) for p in target_paths(model, config)}
+        shapes = {p: tuple(gguf_ops.weight_shape(model.get_submodule(p))) for p in target_paths(model, config)}
         network = cls(config, shapes, seed)
         return network.to(next(model.parameters()).device)
 
@@ -157,12 +157,15 @@ ACCELERATOR_CHUNK_BYTES = 64 * 1024 * 1024
 
 def _weight_rows(layer: ops.Linear, dtype: torch.dtype):
     """``(rows, weight[rows] in dtype)`` chunks of ``layer``'s weight, each at most the device's chunk size."""
-    out_features, in_features = layer.weight.shape
+    out_features, in_features = gguf_ops.weight_shape(layer)
     budget = CHUNK_BYTES.get(layer.weight.device.type, ACCELERATOR_CHUNK_BYTES)
     step = max(1, budget // (in_features * max(4, torch.empty((), dtype=dtype).element_size())))
     scale = getattr(layer, "scale_weight", None)
     for start in range(0, out_features, step):
         rows = slice(start, min(start + step, out_features))
+        if gguf_ops.is_quantized(layer):  # GGUF blocks: unpack these rows
+            yield rows, gguf_ops.weight_rows(layer, rows, dtype)
+            continue
         row_scale = scale[rows] if scale is not None and scale.numel() > 1 else scale
         yield rows, ops.dequantize(layer.weight[rows], dtype, row_scale)
 

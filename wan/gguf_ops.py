@@ -218,6 +218,17 @@ class QuantizedLinear(QuantizedWeights, ops.Linear):
         return f"{super().extra_repr()}, {self.quant_format}"
 
 
+def weight_rows(layer: QuantizedWeights, rows: slice, dtype: torch.dtype) -> torch.Tensor:
+    """Rows ``rows`` of ``layer``'s float weight (no ``weight_function`` patches), on the blocks'
+    device: only their blocks are unpacked when each row holds whole blocks (every city96 Wan
+    file); a flattened (``orig_shape``) weight is unpacked whole and sliced."""
+    raw, shape = layer.weight, tuple(layer.weight_shape)
+    if raw.shape[:-1] == shape[:-1]:
+        part = raw[rows]
+        return dequantize(part, layer.quant_format, dtype, (part.shape[0], *shape[1:]))
+    return dequantize(raw, layer.quant_format, dtype, shape)[rows]
+
+
 def is_quantized(module: nn.Module) -> bool:
     return isinstance(module, QuantizedWeights)
 
