@@ -86,8 +86,8 @@ class WanFlowMoESampler:
                           "Step cache: skip a model forward when the last computed steps predict it (EasyCache-"
                           "style, calibrated while sampling, with its own threshold for each expert; the first 3 "
                           "steps of each expert and the last 2 steps always run). off: every step runs (exact). "
-                          "quality / balanced / fast: on the nano models about 2-3.5x / 3-4.5x / 3.5-5x fewer "
-                          "forwards at 45+ / 33-41 / 24-33 dB PSNR against the exact video. 'wanflow run --cache "
+                          "quality / balanced / fast: on the nano models 1.9-3.5x / 2.8-4.6x / 3.5-5x fewer "
+                          "forwards at 47-52 / 37-41 / 27-34 dB PSNR against the exact video. 'wanflow run --cache "
                           "LEVEL' sets it on every sampler."}),
             },
         }

@@ -77,8 +77,8 @@ LEVELS: dict[str, CacheLevel] = {
     "fast": CacheLevel(high=0.20, low=0.35),
 }
 """Quality levels, most faithful first. Chosen on the nano models at 40 and 50 steps (T2V, I2V,
-R2V; bench/step_cache.py, bench/results/step_cache.md): quality about 2-3.5x fewer forwards at
-45 dB or more against the exact video, balanced about 3-4.5x at 33-41 dB, fast 3.5-5x at 24-33 dB."""
+R2V; bench/step_cache.py, bench/results/step_cache.md): quality 1.9-3.5x fewer forwards at a mean
+47-52 dB PSNR against the exact video, balanced 2.8-4.6x at 37-41 dB, fast 3.5-5x at 27-34 dB."""
 
 OFF = "off"
 CACHE_CHOICES: tuple[str, ...] = (OFF, *LEVELS)
