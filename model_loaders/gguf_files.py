@@ -308,12 +308,15 @@ def describe_gguf(ckpt: Checkpoint) -> str:
 
 
 def check_patch_embedding(ckpt: Checkpoint) -> None:
-    """Name what is wrong when a Wan GGUF file lacks ``patch_embedding.weight``: ComfyUI-GGUF's
-    converter leaves the 5-D tensor out and re-inserts it in a separate step."""
+    """Name what is wrong when a Wan GGUF file lacks a 5-D patch embedding weight (that of the
+    model, or VACE's): ComfyUI-GGUF's converter leaves 5-D tensors out and re-inserts them in a
+    separate step. Their biases, which it does write, show where one is missing."""
     keys = set(ckpt)
-    if "patch_embedding.weight" not in keys and "blocks.0.self_attn.q.weight" in keys:
+    missing = sorted(k[:-len("bias")] + "weight" for k in keys
+                     if k.endswith("patch_embedding.bias") and k[:-len("bias")] + "weight" not in keys)
+    if missing:
         raise CorruptCheckpointError(
-            f"{ckpt.name}: the GGUF file has no patch_embedding.weight (found "
-            f"{len(keys)} tensors, e.g. {sorted(keys)[:3]}); expected the 5-D patch embedding, which "
-            "ComfyUI-GGUF's converter writes to a side file: put it back with its "
-            "tools/fix_5d_tensors.py, or download a file made after that step.")
+            f"{ckpt.name}: the GGUF file has no {' or '.join(missing)} (found {len(keys)} tensors, "
+            f"e.g. {sorted(keys)[:3]}); expected the 5-D patch embedding, which ComfyUI-GGUF's converter "
+            "writes to a side file: put it back with its tools/fix_5d_tensors.py, or download a file "
+            "made after that step.")

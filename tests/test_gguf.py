@@ -221,10 +221,12 @@ def test_comfy_prefix_file_name_expert_and_missing_architecture(float_model, tmp
     assert load_dit(bare).variant.task == "t2v"
 
 
+VACE_CFG = WanDiTConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=2, text_dim=32, model_type="vace",
+                        vace_layers=(0,), vace_in_dim=24)
+
+
 def test_vace_file_is_detected(tmp_path):
-    cfg = WanDiTConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=2, text_dim=32, model_type="vace",
-                       vace_layers=(0,), vace_in_dim=24)
-    model = WanDiT(cfg).eval()
+    model = WanDiT(VACE_CFG).eval()
     randomize_(model, 1)
     path = tmp_path / "Wan2.1-VACE-tiny-Q5_K_M.gguf"
     gf.city96_file(path, model.state_dict(), "Q5_K")
@@ -325,12 +327,15 @@ def test_other_architecture_unsupported_type_and_bad_metadata(float_model, tmp_p
         load_dit(bad_shape)
 
 
-def test_missing_patch_embedding_points_to_the_5d_fix(float_model, tmp_path):
-    sd = {k: v for k, v in float_model.state_dict().items() if k != "patch_embedding.weight"}
-    path = tmp_path / "wan2.1-t2v-Q4_K_M-unfixed.gguf"
+@pytest.mark.parametrize("left_out", ["patch_embedding.weight", "vace_patch_embedding.weight"])
+def test_missing_patch_embedding_points_to_the_5d_fix(left_out, tmp_path):
+    model = WanDiT(VACE_CFG).eval()
+    sd = {k: v for k, v in model.state_dict().items() if k != left_out}
+    path = tmp_path / "wan2.1-vace-Q4_K_M-unfixed.gguf"
     gf.city96_file(path, sd, "Q4_K")
-    with pytest.raises(CorruptCheckpointError, match="no patch_embedding.weight.*fix_5d_tensors.py"):
+    with pytest.raises(CorruptCheckpointError, match=f"no {left_out} .*fix_5d_tensors.py") as info:
         load_dit(path)
+    _assert_named(info.value, path)
 
 
 def test_wrong_width_is_named(float_model, tmp_path):
