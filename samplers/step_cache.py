@@ -36,13 +36,10 @@ and the result is the exact run, bit for bit.
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Union
 
 import torch
-
-logger = logging.getLogger(__name__)
 
 ModelFn = Callable[..., torch.Tensor]
 
