@@ -51,6 +51,16 @@ RELEASES = [
     ("wan2.2_fun_vace_high_noise_14B_bf16.safetensors", "wan2.1-vace-14b", ("2.2", "vace", "14B", "high")),
     ("wan2.2_fun_vace_high_noise_14B_fp8_scaled.safetensors", "wan2.1-vace-14b", ("2.2", "vace", "14B", "high")),
     ("wan2.2_fun_vace_low_noise_14B_fp8_scaled.safetensors", "wan2.1-vace-14b", ("2.2", "vace", "14B", "low")),
+    # GGUF (loaded by gguf_files.py; the same shapes as the files they were converted from):
+    # city96/Wan2.1-*-gguf, QuantStack/Wan2.2-*-GGUF and QuantStack/Wan2.1_14B_VACE-GGUF names
+    ("wan2.1-t2v-14b-Q4_K_M.gguf", "wan2.1-t2v-14b", ("2.1", "t2v", "14B", None)),
+    ("wan2.1-i2v-14b-480p-Q5_K_M.gguf", "wan2.1-i2v-14b", ("2.1", "i2v", "14B", None)),
+    ("Wan2.1_14B_VACE-Q4_K_M.gguf", "wan2.1-vace-14b", ("2.1", "vace", "14B", None)),
+    ("HighNoise/Wan2.2-T2V-A14B-HighNoise-Q4_K_M.gguf", "wan2.2-t2v-a14b", ("2.2", "t2v", "14B", "high")),
+    ("LowNoise/Wan2.2-T2V-A14B-LowNoise-Q4_K_M.gguf", "wan2.2-t2v-a14b", ("2.2", "t2v", "14B", "low")),
+    ("Wan2.2-I2V-A14B-HighNoise-Q8_0.gguf", "wan2.2-i2v-a14b", ("2.2", "i2v", "14B", "high")),
+    ("Wan2.2-I2V-A14B-LowNoise-Q3_K_M.gguf", "wan2.2-i2v-a14b", ("2.2", "i2v", "14B", "low")),
+    ("Wan2.2-TI2V-5B-Q4_K_M.gguf", "wan2.2-ti2v-5b", ("2.2", "ti2v", "5B", None)),
 ]
 
 
