@@ -317,7 +317,8 @@ def test_other_architecture_unsupported_type_and_bad_metadata(float_model, tmp_p
     flux = gf.write_gguf(tmp_path / "flux1-dev-Q8_0.gguf", small, arch="flux")
     with pytest.raises(WrongModelError, match="holds a 'flux' model .*expected a Wan diffusion model"):
         load_dit(flux)
-    q4_1 = gf.write_gguf(tmp_path / "wan-Q4_1.gguf", {"blocks.0.ffn.0.weight": (small["blocks.0.ffn.0.weight"][0], "Q4_1")})
+    q4_1 = gf.write_gguf(tmp_path / "wan-Q4_1.gguf",
+                         {"blocks.0.ffn.0.weight": (small["blocks.0.ffn.0.weight"][0], "Q4_1")})
     with pytest.raises(CorruptCheckpointError, match=r"'blocks.0.ffn.0.weight' is stored as Q4_1; expected one of "
                                                      r"the types F32, F16, BF16, Q8_0"):
         load_dit(q4_1)

@@ -2,7 +2,7 @@
 
 City96's Wan GGUF files store most Linear weights of the DiT blocks as GGML blocks: a fixed number
 of values per block (32, or 256 for the "K" types) packed with one or more fp16 scales. A layer
-that holds such a weight keeps the raw block bytes as its ``weight`` parameter (``uint8``, shape
+that holds such a weight keeps the raw block bytes as its ``weight`` parameter (``uint8``, as stored:
 ``[*rows, bytes per row]``), so a Q4_K model costs about 4.5 bits per weight in RAM or VRAM, and
 :meth:`QuantizedWeights.compute_weight` rebuilds the float weight for each call: the bytes travel
 to the input's device first (that is where the unpacking runs, on the GPU when the model computes
@@ -144,7 +144,8 @@ def _q6_k(blocks: torch.Tensor) -> torch.Tensor:
     n = blocks.shape[0]
     scales = blocks[:, 192:208].view(torch.int8).to(torch.float32)
     d = (_f16(blocks, 208) * scales).reshape(n, 16, 1)
-    q = _nibbles(blocks[:, :128], 2, 64).reshape(n, 8, 32).bitwise_or_(_crumbs(blocks[:, 128:192], 2, 32).reshape(n, 8, 32) << 4)
+    high = _crumbs(blocks[:, 128:192], 2, 32).reshape(n, 8, 32)
+    q = _nibbles(blocks[:, :128], 2, 64).reshape(n, 8, 32).bitwise_or_(high << 4)
     return q.reshape(n, 16, 16).to(torch.float32).sub_(32).mul_(d).reshape(n, QK_K)
 
 
@@ -158,7 +159,8 @@ def _q3_k(blocks: torch.Tensor) -> torch.Tensor:
     scales = low.bitwise_or_(high << 4).t().to(torch.float32) - 32
     d = (_f16(blocks, 108) * scales).reshape(n, 16, 1)
     # q + 4 = low + 4 * mask bit: the 3-bit code, shifted back by 4 in float
-    q = _crumbs(blocks[:, 32:96], 2, 32).reshape(n, 16, 16).bitwise_or_(_bits(blocks[:, :32], 32).reshape(n, 16, 16) << 2)
+    mask = _bits(blocks[:, :32], 32).reshape(n, 16, 16)
+    q = _crumbs(blocks[:, 32:96], 2, 32).reshape(n, 16, 16).bitwise_or_(mask << 2)
     return q.to(torch.float32).sub_(4).mul_(d).reshape(n, QK_K)
 
 
