@@ -4,13 +4,12 @@ Runs when ComfyUI's source is at hand (by default the tarball in ../shared/comfy
 checkout, so CI runs it; about 2.5 minutes with a fresh build); see tests/comfyui_setup.py for
 the settings and docs/comfyui-check.md."""
 import json
-import os
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from comfyui_setup import HARNESS, PACK_NAME, ROOT, requires_comfyui, run as _run
+from comfyui_setup import HARNESS, PACK_NAME, ROOT, requires_comfyui, run as _run, run_in_comfyui
 
 TEMPLATE_NAMES = [p.stem for p in (ROOT / "workflows").glob("*.json")]
 pytestmark = requires_comfyui
@@ -47,50 +46,7 @@ def test_template_executes_on_tiny_models(server, name):
     assert ".mp4" in result.stdout
 
 
-LATENT_CHECK = """'''Run with ComfyUI's venv from the ComfyUI folder: core VAEEncode/VAEDecode vs WanFlow's on one VAE file.'''
-import importlib.util
-import json
-import sys
-
-vae_path, pack_dir = sys.argv[1], sys.argv[2]
-sys.argv = [sys.argv[0], "--cpu"]
-import comfy.options  # noqa: E402
-
-comfy.options.enable_args_parsing()
-import torch  # noqa: E402
-
-import comfy.sd  # noqa: E402
-import comfy.utils  # noqa: E402
-
-spec = importlib.util.spec_from_file_location("wanflow_pack", f"{pack_dir}/__init__.py",
-                                              submodule_search_locations=[pack_dir])
-pack = importlib.util.module_from_spec(spec)
-sys.modules["wanflow_pack"] = pack
-spec.loader.exec_module(pack)
-from wanflow_pack.model_loaders.vae_loader import load_vae  # noqa: E402
-from wanflow_pack.nodes.vae_nodes import WanFlowVAEDecode, WanFlowVAEEncode  # noqa: E402
-
-core = comfy.sd.VAE(sd=comfy.utils.load_torch_file(vae_path))
-ours = load_vae(vae_path).model
-images = torch.rand(5, 32, 32, 3, generator=torch.Generator().manual_seed(0))
-core_latent = core.encode(images)
-(our_latent,) = WanFlowVAEEncode().encode(images, ours)
-latent = torch.randn(1, 16, 2, 4, 4, generator=torch.Generator().manual_seed(1))
-core_frames = core.decode(latent).reshape(-1, 32, 32, 3)
-(our_frames,) = WanFlowVAEDecode().decode({"samples": latent}, ours, False, 32, 8)
-(our_decoded_core,) = WanFlowVAEDecode().decode({"samples": core_latent}, ours, False, 32, 8)
-print(json.dumps({
-    "core_latent_shape": list(core_latent.shape), "our_latent_shape": list(our_latent["samples"].shape),
-    "encode_max_diff": float((core_latent.detach().float() - our_latent["samples"].float()).abs().max()),
-    "latent_scale": float(core_latent.abs().max()),
-    "core_frames_shape": list(core_frames.shape), "our_frames_shape": list(our_frames.shape),
-    "decode_max_diff": float((core_frames.float() - our_frames.float()).abs().max()),
-    "core_latent_through_our_decode_max_diff": float((our_decoded_core - core.decode(core_latent).reshape(-1, 32, 32, 3)).abs().max()),
-}))
-"""
-
-
-def test_latent_convention_matches_core_vae(server, tmp_path):
+def test_latent_convention_matches_core_vae(server):
     """Core VAEEncode / VAEDecode and ours agree on one (random, full-size) Wan 2.1 VAE file: LATENT is raw mu."""
     import torch
     from safetensors.torch import save_file
@@ -101,14 +57,7 @@ def test_latent_convention_matches_core_vae(server, tmp_path):
     if not vae_file.exists():  # ComfyUI builds the Wan 2.1 VAE at its released size, so the file must match it
         torch.manual_seed(0)
         save_file({k: v.contiguous() for k, v in WanVAE21().state_dict().items()}, str(vae_file))
-    script = tmp_path / "latent_check.py"
-    script.write_text(LATENT_CHECK)
-    comfy = server["work"] / "ComfyUI"
-    env = {**os.environ, "PYTHONPATH": f"{server['work'] / 'shims'}:{comfy}"}
-    result = _run([server["work"] / "venv" / "bin" / "python", script, vae_file, ROOT], cwd=comfy, env=env,
-                  timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = run_in_comfyui(server["work"], "latent_check.py", vae_file, ROOT)
     assert report["core_latent_shape"] == report["our_latent_shape"] == [1, 16, 2, 4, 4]
     assert report["encode_max_diff"] < 1e-4 * max(1.0, report["latent_scale"])
     assert report["core_frames_shape"] == report["our_frames_shape"] == [5, 32, 32, 3]
@@ -202,44 +151,6 @@ def test_template_on_the_nano_models_shows_the_prompt(server, task):
         assert reading.shape == shape, reading  # (tests/nano_pending/: 5/12 and 1/4 in generation 3)
 
 
-CORE_LORA_CHECK = """'''Run with ComfyUI's venv from the ComfyUI folder: core LoraLoaderModelOnly on a core Wan model.'''
-import json
-import logging
-import sys
-
-model_path, lora_path = sys.argv[1], sys.argv[2]
-sys.argv = [sys.argv[0], "--cpu"]
-import comfy.options  # noqa: E402
-
-comfy.options.enable_args_parsing()
-import torch  # noqa: E402
-
-import comfy.sd  # noqa: E402
-import comfy.utils  # noqa: E402
-from nodes import LoraLoaderModelOnly  # noqa: E402
-
-unmatched = []
-
-
-class Catch(logging.Handler):
-    def emit(self, record):
-        if "lora key not loaded" in record.getMessage():
-            unmatched.append(record.getMessage())
-
-
-logging.getLogger().addHandler(Catch())
-model = comfy.sd.load_diffusion_model(model_path)
-(patched,) = LoraLoaderModelOnly().load_lora_model_only(model, lora_path.rsplit("/", 1)[-1], 1.0)
-before = {k: v.clone() for k, v in model.model.diffusion_model.state_dict().items()}
-patched.patch_model()
-after = patched.model.diffusion_model.state_dict()
-changed = sorted(k for k in before if not torch.equal(before[k], after[k]))
-key = "blocks.0.self_attn.q.weight"
-print(json.dumps({"unmatched": unmatched, "changed": changed, "patches": len(patched.patches),
-                  "delta": (after[key].float() - before[key].float()).tolist()}))
-"""
-
-
 def test_trained_lora_loads_in_core_lora_loader_with_every_key(server, tmp_path):
     """A LoRA from our trainer, on a core ComfyUI Wan model through core LoraLoaderModelOnly: no key
     left unmatched, every adapted weight changes, and by exactly scale * B @ A."""
@@ -273,17 +184,10 @@ def test_trained_lora_loads_in_core_lora_loader_with_every_key(server, tmp_path)
     lora_file = models / "loras" / "wanflow_trained_check.safetensors"
     lora_file.unlink(missing_ok=True)
     trained.save(lora_file, model_file.name)
-    script = tmp_path / "core_lora_check.py"
-    script.write_text(CORE_LORA_CHECK)
-    comfy = server["work"] / "ComfyUI"
-    env = {**os.environ, "PYTHONPATH": f"{server['work'] / 'shims'}:{comfy}"}
     try:
-        result = _run([server["work"] / "venv" / "bin" / "python", script, model_file, lora_file], cwd=comfy,
-                      env=env, timeout=900)
+        report = run_in_comfyui(server["work"], "core_lora_check.py", model_file, lora_file)
     finally:
         lora_file.unlink(missing_ok=True)
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
     adapted = {path + ".weight" for path, _ in trained.network.items()}
     assert report["unmatched"] == []
     assert set(report["changed"]) == adapted
