@@ -17,9 +17,10 @@ straddle a frame (see :func:`local_groups`). Inference only: the collectives car
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import types
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -34,6 +35,11 @@ ProcessGroup = Optional[dist.ProcessGroup]
 
 class SequenceParallelError(ValueError):
     """The model or the process group cannot be split as asked."""
+
+
+def world_size(group: ProcessGroup = None) -> int:
+    """Ranks in ``group``; 1 when no process group is up (a plain single-process run)."""
+    return dist.get_world_size(group) if dist.is_available() and dist.is_initialized() else 1
 
 
 def check_heads(num_heads: int, world: int) -> None:
@@ -237,3 +243,17 @@ class SequenceParallelDiT(nn.Module):
             self._state.k_lens = None
         out = gather_tokens(model.head(h, e), self.world, self.group)[:, :split.length]
         return model._unpatchify(out, grid)
+
+
+@contextlib.contextmanager
+def split_across_ranks(model: nn.Module, group: ProcessGroup = None) -> Iterator[nn.Module]:
+    """``model`` wrapped in :class:`SequenceParallelDiT` while a group of 2+ ranks is up (and
+    unwrapped on exit); the model itself in a single-process run or when it is not a WanDiT."""
+    if world_size(group) < 2 or not isinstance(model, WanDiT):
+        yield model
+        return
+    wrapped = SequenceParallelDiT(model, group)
+    try:
+        yield wrapped
+    finally:
+        wrapped.unwrap()

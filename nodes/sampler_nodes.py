@@ -12,6 +12,7 @@ from typing import Mapping, Optional
 
 import torch
 
+from ..distributed.sequence_parallel import split_across_ranks
 from ..model_loaders.detect import WanVariant
 from ..samplers.conditioning import WanConditioning
 from ..samplers.expert_residency import Parking
@@ -126,15 +127,17 @@ class WanFlowMoESampler:
         parking = expert_parking({"high": model_high, "low": model_low})
         if not comfy_adapter.in_comfyui():  # inside ComfyUI its model management makes the room
             comfy_adapter.make_room(max(comfy_adapter.module_bytes(m) for m in experts), device)  # one expert at a time
-        sampler = MoESampler(model_high.model, model_low.model if model_low is not None else None,
-                             device=device, offload_device=comfy_adapter.offload_device(),
-                             compute_dtype=comfy_adapter.inference_dtype(device), parking=parking)
         auto_boundary = getattr(model_high.variant.defaults, "boundary", None)
         with ExitStack() as cleanup, comfy_adapter.Progress(schedule.steps, "sampling") as bar:
+            # under `wanflow run --gpus N` each expert runs its tokens split across the N ranks
+            high, low = (cleanup.enter_context(split_across_ranks(m.model)) if m is not None else None
+                         for m in (model_high, model_low))
+            sampler = MoESampler(high, low, device=device, offload_device=comfy_adapter.offload_device(),
+                                 compute_dtype=comfy_adapter.inference_dtype(device), parking=parking)
             cleanup.enter_context(use_backend(model_high.attention))
-            for handle in (model_high, model_low):  # each expert with its own loader's choice (core MODELs: core's)
-                if handle is not None and isinstance(handle.model, torch.nn.Module):
-                    cleanup.enter_context(backend_for(handle.model, handle.attention))
+            for handle, runnable in ((model_high, high), (model_low, low)):  # each expert with its loader's choice
+                if handle is not None and isinstance(runnable, torch.nn.Module):  # (core MODELs: core's)
+                    cleanup.enter_context(backend_for(runnable, handle.attention))
             if lora_stack:
                 stack = build_lora_stack(lora_stack)
                 for expert, model in (("high", model_high), ("low", model_low)):

@@ -41,6 +41,16 @@ def parse_size(text: str) -> int:
     return value
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r}: expected a whole number such as 2") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: expected 1 or more")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wanflow", description="Run WanFlow / ComfyUI workflows headless.",
                                      epilog="exit codes: 0 ok, 1 internal error, 2 usage, 3 invalid workflow, "
@@ -66,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "(same as each sampler's cache input; --set NODE.cache=... still wins for one node). "
                           "It skips model forwards the last computed steps predict: fewer forwards, small "
                           "differences from the exact video")
+    run.add_argument("--gpus", type=_positive_int, default=1, metavar="N",
+                     help="split each diffusion model's video tokens across N processes (sequence parallel, "
+                          "one GPU each over NCCL; gloo on the CPU); rank 0 writes the outputs. The model's "
+                          "head count must divide by N. Under torchrun the ranks come from torchrun")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--check-weights", action="store_true",
                      help="after each model loads, warn about tensors holding NaN or Inf (same as "

@@ -22,7 +22,7 @@ from ..model_loaders import finite_check
 from ..nodes import comfy_adapter
 from ..samplers.step_cache import cache_level
 from ..wan.compiled_blocks import COMPILE_ENV
-from . import errors, execute, registry, train_lora_cli, workflow
+from . import errors, execute, parallel_run, registry, train_lora_cli, workflow
 from .arguments import build_parser
 
 log = logging.getLogger("wanflow")
@@ -79,6 +79,19 @@ def set_cache(prompt: dict[str, dict], level: str) -> int:
     return len(samplers)
 
 
+def _report_parallel(report: dict) -> int:
+    """Print a ``--gpus`` run's outcome as a single run's (rank 0 prints the files)."""
+    if report["code"] != errors.EXIT_OK:
+        print(f"wanflow: error (rank {report['rank']}): {report['error']}", file=sys.stderr)
+        return report["code"]
+    if report["rank"] == 0:
+        for path in report["files"]:
+            print(path)
+        print(f"wanflow: done in {report['seconds']:.1f} s, {len(report['files'])} file(s) written",
+              file=sys.stderr)
+    return errors.EXIT_OK
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="wanflow: %(message)s")
     try:
@@ -98,6 +111,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 os.environ[finite_check.CHECK_ENV] = "1"
             if args.compile:
                 os.environ[COMPILE_ENV] = "1"
+            if args.gpus > 1 or parallel_run.launch.under_torchrun():
+                return _report_parallel(parallel_run.run_on_ranks(args))
             result = run_workflow(args.workflow, args.models, args.input, args.output, args.overrides, args.device,
                                   args.max_vram, args.cache)
         else:

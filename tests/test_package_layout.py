@@ -5,7 +5,7 @@ import pathlib
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-CORE_LAYERS = ("wan", "model_loaders", "samplers")
+CORE_LAYERS = ("wan", "model_loaders", "samplers", "distributed")
 COMFY_MODULES = {"comfy", "comfy_api", "comfy_extras", "folder_paths", "server", "execution", "nodes"}
 
 
