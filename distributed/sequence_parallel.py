@@ -17,10 +17,9 @@ straddle a frame (see :func:`local_groups`). Inference only: the collectives car
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import types
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -244,16 +243,3 @@ class SequenceParallelDiT(nn.Module):
         out = gather_tokens(model.head(h, e), self.world, self.group)[:, :split.length]
         return model._unpatchify(out, grid)
 
-
-@contextlib.contextmanager
-def split_across_ranks(model: nn.Module, group: ProcessGroup = None) -> Iterator[nn.Module]:
-    """``model`` wrapped in :class:`SequenceParallelDiT` while a group of 2+ ranks is up (and
-    unwrapped on exit); the model itself in a single-process run or when it is not a WanDiT."""
-    if world_size(group) < 2 or not isinstance(model, WanDiT):
-        yield model
-        return
-    wrapped = SequenceParallelDiT(model, group)
-    try:
-        yield wrapped
-    finally:
-        wrapped.unwrap()

@@ -12,7 +12,7 @@ from typing import Mapping, Optional
 
 import torch
 
-from ..distributed.sequence_parallel import split_across_ranks
+from ..distributed.cfg_parallel import parallel_dit
 from ..model_loaders.detect import WanVariant
 from ..samplers.conditioning import WanConditioning
 from ..samplers.expert_residency import Parking
@@ -129,8 +129,8 @@ class WanFlowMoESampler:
             comfy_adapter.make_room(max(comfy_adapter.module_bytes(m) for m in experts), device)  # one expert at a time
         auto_boundary = getattr(model_high.variant.defaults, "boundary", None)
         with ExitStack() as cleanup, comfy_adapter.Progress(schedule.steps, "sampling") as bar:
-            # under `wanflow run --gpus N` each expert runs its tokens split across the N ranks
-            high, low = (cleanup.enter_context(split_across_ranks(m.model)) if m is not None else None
+            # under `wanflow run --gpus N` each expert's tokens (and CFG batch) split across the ranks
+            high, low = (cleanup.enter_context(parallel_dit(m.model)) if m is not None else None
                          for m in (model_high, model_low))
             sampler = MoESampler(high, low, device=device, offload_device=comfy_adapter.offload_device(),
                                  compute_dtype=comfy_adapter.inference_dtype(device), parking=parking)

@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="split each diffusion model's video tokens across N processes (sequence parallel, "
                           "one GPU each over NCCL; gloo on the CPU); rank 0 writes the outputs. The model's "
                           "head count must divide by N. Under torchrun the ranks come from torchrun")
+    run.add_argument("--cfg-parallel", action="store_true",
+                     help="with --gpus N (even): half the ranks run the conditional pass, half the "
+                          "unconditional one, each half splitting tokens N/2 ways (no gain at CFG 1)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--check-weights", action="store_true",
                      help="after each model loads, warn about tensors holding NaN or Inf (same as "

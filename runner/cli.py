@@ -111,6 +111,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 os.environ[finite_check.CHECK_ENV] = "1"
             if args.compile:
                 os.environ[COMPILE_ENV] = "1"
+            if args.cfg_parallel and args.gpus == 1 and not parallel_run.launch.under_torchrun():
+                raise errors.UsageError("--cfg-parallel needs --gpus 2 or more (or torchrun)")
             if args.gpus > 1 or parallel_run.launch.under_torchrun():
                 return _report_parallel(parallel_run.run_on_ranks(args))
             result = run_workflow(args.workflow, args.models, args.input, args.output, args.overrides, args.device,

@@ -32,6 +32,7 @@ def _run_rank(rank: int, world: int, device: torch.device, args: argparse.Namesp
               results: str) -> None:
     """One rank's run; its outcome goes to ``results/rank<R>.json`` (never raised, so a usage
     error reads as one line, not N tracebacks)."""
+    from ..distributed import cfg_parallel
     from ..nodes import comfy_adapter
     from .cli import run_workflow
 
@@ -44,6 +45,7 @@ def _run_rank(rank: int, world: int, device: torch.device, args: argparse.Namesp
         output = Path(scratch)
     report: dict = {"rank": rank}
     try:
+        cfg_parallel.use_layout(cfg_parallel.parallel_layout(args.cfg_parallel))
         result = run_workflow(args.workflow, args.models, args.input, output, args.overrides,
                               str(device) if device.type == "cuda" else args.device,  # NCCL: cuda:RANK
                               args.max_vram, args.cache)
@@ -51,6 +53,8 @@ def _run_rank(rank: int, world: int, device: torch.device, args: argparse.Namesp
                       seconds=result.seconds)
     except errors.RunnerError as exc:
         report.update(code=exc.exit_code, error=str(exc))
+    except ValueError as exc:  # the layout: CFG-parallel on an odd rank count
+        report.update(code=errors.EXIT_USAGE, error=str(exc))
     except KeyboardInterrupt:
         report.update(code=errors.EXIT_INTERRUPTED, error="interrupted")
     except Exception as exc:  # noqa: BLE001 - reported by the parent with the traceback
@@ -82,6 +86,8 @@ def run_on_ranks(args: argparse.Namespace) -> dict:
                 dist.destroy_process_group()
             reports = [json.loads(p.read_text()) for p in sorted(Path(results).glob("rank*.json"))]
         else:
+            if args.cfg_parallel and args.gpus % 2:
+                raise errors.UsageError(f"--cfg-parallel needs an even --gpus (cond and uncond); got {args.gpus}")
             backend = backend_for(args.device)
             if backend == "nccl" and torch.cuda.device_count() < args.gpus:
                 raise errors.UsageError(f"--gpus {args.gpus}: only {torch.cuda.device_count()} CUDA "

@@ -1,6 +1,7 @@
 """``wanflow run --gpus N`` (runner/parallel_run.py) on the CPU with gloo: the nano T2V template
-on a tiny random two-head DiT gives the same video on 2 ranks as on 1, only rank 0 writes, and a
-one-head model (every shipped nano and tiny DiT) stops with the clear head-count error."""
+on a tiny random two-head DiT gives the same video on 2 ranks as on 1 (sequence parallel, or
+``--cfg-parallel``), only rank 0 writes, and sequence parallel on a one-head model (every shipped
+nano and tiny DiT) stops with the clear head-count error."""
 from __future__ import annotations
 
 import dataclasses
@@ -40,14 +41,14 @@ def setup(tmp_path_factory):
     ca._headless.models_dir = None
 
 
-def run(setup: Path, out: str, gpus: int, model: str = "") -> int:
+def run(setup: Path, out: str, gpus: int, model: str = "", *extra: str) -> int:
     """The template on the tiny files; ``model`` (both experts) instead of the one-head pair."""
     models = [f"2.model_name={model}", f"3.model_name={model}"] if model else []
     sets = []
     for item in tiny_runs.TINY_OVERRIDES["wanflow_nano_t2v"] + SIZE + models:
         sets += ["--set", item]
     return cli.main(["run", str(TEMPLATE), "--models", str(setup / "models"), "--input", str(setup / "input"),
-                     "--output", str(setup / out), "--gpus", str(gpus), "--quiet", *sets])
+                     "--output", str(setup / out), "--gpus", str(gpus), "--quiet", *extra, *sets])
 
 
 def frames(folder: Path) -> tuple[list[str], np.ndarray]:
@@ -70,6 +71,20 @@ def test_two_ranks_render_the_single_process_video(setup, capsys):
 
 
 @pytest.mark.slow
+def test_cfg_parallel_renders_the_single_process_video(setup, capsys):
+    """The template's CFG 4/3 batches cond and uncond: one rank each (on a one-head model too)."""
+    if not (setup / "one").exists():
+        assert run(setup, "one", 1, TWO_HEADS) == errors.EXIT_OK, capsys.readouterr().err
+    assert run(setup, "cfg", 2, TWO_HEADS, "--cfg-parallel") == errors.EXIT_OK, capsys.readouterr().err
+    assert run(setup, "cfg_one_head", 2, "", "--cfg-parallel") == errors.EXIT_OK, capsys.readouterr().err
+    names_one, one = frames(setup / "one")
+    names_cfg, cfg = frames(setup / "cfg")
+    assert names_one == names_cfg
+    assert np.abs(one.astype(int) - cfg.astype(int)).max() <= 1
+    assert len(frames(setup / "cfg_one_head")[0]) == 9
+
+
+@pytest.mark.slow
 def test_a_head_count_two_ranks_cannot_split_is_a_clear_error(setup, capsys):
     code = run(setup, "one_head", 2)
     err = capsys.readouterr().err
@@ -81,3 +96,9 @@ def test_a_head_count_two_ranks_cannot_split_is_a_clear_error(setup, capsys):
 def test_gpus_must_be_a_positive_number(capsys):
     assert cli.main(["run", str(TEMPLATE), "--gpus", "0"]) == errors.EXIT_USAGE
     assert "expected 1 or more" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("gpus,message", [("1", "needs --gpus 2 or more"), ("3", "needs an even --gpus")])
+def test_cfg_parallel_needs_an_even_rank_count(capsys, gpus, message):
+    assert cli.main(["run", str(TEMPLATE), "--gpus", gpus, "--cfg-parallel", "--quiet"]) == errors.EXIT_USAGE
+    assert message in capsys.readouterr().err
