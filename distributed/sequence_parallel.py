@@ -24,6 +24,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from torch.distributed.fsdp import FSDPModule
 
 from ..wan import dit as wan_dit
 from ..wan.attention import attention
@@ -206,6 +207,21 @@ class SequenceParallelDiT(nn.Module):
         if self.world == 1:
             return model(x, t, context, y=y, clip_fea=clip_fea, vace_context=vace_context,
                          vace_scale=vace_scale, pad_context=pad_context)
+        sharded = isinstance(model, FSDPModule)  # FSDP2: the root's hooks do not run here
+        if sharded:
+            model.unshard()
+        try:
+            return self._split_forward(x, t, context, y, clip_fea, vace_context, vace_scale,
+                                       pad_context)
+        finally:
+            if sharded:
+                model.reshard()
+
+    def _split_forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
+                       y: Optional[torch.Tensor], clip_fea: Optional[torch.Tensor],
+                       vace_context: wan_dit.VaceContext, vace_scale: wan_dit.VaceScale,
+                       pad_context: bool) -> torch.Tensor:
+        model = self.model
         cfg = model.config
         dtype = x.dtype
         model._check_inputs(x, context, y, clip_fea)
