@@ -41,6 +41,7 @@ def test_every_backend_is_listed_and_sdpa_runs_everywhere():
     assert "sdpa" in A.available_backends()
     assert A.backend_problem("sdpa") is None
     assert "unknown" in A.backend_problem("nope") and "sdpa_fp8" in A.backend_problem("nope")
+    assert "unknown" in A.backend_problem(["2", 0]) and "unknown" in A.backend_problem({"a": 1})  # JSON of the wrong type
 
 
 @pytest.mark.parametrize("name", sorted(OPTIONAL))

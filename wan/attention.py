@@ -110,9 +110,9 @@ def backend_names() -> list[str]:
 
 def backend_problem(name: str) -> Optional[str]:
     """None when backend ``name`` can run here; else a sentence saying why not and what to install."""
-    backend = _BACKENDS.get(name)
+    backend = _BACKENDS.get(name) if isinstance(name, str) else None
     if backend is None:
-        return f"attention backend {name!r} is unknown; known: {', '.join(backend_names())}"
+        return f"attention backend {name!r:.80} is unknown; known: {', '.join(backend_names())}"
     reason = backend.requirement()
     return None if reason is None else f"attention backend {name!r} cannot run here: {reason}"
 
