@@ -135,13 +135,21 @@ def local_groups(e: torch.Tensor, split: TokenSplit) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 
 class _SplitState:
-    """What the replaced self-attention forwards read during one sequence-parallel forward."""
+    """Kept on the model while wrapped: its group and what the replaced self-attention forwards
+    read during one sequence-parallel forward. Two wrappers of one model (both experts from one
+    file) share it, and the last :meth:`SequenceParallelDiT.unwrap` restores the model."""
 
-    def __init__(self) -> None:
+    def __init__(self, world: int, group: ProcessGroup) -> None:
+        self.world = world
+        self.group = group
         self.k_lens: Optional[torch.Tensor] = None
+        self.users = 0
 
 
-def _ulysses_forward(world: int, group: ProcessGroup, state: _SplitState):
+_STATE = "_sequence_parallel_state"
+
+
+def _ulysses_forward(state: _SplitState):
     """A ``SelfAttention.forward`` for local tokens: projections, qk-norm and RoPE (the local
     slice of the global tables) per token, then attention over all tokens for H/N heads."""
     def forward(self: wan_dit.SelfAttention, x: torch.Tensor,
@@ -150,10 +158,39 @@ def _ulysses_forward(world: int, group: ProcessGroup, state: _SplitState):
         q = apply_rope(self.norm_q(self.q(x)).unflatten(-1, heads), rope)
         k = apply_rope(self.norm_k(self.k(x)).unflatten(-1, heads), rope)
         v = self.v(x).unflatten(-1, heads)
-        q, k, v = (tokens_to_heads(t, world, group) for t in (q, k, v))
+        q, k, v = (tokens_to_heads(t, state.world, state.group) for t in (q, k, v))
         out = attention(q, k, v, state.k_lens)
-        return self.o(heads_to_tokens(out, world, group).flatten(-2))
+        return self.o(heads_to_tokens(out, state.world, state.group).flatten(-2))
     return forward
+
+
+def _self_attentions(model: nn.Module) -> list[wan_dit.SelfAttention]:
+    return [m for m in model.modules() if isinstance(m, wan_dit.SelfAttention)]
+
+
+def _attach(model: WanDiT, world: int, group: ProcessGroup) -> _SplitState:
+    """Give every self-attention of ``model`` (main and VACE blocks) the all-to-all forward."""
+    state = model.__dict__.get(_STATE)
+    if state is None:
+        state = _SplitState(world, group)
+        forward = _ulysses_forward(state)
+        for attn in _self_attentions(model):
+            attn.forward = types.MethodType(forward, attn)
+        model.__dict__[_STATE] = state
+    elif state.group is not group:
+        raise SequenceParallelError("sequence parallel: this model is already split across another "
+                                    f"group ({state.world} ranks); unwrap it first")
+    state.users += 1
+    return state
+
+
+def _detach(model: WanDiT) -> None:
+    state = model.__dict__[_STATE]
+    state.users -= 1
+    if state.users == 0:
+        for attn in _self_attentions(model):
+            attn.__dict__.pop("forward", None)
+        del model.__dict__[_STATE]
 
 
 # --------------------------------------------------------------------------------------------
@@ -175,27 +212,22 @@ class SequenceParallelDiT(nn.Module):
             raise SequenceParallelError("sequence parallel: torch.distributed is not initialised; "
                                         "call init_process_group (see distributed.launch) first")
         self.model = model
-        self.group = group
+        self.group = group = group if group is not None else dist.group.WORLD
         self.world = dist.get_world_size(group)
         self.rank = dist.get_rank(group)
         check_heads(model.config.num_heads, self.world)
-        self._state = _SplitState()
-        if self.world > 1:
-            forward = _ulysses_forward(self.world, group, self._state)
-            for attn in self._self_attentions():
-                attn.forward = types.MethodType(forward, attn)
+        self._state = _attach(model, self.world, group) if self.world > 1 else None
 
     @property
     def config(self) -> wan_dit.WanDiTConfig:
         return self.model.config
 
-    def _self_attentions(self) -> list[wan_dit.SelfAttention]:
-        return [m for m in self.model.modules() if isinstance(m, wan_dit.SelfAttention)]
-
     def unwrap(self) -> WanDiT:
-        """The model with its own self-attention back (the wrapper is unusable afterwards)."""
-        for attn in self._self_attentions():
-            attn.__dict__.pop("forward", None)
+        """The model with its own self-attention back once no other wrapper of it is left (this
+        wrapper is unusable afterwards)."""
+        if self._state is not None:
+            _detach(self.model)
+            self._state = None
         return self.model
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, *,
@@ -207,6 +239,8 @@ class SequenceParallelDiT(nn.Module):
         if self.world == 1:
             return model(x, t, context, y=y, clip_fea=clip_fea, vace_context=vace_context,
                          vace_scale=vace_scale, pad_context=pad_context)
+        if self._state is None:
+            raise SequenceParallelError("sequence parallel: this wrapper was unwrapped; wrap the model again")
         sharded = isinstance(model, FSDPModule)  # FSDP2: the root's hooks do not run here
         if sharded:
             model.unshard()

@@ -104,7 +104,26 @@ def _compare(rank: int, world: int, device: torch.device, out_dir: str) -> None:
             applied.remove()
         errors[name] = ((parallel - reference).abs().max().item(),
                         torch.equal(restored, reference), tuple(parallel.shape) == tuple(reference.shape))
+    errors["two_wrappers_of_one_model"] = _two_wrappers()
     torch.save(errors, f"{out_dir}/rank{rank}.pt")
+
+
+def _two_wrappers() -> tuple[float, bool, bool]:
+    """Both experts from one file are one model: two wrappers share its split state, and only the
+    last unwrap restores it (padding is masked through either)."""
+    model = random_model("t2v")
+    inputs = case_inputs("t2v", 3, 6, 10)
+    x, t, context = inputs.pop("x"), inputs.pop("t"), inputs.pop("context")
+    with torch.no_grad():
+        reference = model(x, t, context)
+        high, low = SequenceParallelDiT(model), SequenceParallelDiT(model)
+        err = max((high(x, t, context) - reference).abs().max().item(),
+                  (low(x, t, context) - reference).abs().max().item())
+        low.unwrap()
+        err = max(err, (high(x, t, context) - reference).abs().max().item())
+        high.unwrap()
+        restored = torch.equal(model(x, t, context), reference)
+    return err, restored, True
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +134,7 @@ def errors(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", sorted(CASES) + ["two_wrappers_of_one_model"])
 def test_two_ranks_equal_one_process(errors, name):
     for rank, result in enumerate(errors):
         err, restored_equal, same_shape = result[name]
