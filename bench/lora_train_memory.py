@@ -40,6 +40,8 @@ from pathlib import Path
 
 import torch
 
+from load_memory import _rss_kib  # the same /proc/self/status reader as the load bench
+
 LATENT = (16, 3, 16, 16)
 """Latent of one training clip: 9 frames at 128x128 (192 tokens), a size whose activations are
 small next to the weights, so the figure shows what the trainer itself keeps."""
@@ -68,14 +70,6 @@ def write_slice(path: Path) -> None:
                for k, v in model.state_dict().items()}, str(path))
 
 
-def _kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(field)
-
-
 def run_case(path: Path, checkpointing: bool, steps: int, latent: tuple[int, ...]) -> dict:
     import gc
 
@@ -86,14 +80,14 @@ def run_case(path: Path, checkpointing: bool, steps: int, latent: tuple[int, ...
     train_steps(warm, data, checkpointing, 1)       # warm-up, then freed
     del warm
     gc.collect()
-    baseline = _kib("VmRSS")
+    baseline = _rss_kib("VmRSS")
     model = load_dit(path, "fp8_e4m3fn_scaled").model
     base_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM: the load's transient is not training
-    after_load = _kib("VmRSS")
+    after_load = _rss_kib("VmRSS")
     lora_params, seconds = train_steps(model, data, checkpointing, steps)
     trainer_state = lora_params * 4 * 4  # fp32 parameters, gradients, AdamW exp_avg and exp_avg_sq
-    peak = _kib("VmHWM")
+    peak = _rss_kib("VmHWM")
     return {"base_bytes": base_bytes, "trainer_state_bytes": trainer_state, "baseline_kib": baseline,
             "after_load_kib": after_load, "peak_kib": peak, "seconds_per_step": seconds,
             "ratio": (peak - baseline) * 1024 / (base_bytes + trainer_state)}

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from load_memory import _rss_kib  # the same /proc/self/status reader as the load bench
+
 HIGH, LOW = "wan2.2_t2v_high_noise_1.3B_synthetic.safetensors", "wan2.2_t2v_low_noise_1.3B_synthetic.safetensors"
 MODES = {"keep in RAM, two experts": ("keep", True), "reload from disk, two experts": ("reload from disk", True),
          "one expert (working set)": ("keep", False)}
@@ -46,14 +48,6 @@ def write_experts(folder: Path) -> None:
                    for k, shape in shapes.items()}, str(folder / name))
 
 
-def _kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(field)
-
-
 def run_case(models: Path, mode: str, two: bool) -> dict:
     from wanflow.nodes import comfy_adapter as ca
     from wanflow.nodes.loader_nodes import WanFlowModelLoader
@@ -62,20 +56,20 @@ def run_case(models: Path, mode: str, two: bool) -> dict:
 
     ca.configure_headless(models.parent, models.parent, models.parent / "out")
     ca.set_headless_progress(False)
-    baseline = _kib("VmRSS")
+    baseline = _rss_kib("VmRSS")
     began = time.perf_counter()
     loader = WanFlowModelLoader()
     high = loader.load(HIGH, "default", "sdpa", mode)["result"][0]
     low = loader.load(LOW, "default", "sdpa", mode)["result"][0] if two else None
     expert_bytes = sum(t.numel() * t.element_size() for t in high.model.state_dict().values())
-    loaded = _kib("VmRSS")
+    loaded = _rss_kib("VmRSS")
     context = torch.cat([torch.randn(1, 48, 4096) * 0.1, torch.zeros(1, 464, 4096)], dim=1)
     cond = WanConditioning(context=context, negative_context=torch.zeros(1, 512, 4096))
     WanFlowMoESampler().sample(high, cond, {"samples": torch.zeros(1, 16, 1, 4, 4)}, seed=0, steps=4, shift=5.0,
                                solver="euler", scheduler="simple", cfg_high=4.0, cfg_low=3.0, boundary=0.875,
                                denoise=1.0, model_low=low)
     return {"expert_bytes": expert_bytes, "baseline_kib": baseline, "after_load_kib": loaded,
-            "peak_kib": _kib("VmHWM"), "seconds": time.perf_counter() - began}
+            "peak_kib": _rss_kib("VmHWM"), "seconds": time.perf_counter() - began}
 
 
 def report(results: dict, args_line: str) -> str:
