@@ -114,10 +114,22 @@ def test_scale_arithmetic_against_the_upcast_path(dtype, scaled, granularity):
     assert rel_l2(out, upcast(layer, x)) <= MAX_REL_L2
 
 
+def cpu_scaled_mm_takes_rows() -> bool:
+    """torch 2.13's CPU _scaled_mm takes per-row scales; older ones (2.11) only per-tensor ones."""
+    a = torch.ones(16, 16).to(E4M3)
+    try:
+        torch._scaled_mm(a, a.t(), scale_a=torch.ones(16, 1), scale_b=torch.ones(1, 16), out_dtype=torch.float32)
+    except RuntimeError:
+        return False
+    return True
+
+
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("granularity", ["tensor", "row"])
 def test_torch_scaled_mm_on_cpu_is_the_emulated_product(out_dtype, granularity):
     """torch 2.13 has a CPU _scaled_mm (a slow reference kernel): it computes what we emulate."""
+    if granularity == "row" and not cpu_scaled_mm_takes_rows():
+        pytest.skip(f"torch {torch.__version__}'s CPU _scaled_mm takes per-tensor scales only")
     layer = fp8_linear(64, 48, E4M3, scaled=True, bias=False)
     values, scale_x = M.quantize_activation(torch.randn(16, 64), granularity)
     scale_w = M.weight_scale(layer, 48, granularity, torch.device("cpu"))
@@ -131,6 +143,7 @@ def test_torch_scaled_mm_on_cpu_is_the_emulated_product(out_dtype, granularity):
 def fp8_on_cpu(monkeypatch):
     """Let Linear take the _scaled_mm path on the CPU (slow kernel; small layers only)."""
     monkeypatch.setattr(M, "ALLOW_CPU", True)
+    monkeypatch.setattr(M, "_failed", set())  # combinations an earlier test found missing
     calls = []
     real = torch._scaled_mm
 
@@ -183,7 +196,8 @@ def test_a_dit_with_fp8_weights_and_an_unmerged_lora(fp8_on_cpu):
     applied = stack.apply(model, expert="high", mode="unmerged")
     inputs = dit_inputs(model.config)
     inputs["x"] = inputs["x"].bfloat16()
-    out = run(model, inputs)
+    with M.use_mode("auto" if cpu_scaled_mm_takes_rows() else "tensor"):
+        out = run(model, inputs)
     assert len(fp8_on_cpu) > 10 * model.config.num_layers
     with M.use_mode("off"):
         reference = run(model, inputs)
@@ -219,7 +233,9 @@ def test_fp8_matmul_on_cuda_against_the_upcast_path(dtype, scaled, mode):
     values, scale_x = M.quantize_activation(x.reshape(-1, 1536), "tensor")
     scale_w = M.weight_scale(layer, 512, "tensor", x.device)
     kernel = real(values, layer.weight.t(), scale_a=scale_x, scale_b=scale_w, out_dtype=torch.float32)
-    assert rel_l2(kernel, M.emulated_scaled_mm(values, layer.weight.t(), scale_x, scale_w, torch.float32)) <= 1e-5
+    # Hopper's fp8 tensor cores accumulate with fewer mantissa bits than float32: 1.0e-4 to 1.3e-4
+    # relative L2 against the exact product on an H200 (torch 2.11, CUDA 13); a wrong scale is O(1)
+    assert rel_l2(kernel, M.emulated_scaled_mm(values, layer.weight.t(), scale_x, scale_w, torch.float32)) <= 5e-4
 
 
 @needs_fp8_gpu
