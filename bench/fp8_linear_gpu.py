@@ -3,8 +3,9 @@
 The GPU suite found the fp8-matmul path (wan/fp8_matmul.py) no faster than upcasting the fp8
 weight to bf16 for each call. This splits one call into its parts, side by side in one run:
 the bf16 matmul with the weight already in bf16 (the floor), the upcast path, the fp8 path as
-ops.Linear runs it (per-tensor and per-row scales), the activation quantization alone, the
-_scaled_mm kernel alone, and the quantization compiled into one fused kernel.
+ops.Linear runs it (per-tensor and per-row scales; its quantization is compiled where Triton is
+installed), the eager activation quantization alone, the _scaled_mm kernel alone, and a compiled
+quantization followed by the kernel.
 
     python bench/fp8_linear_gpu.py --out bench/results/fp8_linear-<gpu>-<date>.md   # CUDA only
     python bench/fp8_linear_gpu.py --smoke   # the CPU, 64 tokens, 1/32 widths, eager quantize: checks the code runs

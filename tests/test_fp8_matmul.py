@@ -246,3 +246,17 @@ def test_weights_left_in_ram_are_moved_per_call_on_cuda():
     with torch.no_grad():
         out = layer(x)
     assert out.device.type == "cuda" and rel_l2(out, upcast(layer.cuda(), x)) <= MAX_REL_L2
+
+
+@needs_fp8_gpu
+@pytest.mark.parametrize("granularity", ["tensor", "row"])
+def test_fused_quantization_on_cuda_matches_the_eager_one(granularity):
+    """The compiled quantization the fp8 path uses on CUDA gives the eager scales and fp8 values."""
+    x = torch.randn(3000, 1536, device="cuda").bfloat16()
+    x[::7] *= 20
+    values, scale = M.quantize_for_matmul(x, granularity)
+    eager_values, eager_scale = M.quantize_activation(x, granularity)
+    assert not M._fused_broken, "the fused quantization fell back to eager"
+    assert torch.allclose(scale, eager_scale, rtol=1e-6, atol=0)
+    same = (values.float() == eager_values.float()).float().mean().item()
+    assert same >= 0.999, f"only {same:.4%} of the fp8 values agree"
