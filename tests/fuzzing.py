@@ -28,6 +28,7 @@ FUZZ_EXAMPLES = int(os.environ.get("WANFLOW_FUZZ_EXAMPLES", "40"))
 LONG_RUN = "WANFLOW_FUZZ_EXAMPLES" in os.environ
 SLOW_SECONDS = 20.0
 REPORT = Path(__file__).resolve().parent.parent / "bench" / "results" / "fuzz_long_run.md"
+SLOWEST = REPORT.with_name("fuzz_long_run_slowest.md")
 
 FUZZ_SETTINGS = settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=not LONG_RUN, database=None,
                          suppress_health_check=list(HealthCheck), print_blob=True)
@@ -111,20 +112,45 @@ def damage_bytes(raw: bytes, data: st.DataObject) -> bytes:
 
 
 
+def describe_changes(before: Any, after: Any, path: str = "", limit: int = 6) -> list[str]:
+    """Where ``after`` differs from ``before`` (``path: old -> new``, at most ``limit`` items), so a
+    slow or failing example in the long-run report says what was mutated."""
+    if type(before) is type(after) and isinstance(before, dict):
+        keys = list(before) + [k for k in after if k not in before]
+        parts = [describe_changes(before.get(k, "<absent>"), after.get(k, "<absent>"), f"{path}/{k}", limit)
+                 for k in keys]
+    elif type(before) is type(after) and isinstance(before, list) and len(before) == len(after):
+        parts = [describe_changes(b, a, f"{path}[{i}]", limit) for i, (b, a) in enumerate(zip(before, after))]
+    elif before == after or (before != before and after != after):  # equal, or both NaN
+        return []
+    else:
+        def short(value: Any) -> str:
+            text = json.dumps(value, allow_nan=True)
+            return text if len(text) <= 60 else text[:57] + "..."
+        return [f"{path or '/'}: {short(before)} -> {short(after)}"]
+    return [change for part in parts for change in part][:limit]
+
+
 class Timings:
     """Seconds per example of one entry point; the long run reports them (tests assert nothing on time)."""
+
+    KEEP = 5  # slowest examples described in the report
 
     def __init__(self, entry: str):
         self.entry = entry
         self.seconds: list[float] = []
+        self.slowest: list[tuple[float, str]] = []
 
     @contextmanager
-    def example(self) -> Iterator[None]:
+    def example(self, description: str = "") -> Iterator[None]:
+        """Time one example; ``description`` (what was mutated) is kept for the slowest ones."""
         began = time.perf_counter()
         try:
             yield
         finally:
-            self.seconds.append(time.perf_counter() - began)
+            seconds = time.perf_counter() - began
+            self.seconds.append(seconds)
+            self.slowest = sorted(self.slowest + [(seconds, description)], reverse=True)[:self.KEEP]
 
     def report(self) -> None:
         """Add this entry point's row to REPORT (long run only; the header on the first row of a run)."""
@@ -144,12 +170,18 @@ class Timings:
                 f"a hang is an example slower than {SLOW_SECONDS:.0f} s\n\n"
                 "| entry point | examples | crashes | slowest s | median ms | slower than the hang bound |\n"
                 "|---|---|---|---|---|---|\n")
+            SLOWEST.write_text("# Fuzz long run: the slowest examples of each entry point, and what was mutated\n\n"
+                               f"Written with `{REPORT.name}` (same run).\n")
             _REPORT_STARTED = True
         ordered = sorted(self.seconds)
         slow = sum(s > SLOW_SECONDS for s in ordered)
         with REPORT.open("a") as out:
             out.write(f"| {self.entry} | {len(ordered)} | 0 | {ordered[-1]:.2f} | {1000 * ordered[len(ordered) // 2]:.2f} "
                       f"| {slow} |\n")
+        with SLOWEST.open("a") as out:
+            out.write(f"\n## {self.entry}\n\n")
+            out.writelines(f"- {seconds:.2f} s: {description or '(not described)'}\n"
+                           for seconds, description in self.slowest)
 
 
 _REPORT_STARTED = False

@@ -52,9 +52,10 @@ def test_damaged_files_load_or_get_a_named_error(originals, tmp_path_factory, ki
     @given(data=st.data(), suffix=st.sampled_from([".safetensors", ".pth"]))
     def check(data, suffix):
         path = folder / f"damaged_{kind}{suffix}"
-        path.write_bytes(damage_bytes(originals[kind], data))
+        damaged = damage_bytes(originals[kind], data)
+        path.write_bytes(damaged)
         try:
-            with timings.example():
+            with timings.example(f"{suffix}, {len(damaged)} of {len(originals[kind])} bytes"):
                 LOADERS[kind](path)
         except expected as exc:
             assert path.name in str(exc), f"{type(exc).__name__} without the file name: {exc}"

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fuzzing import FUZZ_EXAMPLES, FUZZ_SETTINGS, LONG_RUN, Timings, mutate_json
+from fuzzing import FUZZ_EXAMPLES, FUZZ_SETTINGS, LONG_RUN, Timings, describe_changes, mutate_json
 from wanflow.nodes import comfy_adapter as ca
 from wanflow.runner import cli, errors, templates, workflow
 from wanflow.runner.registry import node_classes
@@ -73,7 +73,7 @@ def test_mutated_workflows_run_or_fail_with_a_runner_error(folders, capsys, base
         path = run / "flow.json"
         path.write_text(json.dumps(flow, allow_nan=True))
         out = run / "output"
-        with timings.example():
+        with timings.example("; ".join(describe_changes(original, flow)) if LONG_RUN else ""):
             code = cli.main(["run", str(path), "--models", str(folders / "models"), "--input",
                              str(folders / "input"), "--output", str(out), "--quiet"])
         err = capsys.readouterr().err
@@ -85,3 +85,12 @@ def test_mutated_workflows_run_or_fail_with_a_runner_error(folders, capsys, base
 
     check()
     timings.report()
+
+
+def test_the_long_run_report_says_what_was_mutated():
+    before = {"nodes": [{"id": 7, "widgets_values": [64, 64, 17, 1]}], "version": 0.4}
+    after = {"nodes": [{"id": 7, "widgets_values": [4000, 64, float("nan"), 1]}], "extra": None, "version": 0.4}
+    assert describe_changes(before, after) == ["/nodes[0]/widgets_values[0]: 64 -> 4000",
+                                               "/nodes[0]/widgets_values[2]: 17 -> NaN",
+                                               '/extra: "<absent>" -> null']
+    assert describe_changes(before, before) == []
