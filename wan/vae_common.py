@@ -161,7 +161,9 @@ class AttentionBlock(nn.Module):
         b, c, t, h, w = x.shape
         frames = x.transpose(1, 2).reshape(b * t, c, h, w)
         qkv = self.to_qkv(self.norm(frames))                     # [bt, 3c, h, w]
-        qkv = qkv.reshape(b * t, 3 * c, h * w).transpose(1, 2)   # [bt, hw, 3c]
+        # contiguous: SDPA's memory-efficient kernels need the last dim at stride 1; without the
+        # copy they fall back to the math kernel, which holds the whole hw x hw matrix
+        qkv = qkv.reshape(b * t, 3 * c, h * w).transpose(1, 2).contiguous()   # [bt, hw, 3c]
         q, k, v = (part.unsqueeze(2) for part in qkv.chunk(3, dim=-1))  # [bt, hw, 1, c]
         out = attention(q, k, v).squeeze(2).transpose(1, 2).reshape(b * t, c, h, w)
         out = self.proj(out)
