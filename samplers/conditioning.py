@@ -9,7 +9,7 @@
 | 2.2 I2V         | ``y`` only (no CLIP)                                               |
 | TI2V-5B I2V     | ``first_frame``: clean first-frame latent; per-token timesteps     |
 | VACE            | ``vace_context``, ``vace_strength``, ``vace_trim_frames``          |
-| Phantom S2V     | ``subjects`` (picture latents after the video), ``subject_cfg``   |
+| Phantom S2V     | ``subjects`` (picture latents after the video), ``subject_cfg``    |
 
 ``pad_context``: True for our text encoder's output (the DiT zero-pads to 512 tokens, as the
 official code does); False for text from ComfyUI's core nodes, which the DiT takes unpadded.
