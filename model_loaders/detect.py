@@ -309,6 +309,13 @@ _HIGH = re.compile(_WORD_EDGE.format(r"high(?:[_\-. ]?noise)?(?:[_\-]model)?"))
 _LOW = re.compile(_WORD_EDGE.format(r"low(?:[_\-. ]?noise)?(?:[_\-]model)?"))
 _WAN22 = re.compile(r"wan[_\-. ]?2[_\-. ]?2|a14b")
 _WAN21 = re.compile(r"wan[_\-. ]?2[_\-. ]?1")
+# Phantom-Wan (ByteDance, subject-to-video) is a Wan 2.1 T2V DiT with the T2V keys and shapes, told
+# apart by its file name only: bytedance-research/Phantom ships Phantom-Wan-1.3B.pth and the 14B
+# release; Kijai/WanVideo_comfy repackages them as Phantom-Wan-1_3B_fp16/_fp32 and
+# Phantom-Wan-14B_fp16 / _fp8_e4m3fn .safetensors, QuantStack as Phantom_Wan_14B-Q*.gguf.
+_PHANTOM = re.compile(r"phantom")
+PHANTOM_NOTE = ("Phantom-Wan subject-to-video (from the file name): use it with WanFlow Subject to Video; official "
+                "settings 50 steps, shift 5, text guidance 7.5, picture guidance 5.0.")
 
 
 def _name_parts(path: Union[str, Path, None]) -> list[str]:
@@ -341,9 +348,14 @@ def family_from_name(path: Union[str, Path, None]) -> Optional[str]:
     text = " ".join(_name_parts(path))
     if _WAN22.search(text):
         return "2.2"
-    if _WAN21.search(text):
+    if _WAN21.search(text) or _PHANTOM.search(text):  # every Phantom-Wan release is built on Wan 2.1
         return "2.1"
     return None
+
+
+def phantom_from_name(path: Union[str, Path, None]) -> bool:
+    """Whether the file or its folder names Phantom-Wan (nothing in the weights tells it from T2V)."""
+    return bool(_PHANTOM.search(" ".join(_name_parts(path))))
 
 
 def detect_dit_variant(shapes: Shapes, path: Union[str, Path, None] = None,
@@ -389,6 +401,8 @@ def detect_dit_variant(shapes: Shapes, path: Union[str, Path, None] = None,
         expert = None
     elif expert is None:
         notes.append("Wan 2.2 A14B expert: the file name does not say high or low noise.")
+    if config.model_type == "t2v" and family == "2.1" and phantom_from_name(path):
+        notes.append(PHANTOM_NOTE)
     return WanVariant(family=family, task=config.model_type, size=size, expert=expert,
                       config=config, defaults=official_defaults(family, config.model_type, size),
                       family_from=family_from, notes=tuple(notes))

@@ -10,6 +10,7 @@ from .loader_nodes import WanFlowCLIPVisionLoader, WanFlowModelLoader, WanFlowTe
 from .lora_nodes import WanFlowLoraSelect
 from .reference_to_video import WanFlowReferenceToVideo
 from .sampler_nodes import WanFlowMoESampler
+from .subject_to_video import WanFlowSubjectToVideo
 from .text_nodes import WanFlowTextEncode
 from .train_nodes import WanFlowTrainLora
 from .save_video import WanFlowSaveVideo
@@ -25,6 +26,7 @@ NODE_CLASS_MAPPINGS: dict[str, type] = {
     "WanFlowEmptyVideoLatent": WanFlowEmptyVideoLatent,
     "WanFlowImageToVideo": WanFlowImageToVideo,
     "WanFlowReferenceToVideo": WanFlowReferenceToVideo,
+    "WanFlowSubjectToVideo": WanFlowSubjectToVideo,
     "WanFlowMoESampler": WanFlowMoESampler,
     "WanFlowVAEDecode": WanFlowVAEDecode,
     "WanFlowVAEEncode": WanFlowVAEEncode,
@@ -44,6 +46,7 @@ NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
     "WanFlowEmptyVideoLatent": "WanFlow Empty Video Latent",
     "WanFlowImageToVideo": "WanFlow Image to Video",
     "WanFlowReferenceToVideo": "WanFlow Reference to Video (VACE)",
+    "WanFlowSubjectToVideo": "WanFlow Subject to Video (Phantom)",
     "WanFlowMoESampler": "WanFlow MoE Sampler",
     "WanFlowVAEDecode": "WanFlow VAE Decode",
     "WanFlowVAEEncode": "WanFlow VAE Encode",

@@ -28,7 +28,8 @@ CoreConditioning = list  # [[context [B, L, 4096], {options}], ...]
 _NOT_TEXT = {"concat_latent_image": "WanFlow Image to Video", "concat_mask": "WanFlow Image to Video",
              "clip_vision_output": "WanFlow Image to Video (its clip_vision_output input)",
              "vace_frames": "WanFlow Reference to Video (VACE)", "vace_mask": "WanFlow Reference to Video (VACE)",
-             "reference_latents": "WanFlow Reference to Video (VACE)"}
+             "reference_latents": "WanFlow Reference to Video (VACE)",
+             "time_dim_concat": "WanFlow Subject to Video (Phantom)"}
 
 
 def is_core_model(value: Any) -> bool:
@@ -142,7 +143,8 @@ def conditioning_to_core(conditioning: WanConditioning,
                          node: str = "WanFlow Conditioning to Core") -> tuple[CoreConditioning, CoreConditioning]:
     """Core positive / negative CONDITIONING from our text conditioning (same [1, L, 4096] tensors)."""
     extra = [name for name, value in (("image (I2V)", conditioning.y), ("CLIP image", conditioning.clip_fea),
-                                      ("VACE", conditioning.vace_context), ("first frame", conditioning.first_frame))
+                                      ("VACE", conditioning.vace_context), ("first frame", conditioning.first_frame),
+                                      ("subject pictures (Phantom)", conditioning.subjects))
              if value is not None]
     if extra:
         raise ValueError(f"{node}: the conditioning carries {', '.join(extra)} besides the text, which core "

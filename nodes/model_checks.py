@@ -6,7 +6,8 @@ variants peeked from the headers before anything loads (``runner/model_kinds.py`
 of the wrong kind fails in a second instead of after minutes of loading.
 
 Conditioning kinds: nodes that produce WANFLOW_CONDITIONING declare ``CONDITIONING_KIND``:
-``"text"`` (text encode), ``"image"`` (image-to-video) or ``"reference"`` (reference-to-video).
+``"text"`` (text encode), ``"image"`` (image-to-video), ``"reference"`` (reference-to-video, VACE)
+or ``"subject"`` (subject-to-video, Phantom).
 """
 from __future__ import annotations
 
@@ -44,6 +45,10 @@ def check_sampler_conditioning(variant: WanVariant, socket: str, kind: Optional[
     if kind == "reference" and not variant.config.vace_layers:
         raise ValueError(f"MoE sampler: {socket} is {variant.name}, which has no VACE blocks, but the conditioning "
                          "comes from WanFlow Reference to Video; load a Wan VACE model for reference pictures")
+    if kind == "subject" and variant.task != "t2v":
+        raise ValueError(f"MoE sampler: {socket} is {variant.name}, but the conditioning comes from WanFlow Subject "
+                         "to Video, which needs a Phantom-Wan model (a Wan 2.1 text-to-video DiT, e.g. "
+                         "Phantom-Wan-14B_fp16.safetensors)")
     if kind == "image" and variant.task not in ("i2v", "flf2v", "ti2v"):
         raise ValueError(f"MoE sampler: {socket} is {variant.name}, a text-to-video model, but its conditioning "
                          "comes from WanFlow Image to Video; load an I2V or TI2V model for a start image")
@@ -76,6 +81,8 @@ def conditioning_kind(cond: WanConditioning) -> str:
         return "image"
     if cond.vace_context is not None:
         return "reference"
+    if cond.subjects is not None:
+        return "subject"
     return "text"
 
 

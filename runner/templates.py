@@ -24,6 +24,7 @@ WORKFLOWS_DIR = Path(__file__).resolve().parents[1] / "workflows"
 
 REPO_22 = "https://huggingface.co/Comfy-Org/Wan_2.2_ComfyUI_Repackaged/resolve/main/split_files"
 REPO_21 = "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files"
+REPO_KIJAI = "https://huggingface.co/Kijai/WanVideo_comfy/resolve/main"  # flat: no per-folder layout
 
 T2V_HIGH = "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors"
 T2V_LOW = "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors"
@@ -31,6 +32,7 @@ I2V_HIGH = "wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors"
 I2V_LOW = "wan2.2_i2v_low_noise_14B_fp8_scaled.safetensors"
 TI2V_5B = "wan2.2_ti2v_5B_fp16.safetensors"
 VACE_14B = "wan2.1_vace_14B_fp16.safetensors"
+PHANTOM_14B = "Phantom-Wan-14B_fp16.safetensors"  # Kijai's repackaging of ByteDance's Phantom-Wan-14B
 VACE_FUN_HIGH = "wan2.2_fun_vace_high_noise_14B_fp8_scaled.safetensors"
 VACE_FUN_LOW = "wan2.2_fun_vace_low_noise_14B_fp8_scaled.safetensors"
 UMT5 = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
@@ -43,6 +45,8 @@ T2V_PROMPT = ("A red fox trots through fresh snow in a birch forest at golden ho
               "air; the camera tracks alongside at ground level, soft light and long shadows.")
 I2V_PROMPT = "The subject of the picture comes to life: gentle natural motion, the camera slowly pushes in."
 R2V_PROMPT = "The character from the reference picture walks along a beach at sunset, waves rolling in behind."
+S2V_PROMPT = ("The person from the first picture holds the object from the second picture and shows it to the camera "
+              "in a bright kitchen, smiling; natural light, gentle handheld motion.")
 
 
 Template = tuple[str, list[Node], list[Column]]
@@ -214,6 +218,36 @@ def r2v_vace_a14b() -> Template:
         Column("Decode and save", [9, 10])]
 
 
+def s2v_phantom() -> Template:
+    """Phantom-Wan-14B: subject pictures joined to the video in time, three guided passes per step."""
+    model = {"name": PHANTOM_14B, "url": f"{REPO_KIJAI}/{PHANTOM_14B}", "directory": "diffusion_models"}
+    vae, umt5 = _model(REPO_21, "vae", VAE_21), _model(REPO_21, "text_encoders", UMT5)
+    nodes = [
+        _files_note(1, "Subject-to-video with Phantom-Wan 14B", [_row(m) for m in (model, umt5, vae)],
+                    "Phantom-Wan (ByteDance) is a Wan 2.1 text-to-video model trained to put the subjects of 1-4 "
+                    "pictures in the video; the 1.3B file (Phantom-Wan-1_3B_fp16.safetensors) works the same way. "
+                    "Put the pictures in the `input` folder. Official settings: 832x480, 81 frames at 16 fps, 50 "
+                    "UniPC steps, shift 5, text guidance 7.5 (the sampler's cfg) and picture guidance 5.0 (image_cfg "
+                    "on Subject to Video): three model passes per step."),
+        Node(2, "WanFlowModelLoader", {"model_name": PHANTOM_14B}, models=[model]),
+        *_text_nodes(S2V_PROMPT, REPO_21),
+        Node(6, "WanFlowVAELoader", {"vae_name": VAE_21}, models=[vae]),
+        Node(11, "LoadImage", {"image": "reference_1.png"}, title="Subject 1", size=(320.0, 320.0)),
+        Node(12, "LoadImage", {"image": "reference_2.png"}, title="Subject 2", size=(320.0, 320.0)),
+        Node(7, "WanFlowSubjectToVideo", {"width": 832, "height": 480, "length": 81, "image_cfg": 5.0, "fit": "pad"},
+             links={"conditioning": (5, 0), "vae": (6, 0), "subject_1": (11, 0), "subject_2": (12, 0)}),
+        Node(8, "WanFlowMoESampler", {"seed": 42, "steps": 50, "shift": 5.0, "solver": "unipc", "scheduler": "unipc",
+              "cfg_high": 7.5, "cfg_low": 7.5, "boundary": 0.0, "denoise": 1.0},
+             links={"model_high": (2, 0), "conditioning": (7, 0), "latent": (7, 1)}),
+        Node(9, "WanFlowVAEDecode", links={"samples": (8, 0), "vae": (6, 0)}),
+        Node(10, "WanFlowSaveVideo", {"filename_prefix": "WanFlow/s2v_phantom", "fps": 16.0},
+             links={"images": (9, 0)}, size=(420.0, 420.0)),
+    ]
+    return "Wan 2.1 Phantom subject-to-video", nodes, [
+        Column("Load models and pictures", [2, 4, 6, 11, 12]), Column("Prompt", [5, 7]), Column("Sample", [8]),
+        Column("Decode and save", [9, 10])]
+
+
 def lora_stack_4step() -> Template:
     title, nodes, _ = t2v_a14b()
     lx_high = _model(REPO_22, "loras", LIGHTX2V_HIGH)
@@ -278,6 +312,7 @@ TEMPLATES: dict[str, Callable[[], Template]] = {
     "wan22_ti2v_5b": ti2v_5b,
     "wan21_vace_r2v": r2v_vace,
     "wan22_a14b_vace_r2v": r2v_vace_a14b,
+    "wan21_phantom_s2v": s2v_phantom,
     "wan22_a14b_lora_stack_4step": lora_stack_4step,
     "wanflow_nano_t2v": nano_t2v,
 }

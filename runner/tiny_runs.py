@@ -32,6 +32,8 @@ TINY_OVERRIDES: dict[str, list[str]] = {
     "wan22_ti2v_5b": _common(FILES.ti2v, None, FILES.vae22),
     "wan21_vace_r2v": _common(FILES.vace, None, FILES.vae21),
     "wan22_a14b_vace_r2v": _common(FILES.vace_high, FILES.vace_low, FILES.vae21),
+    # no tiny Phantom file: Phantom-Wan has the T2V layout, so the tiny T2V DiT stands in for it
+    "wan21_phantom_s2v": _common(FILES.t2v_high, None, FILES.vae21),
     "wan22_a14b_lora_stack_4step": [s for s in _common(FILES.t2v_high, FILES.t2v_low, FILES.vae21)
                                     if not s.startswith("8.steps")] + [
         f"12.lora_high={FILES.lora_high}", f"12.lora_low={FILES.lora_low}", f"13.lora_low={FILES.lora_low}",

@@ -9,6 +9,7 @@
 | 2.2 I2V         | ``y`` only (no CLIP)                                               |
 | TI2V-5B I2V     | ``first_frame``: clean first-frame latent; per-token timesteps     |
 | VACE            | ``vace_context``, ``vace_strength``, ``vace_trim_frames``          |
+| Phantom S2V     | ``subjects`` (picture latents after the video), ``subject_cfg``    |
 
 ``pad_context``: True for our text encoder's output (the DiT zero-pads to 512 tokens, as the
 official code does); False for text from ComfyUI's core nodes, which the DiT takes unpadded.
@@ -44,6 +45,8 @@ class WanConditioning:
     vace_strength: Union[float, Sequence[float]] = 1.0
     vace_trim_frames: int = 0
     first_frame: Optional[torch.Tensor] = None
+    subjects: Optional[torch.Tensor] = None    # Phantom: [B, C, N, H, W], one frame per picture
+    subject_cfg: float = 5.0                   # Phantom guidance toward the pictures (guide_scale_img)
     patch_size: tuple[int, int, int] = (1, 2, 2)
     pad_context: bool = True                   # False: ComfyUI core text, taken at its own length
 
@@ -81,10 +84,25 @@ class WanConditioning:
             if tuple(self.first_frame.shape[1:]) != expected:
                 raise ValueError(f"first_frame must be [B, C, 1, H, W] = [B, {expected}], got "
                                  f"{tuple(self.first_frame.shape)}")
+        if self.subjects is not None:
+            self._validate_subjects(latent)
         if not 0 <= self.vace_trim_frames < frames:
             raise ValueError(f"vace_trim_frames must be in [0, {frames}), got {self.vace_trim_frames}")
         if self.vace_trim_frames and self.vace_context is None:
             raise ValueError("vace_trim_frames is set but vace_context is None")
+
+    def _validate_subjects(self, latent: torch.Tensor) -> None:
+        _expect_ndim("subjects", self.subjects, 5)
+        _expect_batch("subjects", self.subjects, latent.shape[0])
+        expected = (latent.shape[1], latent.shape[3], latent.shape[4])
+        found = (self.subjects.shape[1], self.subjects.shape[3], self.subjects.shape[4])
+        if found != expected:
+            raise ValueError(f"subjects has channels/height/width {found}, expected the latent's {expected}")
+        joined = [name for name, value in (("y", self.y), ("vace_context", self.vace_context),
+                                           ("first_frame", self.first_frame)) if value is not None]
+        if joined:
+            raise ValueError(f"subjects (Phantom subject-to-video, a text-to-video model) cannot be combined "
+                             f"with {', '.join(joined)}")
 
     def vace_contexts(self) -> list[torch.Tensor]:
         """The VACE contexts as a list (empty without VACE)."""

@@ -11,6 +11,8 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
+from .subject_conditioning import video_part, with_subjects
+
 # model(x, t, context, **extras) -> velocity; extras are the DiT keyword inputs (y, clip_fea, …).
 ModelFn = Callable[..., torch.Tensor]
 CfgSchedule = Union[float, Sequence[float]]
@@ -77,3 +79,45 @@ def guided_velocity(model: ModelFn, x: torch.Tensor, t: torch.Tensor, context: t
     out = model(_repeat_batch(x), _repeat_batch(t), both, **batch_extras)
     cond, uncond = out.chunk(2, dim=0)
     return combine(cond, uncond, scale)
+
+
+def _passes(model: ModelFn, t: torch.Tensor, inputs: list[tuple[torch.Tensor, torch.Tensor]], batched: bool,
+            extras: dict) -> list[torch.Tensor]:
+    """One model output per ``(x, context)``, from one batched forward or one forward each (in order)."""
+    if not batched or len(inputs) == 1:
+        return [model(x, t, context, **extras) for x, context in inputs]
+    length = max(context.shape[1] for _, context in inputs)
+    x = torch.cat([x for x, _ in inputs], dim=0)
+    contexts = torch.cat([_pad_tokens(context, length) for _, context in inputs], dim=0)
+    times = len(inputs)
+    out = model(x, _repeat_batch(t, times), contexts, **{k: _repeat_batch(v, times) for k, v in extras.items()})
+    return list(out.chunk(times, dim=0))
+
+
+def subject_guided_velocity(model: ModelFn, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
+                            negative_context: Optional[torch.Tensor], subjects: torch.Tensor,
+                            text_scale: float, image_scale: float, *, batched: bool = True,
+                            extras: Optional[dict] = None) -> torch.Tensor:
+    """Phantom's three-pass guidance for one step, over the video frames of ``x``.
+
+    ``neither + s_img·(pictures − neither) + s_text·(both − pictures)``: *both* = text and subject
+    frames, *pictures* = negative text and subject frames, *neither* = negative text and zero
+    subject frames (official Phantom ``guide_scale_img`` / ``guide_scale_text``; ComfyUI's
+    DualCFGGuider "regular" with cfg_conds = s_text, cfg_cond2_negative = s_img). Like ComfyUI,
+    ``s_img == 1`` skips the *neither* pass and ``s_img == s_text == 1`` runs *both* alone; with no
+    negative context only *both* runs.
+    """
+    extras = extras or {}
+    frames = x.shape[2]
+    joined = with_subjects(x, subjects)
+    inputs = [(joined, context)]
+    if negative_context is not None and not (text_scale == 1.0 and image_scale == 1.0):
+        inputs.append((joined, negative_context))
+        if image_scale != 1.0:
+            inputs.append((with_subjects(x, torch.zeros_like(subjects)), negative_context))
+    outs = [video_part(out, frames) for out in _passes(model, t, inputs, batched, extras)]
+    if len(outs) == 1:
+        return outs[0]
+    both, pictures = outs[0], outs[1]
+    base = combine(pictures, outs[2], image_scale) if len(outs) == 3 else pictures
+    return base + text_scale * (both - pictures)

@@ -23,7 +23,7 @@ import torch.nn as nn
 from ..wan.compute_dtype import module_compute_dtype
 from .conditioning import WanConditioning
 from .expert_residency import ExpertResidency, Parking, module_device
-from .guidance import CfgSchedule, cfg_at, guided_velocity
+from .guidance import CfgSchedule, cfg_at, guided_velocity, subject_guided_velocity
 from .noise import noised_start
 from .schedules import Schedule, switch_step_for_boundary
 from .solvers import get_solver
@@ -183,13 +183,18 @@ class MoESampler:
 
             def guided(batch_cfg: bool) -> torch.Tensor:
                 fn = model if step_cache is None else step_cache.model_for(model, name, step)
+                if cond.subjects is not None:            # Phantom: three passes, two scales
+                    return subject_guided_velocity(fn, x_in, t, cond.context, cond.negative_context,
+                                                   cond.subjects, scale, cond.subject_cfg,
+                                                   batched=batch_cfg, extras=extras)
                 return guided_velocity(fn, x_in, t, cond.context, cond.negative_context, scale,
                                        batched=batch_cfg, extras=extras)
 
             try:
                 velocity = guided(batched)
             except torch.OutOfMemoryError:
-                if not (batched and scale != 1.0 and cond.negative_context is not None):
+                guided_passes = scale != 1.0 or (cond.subjects is not None and cond.subject_cfg != 1.0)
+                if not (batched and guided_passes and cond.negative_context is not None):
                     raise                                # it was not a batched cond+uncond pass
                 batched = False
                 logger.warning("step %d: batched cond+uncond forward ran out of memory; running "

@@ -46,22 +46,44 @@ def test_template_executes_on_tiny_models(server, name):
     assert ".mp4" in result.stdout
 
 
-def test_latent_convention_matches_core_vae(server):
-    """Core VAEEncode / VAEDecode and ours agree on one (random, full-size) Wan 2.1 VAE file: LATENT is raw mu."""
+def _full_size_vae(work: Path) -> Path:
+    """A random Wan 2.1 VAE file at the released size (ComfyUI builds that VAE at that size only)."""
     import torch
     from safetensors.torch import save_file
 
     from wanflow.wan.vae2_1 import WanVAE21
 
-    vae_file = server["work"] / "wanflow_full_random_wan2.1_vae.safetensors"
-    if not vae_file.exists():  # ComfyUI builds the Wan 2.1 VAE at its released size, so the file must match it
+    vae_file = work / "wanflow_full_random_wan2.1_vae.safetensors"
+    if not vae_file.exists():
         torch.manual_seed(0)
         save_file({k: v.contiguous() for k, v in WanVAE21().state_dict().items()}, str(vae_file))
-    report = run_in_comfyui(server["work"], "latent_check.py", vae_file, ROOT)
+    return vae_file
+
+
+def test_latent_convention_matches_core_vae(server):
+    """Core VAEEncode / VAEDecode and ours agree on one (random, full-size) Wan 2.1 VAE file: LATENT is raw mu."""
+    report = run_in_comfyui(server["work"], "latent_check.py", _full_size_vae(server["work"]), ROOT)
     assert report["core_latent_shape"] == report["our_latent_shape"] == [1, 16, 2, 4, 4]
     assert report["encode_max_diff"] < 1e-4 * max(1.0, report["latent_scale"])
     assert report["core_frames_shape"] == report["our_frames_shape"] == [5, 32, 32, 3]
     assert report["decode_max_diff"] < 1e-4 and report["core_latent_through_our_decode_max_diff"] < 1e-4
+
+
+def test_subject_to_video_matches_core_phantom_and_dual_cfg_guider(server):
+    """Phantom: core WanPhantomSubjectToVideo + DualCFGGuider (regular) and WanFlow Subject to Video + our
+    MoE sampler give the same subject latents (two pictures, centre-cropped, one frame each) and the same
+    result after one and three guided Euler steps, on core's MODEL and on our DiT from the same file."""
+    models = server["work"] / "ComfyUI" / "models"
+    report = run_in_comfyui(server["work"], "phantom_check.py", ROOT, models, _full_size_vae(server["work"]))
+    assert report["core_subjects_shape"] == report["our_subjects_shape"] == [1, 16, 2, 4, 4], report
+    assert report["subjects_max_diff"] < 1e-5 * max(1.0, report["subjects_scale"]), report
+    assert report["core_zero_subjects_max"] == 0.0, report  # core's "no pictures" is zero in the model's space
+    assert report["core_latent_shape"] == report["our_latent_shape"] == [1, 16, 2, 4, 4], report
+    for steps in (1, 3):
+        assert report[f"result_shape_{steps}"] == [1, 16, 2, 4, 4], report  # subject frames cut off
+        tolerance = 2e-5 * max(1.0, report[f"scale_{steps}"])
+        assert report[f"core_model_max_diff_{steps}"] < tolerance, report
+        assert report[f"our_dit_max_diff_{steps}"] < tolerance, report
 
 
 def test_template_browser_serves_templates_and_thumbnails(server):

@@ -31,6 +31,7 @@ def test_core_text_becomes_unpadded_conditioning():
 @pytest.mark.parametrize("bad, message", [
     (core_text(5) + core_text(5), "2 entries"),
     (core_text(5, concat_latent_image=torch.zeros(1)), "WanFlow Image to Video"),
+    (core_text(5, time_dim_concat=torch.zeros(1)), "WanFlow Subject to Video"),
     ([[torch.zeros(5, 8), {}]], "expected text embeddings"),
 ])
 def test_core_conditioning_that_is_not_one_text_is_refused_by_name(bad, message):
@@ -44,6 +45,10 @@ def test_only_text_conditioning_goes_out_to_core():
                            y=torch.zeros(1, 20, 1, 2, 2))
     with pytest.raises(ValueError, match="image"):
         conditioning_to_core(cond)
+    phantom = WanConditioning(context=torch.zeros(1, 4, 8), negative_context=torch.zeros(1, 4, 8),
+                              subjects=torch.zeros(1, 16, 1, 2, 2))
+    with pytest.raises(ValueError, match="subject pictures"):
+        conditioning_to_core(phantom)
 
 
 def test_core_clip_vision_output_gives_the_image_tokens():

@@ -48,6 +48,14 @@ RELEASES = [
     ("Wan2.2-T2V-A14B-Diffusers/transformer_2", "wan2.2-t2v-a14b", ("2.2", "t2v", "14B", "low")),
     ("wan2.2_ti2v_5B_fp16.safetensors", "wan2.2-ti2v-5b", ("2.2", "ti2v", "5B", None)),
     ("some_finetune_of_i2v.safetensors", "wan2.2-i2v-a14b", ("2.2", "i2v", "14B", None)),
+    # Phantom-Wan subject-to-video: Wan 2.1 T2V weights; Kijai's repackaged names, the official
+    # 1.3B checkpoint and QuantStack's GGUF
+    ("Phantom-Wan-1_3B_fp16.safetensors", "wan2.1-t2v-1.3b", ("2.1", "t2v", "1.3B", None)),
+    ("Phantom-Wan-1_3B_fp32.safetensors", "wan2.1-t2v-1.3b", ("2.1", "t2v", "1.3B", None)),
+    ("Phantom-Wan-1.3B.pth", "wan2.1-t2v-1.3b", ("2.1", "t2v", "1.3B", None)),
+    ("Phantom-Wan-14B_fp16.safetensors", "wan2.1-t2v-14b", ("2.1", "t2v", "14B", None)),
+    ("Phantom-Wan-14B_fp8_e4m3fn.safetensors", "wan2.1-t2v-14b", ("2.1", "t2v", "14B", None)),
+    ("Phantom_Wan_14B-Q4_K_M.gguf", "wan2.1-t2v-14b", ("2.1", "t2v", "14B", None)),
     ("wan2.2_fun_vace_high_noise_14B_bf16.safetensors", "wan2.1-vace-14b", ("2.2", "vace", "14B", "high")),
     ("wan2.2_fun_vace_high_noise_14B_fp8_scaled.safetensors", "wan2.1-vace-14b", ("2.2", "vace", "14B", "high")),
     ("wan2.2_fun_vace_low_noise_14B_fp8_scaled.safetensors", "wan2.1-vace-14b", ("2.2", "vace", "14B", "low")),
@@ -81,6 +89,17 @@ def test_t2v_14b_without_a_telling_name_is_assumed_2_1_with_a_note():
     variant = detect_dit_variant(preset_shapes("wan2.1-t2v-14b"), "my_finetune.safetensors")
     assert (variant.family, variant.family_from) == ("2.1", "assumed")
     assert any("identical shapes" in note for note in variant.notes)
+
+
+def test_phantom_is_told_from_t2v_by_its_file_name_only():
+    """Phantom-Wan-14B has the T2V-14B shapes and no 'wan2.1' in its name: 2.1 from the name, with a
+    note pointing at Subject to Video; a plain T2V file gets no such note."""
+    phantom = detect_dit_variant(preset_shapes("wan2.1-t2v-14b"), "Phantom-Wan-14B_fp16.safetensors")
+    assert (phantom.family, phantom.family_from) == ("2.1", "file name")
+    assert any("Subject to Video" in note for note in phantom.notes)
+    assert not any("identical shapes" in note for note in phantom.notes)
+    plain = detect_dit_variant(preset_shapes("wan2.1-t2v-1.3b"), "wan2.1_t2v_1.3B_bf16.safetensors")
+    assert not any("Phantom" in note for note in plain.notes)
 
 
 def test_expert_override_makes_a_t2v_14b_a_2_2_expert():

@@ -229,6 +229,7 @@ SWAPPED_MODELS = [
      "is a text-to-video model and takes no image"),
     ("wan22_a14b_i2v", {"i2v_clip": ("i2v_high",)}, "node 7 (WanFlowImageToVideo)", "needs CLIP vision features"),
     ("wan21_vace_r2v", {"t2v_high": ("vace",)}, "node 8 (WanFlowMoESampler)", "which has no VACE blocks"),
+    ("wan21_phantom_s2v", {"vace": ("t2v_high",)}, "node 8 (WanFlowMoESampler)", "needs a Phantom-Wan model"),
     ("wan22_a14b_vace_r2v", {"t2v_low": ("vace_low",)}, "node 8 (WanFlowMoESampler)",
      "model_low is Wan 2.2 T2V-nano (low-noise expert), which has no VACE blocks"),
     ("wan22_a14b_vace_r2v", {"vace_low": ("vace_high",), "vace_high": ("vace_low",)}, "node 8 (WanFlowMoESampler)",

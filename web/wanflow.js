@@ -17,6 +17,7 @@ const LABELS = {
   WanFlowEmptyVideoLatent: "Latent",
   WanFlowImageToVideo: "Size",
   WanFlowReferenceToVideo: "Size",
+  WanFlowSubjectToVideo: "Size",
   WanFlowMoESampler: "Experts",
 };
 const LINE_HEIGHT = 18;
