@@ -132,15 +132,16 @@ OFFICIAL = {  # template -> the model whose official settings (model_loaders/det
     "wan22_ti2v_5b": ("2.2", "ti2v", "5B"),
     "wan21_vace_r2v": ("2.1", "vace", "14B"),
     "wan22_a14b_vace_r2v": ("2.2", "vace", "14B"),  # Wan2.2-VACE-Fun-A14B: its authors' settings
+    "wan22_a14b_flf2v": "fun-inp",                   # Wan2.2-Fun-A14B-InP: its authors' settings
 }
 
 
 @pytest.mark.parametrize("name", sorted(OFFICIAL))
 def test_widget_defaults_are_the_official_settings(name):
     """Steps, shift, guidance per expert, solver, size, frames and fps against the variant's official table."""
-    from wanflow.model_loaders.detect import official_defaults
+    from wanflow.model_loaders.detect import FUN_INP_DEFAULTS, official_defaults
 
-    defaults = official_defaults(*OFFICIAL[name])
+    defaults = FUN_INP_DEFAULTS if OFFICIAL[name] == "fun-inp" else official_defaults(*OFFICIAL[name])
     nodes = {n["id"]: n for n in load(ROOT / "workflows" / f"{name}.json")["nodes"]}
     widgets = {nid: node_specs.map_widgets_values(CLASSES[n["type"]], n["widgets_values"], name)
                for nid, n in nodes.items() if n["type"] not in UI_ONLY_TYPES}
