@@ -46,22 +46,43 @@ def test_template_executes_on_tiny_models(server, name):
     assert ".mp4" in result.stdout
 
 
-def test_latent_convention_matches_core_vae(server):
-    """Core VAEEncode / VAEDecode and ours agree on one (random, full-size) Wan 2.1 VAE file: LATENT is raw mu."""
+def _full_random_wan21_vae(work: Path) -> Path:
+    """A random Wan 2.1 VAE file at the released size (ComfyUI builds the Wan 2.1 VAE at that size)."""
     import torch
     from safetensors.torch import save_file
 
     from wanflow.wan.vae2_1 import WanVAE21
 
-    vae_file = server["work"] / "wanflow_full_random_wan2.1_vae.safetensors"
-    if not vae_file.exists():  # ComfyUI builds the Wan 2.1 VAE at its released size, so the file must match it
+    vae_file = work / "wanflow_full_random_wan2.1_vae.safetensors"
+    if not vae_file.exists():
         torch.manual_seed(0)
         save_file({k: v.contiguous() for k, v in WanVAE21().state_dict().items()}, str(vae_file))
+    return vae_file
+
+
+def test_latent_convention_matches_core_vae(server):
+    """Core VAEEncode / VAEDecode and ours agree on one (random, full-size) Wan 2.1 VAE file: LATENT is raw mu."""
+    vae_file = _full_random_wan21_vae(server["work"])
     report = run_in_comfyui(server["work"], "latent_check.py", vae_file, ROOT)
     assert report["core_latent_shape"] == report["our_latent_shape"] == [1, 16, 2, 4, 4]
     assert report["encode_max_diff"] < 1e-4 * max(1.0, report["latent_scale"])
     assert report["core_frames_shape"] == report["our_frames_shape"] == [5, 32, 32, 3]
     assert report["decode_max_diff"] < 1e-4 and report["core_latent_through_our_decode_max_diff"] < 1e-4
+
+
+def test_first_last_frame_condition_matches_core_flf_and_fun_inpaint_nodes(server):
+    """Core WanFirstLastFrameToVideo and WanFunInpaintToVideo, and our Image to Video on a Wan 2.2
+    I2V-architecture expert (Wan 2.2 I2V-A14B / Fun-InP), give the DiT the same concat condition
+    (4 mask channels + normalised image latent) for a start image, an end image and both."""
+    report = run_in_comfyui(server["work"], "flf_check.py", _full_random_wan21_vae(server["work"]), ROOT)
+    assert report["variant"].startswith("Wan 2.2 I2V"), report["variant"]
+    known = {"start": [1, 0, 0], "end": [0, 0, 1], "start+end": [1, 0, 1]}
+    assert len(report["cases"]) == 6
+    for name, case in report["cases"].items():
+        assert case["core_shape"] == case["our_shape"] == [1, 20, 3, 4, 4], (name, case)
+        assert case["known_latent_frames"] == known[name.split(":")[1]], (name, case)
+        assert case["mask_max_diff"] == 0.0, (name, case)
+        assert case["latent_max_diff"] < 1e-4 * max(1.0, case["latent_scale"]), (name, case)
 
 
 def test_template_browser_serves_templates_and_thumbnails(server):
