@@ -48,9 +48,9 @@ RELEASES = [
     ("Wan2.2-T2V-A14B-Diffusers/transformer_2", "wan2.2-t2v-a14b", ("2.2", "t2v", "14B", "low")),
     ("wan2.2_ti2v_5B_fp16.safetensors", "wan2.2-ti2v-5b", ("2.2", "ti2v", "5B", None)),
     ("some_finetune_of_i2v.safetensors", "wan2.2-i2v-a14b", ("2.2", "i2v", "14B", None)),
-    ("wan2.2_fun_vace_high_noise_14B_bf16.safetensors", "wan2.1-vace-14b", ("2.2", "vace", "14B", "high")),
-    ("wan2.2_fun_vace_high_noise_14B_fp8_scaled.safetensors", "wan2.1-vace-14b", ("2.2", "vace", "14B", "high")),
-    ("wan2.2_fun_vace_low_noise_14B_fp8_scaled.safetensors", "wan2.1-vace-14b", ("2.2", "vace", "14B", "low")),
+    ("wan2.2_fun_vace_high_noise_14B_bf16.safetensors", "wan2.2-vace-fun-a14b", ("2.2", "vace", "14B", "high")),
+    ("wan2.2_fun_vace_high_noise_14B_fp8_scaled.safetensors", "wan2.2-vace-fun-a14b", ("2.2", "vace", "14B", "high")),
+    ("wan2.2_fun_vace_low_noise_14B_fp8_scaled.safetensors", "wan2.2-vace-fun-a14b", ("2.2", "vace", "14B", "low")),
     # Wan2.2-Fun-A14B-InP: the shapes of Wan 2.2 I2V-A14B; its name gives its authors' settings
     # (Comfy-Org repackaged, alibaba-pai/Wan2.2-Fun-A14B-InP folders, QuantStack GGUF)
     ("wan2.2_fun_inpaint_high_noise_14B_fp8_scaled.safetensors", "wan2.2-i2v-a14b", ("2.2", "i2v", "14B", "high")),
