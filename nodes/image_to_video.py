@@ -2,7 +2,8 @@
 
 Which conditioning is built is read from the loaded model:
 - Wan 2.1 I2V / FLF2V (CLIP branch): mask + image latent ``y`` and CLIP features of the image(s);
-- Wan 2.2 I2V-A14B: mask + image latent ``y`` only;
+- Wan 2.2 I2V-A14B and Wan2.2-Fun-A14B-InP: mask + image latent ``y`` only, for a start image, an end
+  image or both (as ComfyUI's WanFirstLastFrameToVideo / WanFunInpaintToVideo);
 - Wan 2.2 TI2V-5B: the clean first-frame latent (per-token timesteps in the sampler).
 The builders are samplers/conditioning.py's; this node sizes the images and picks the recipe.
 """
@@ -66,8 +67,9 @@ def latent_encoder(vae):
 
 
 class WanFlowImageToVideo:
-    DESCRIPTION = ("Start (and optional end) image conditioning, chosen from the model: Wan 2.1 I2V/FLF2V "
-                   "(CLIP + image latent), Wan 2.2 I2V-A14B (image latent) or TI2V-5B (first-frame latent).")
+    DESCRIPTION = ("Start and/or end image conditioning, chosen from the model: Wan 2.1 I2V/FLF2V "
+                   "(CLIP + image latent), Wan 2.2 I2V-A14B and Fun-InP (image latent; start, end or both) "
+                   "or TI2V-5B (first-frame latent).")
     CATEGORY = CONDITIONING_MENU
     RETURN_TYPES = (CONDITIONING, LATENT)
     RETURN_NAMES = ("conditioning", "latent")

@@ -6,7 +6,7 @@
 |-----------------|--------------------------------------------------------------------|
 | T2V             | ``context`` (+ ``negative_context`` for CFG)                       |
 | 2.1 I2V / FLF2V | ``y`` (4 mask + 16 image-latent channels) and ``clip_fea``         |
-| 2.2 I2V         | ``y`` only (no CLIP)                                               |
+| 2.2 I2V, Fun-InP| ``y`` only (no CLIP; start and/or end frame)                       |
 | TI2V-5B I2V     | ``first_frame``: clean first-frame latent; per-token timesteps     |
 | VACE            | ``vace_context``, ``vace_strength``, ``vace_trim_frames``          |
 
