@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from wanflow.nodes import comfy_adapter as ca
-from wanflow.runner import node_specs, template_layout, templates, tiny_runs
+from wanflow.runner import execute, node_specs, template_layout, templates, tiny_runs, workflow
 from wanflow.runner.registry import node_classes
 from wanflow.runner.tiny_models import write_tiny_models
 from wanflow.runner.workflow import UI_ONLY_TYPES, load_workflow
@@ -221,6 +221,29 @@ def test_a_size_the_model_cannot_take_is_rounded_and_shown_on_the_node(tiny_setu
     assert result.ui["7"]["text"] == ["32x32, 5 frames (40x32 rounded: the model needs multiples of 16; "
                                       "7 frames rounded down to 5: the model needs 4n+1)"]
     assert result.files
+
+
+def _run_without_image_links(tiny_setup, name: str, links: tuple[str, ...]):
+    """Template ``name`` on the tiny models with ``links`` of node 7 (Image to Video) disconnected."""
+    ca.configure_headless(tiny_setup / "models", tiny_setup / "input", tiny_setup / "output" / f"{name}_without")
+    ca.set_headless_progress(False)
+    classes = node_classes()
+    flow = workflow.load_workflow(templates.render(name, classes), classes, name)
+    workflow.apply_overrides(flow.prompt, tiny_runs.TINY_OVERRIDES[name], classes)
+    for link in links:
+        del flow.prompt["7"]["inputs"][link]
+    return execute.run(flow, classes)
+
+
+def test_first_last_frame_template_runs_with_the_end_image_alone(tiny_setup):
+    """Wan 2.2 I2V-A14B / Fun-InP take an end image without a start image (as ComfyUI's
+    WanFirstLastFrameToVideo does); with neither, the graph check names the node before loading."""
+    from wanflow.runner import errors
+
+    result = _run_without_image_links(tiny_setup, "wan22_a14b_flf2v", ("start_image",))
+    assert len(result.files) == 1
+    with pytest.raises(errors.InvalidWorkflow, match=r"node 7 \(WanFlowImageToVideo\).*connect a start_image"):
+        _run_without_image_links(tiny_setup, "wan22_a14b_flf2v", ("start_image", "end_image"))
 
 
 SWAPPED_MODELS = [
