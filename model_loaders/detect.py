@@ -182,6 +182,14 @@ COMMUNITY_DEFAULTS: dict[tuple[str, str, str], WanDefaults] = {
                                         guide_scale_low_noise=5.0, boundary=0.875),
 }
 
+# Wan2.2-Fun-A14B-InP (Alibaba PAI; Comfy-Org repackages it as wan2.2_fun_inpaint_{high,low}_noise_14B):
+# start/end-frame experts with exactly the shapes of Wan 2.2 I2V-A14B (36 input channels, no CLIP),
+# so only the file name tells them apart. Its authors' settings (VideoX-Fun
+# examples/wan2.2_fun/predict_i2v.py, config wan2.2/wan_civitai_i2v.yaml): 832x480, 81 frames at
+# 16 fps, 50 steps, guidance 6 on both experts, shift 5 (its UniPC option), switch at t = 900.
+FUN_INP_DEFAULTS = WanDefaults("2.1", 5.0, 50, 6.0, 16, 81, SIZES_480P + SIZES_720P,
+                               guide_scale_low_noise=6.0, boundary=0.900)
+
 
 def official_defaults(family: str, task: str, size: str) -> WanDefaults:
     """Defaults of the official variant, or of the closest one (same family and task)."""
@@ -316,6 +324,7 @@ _WAN21 = re.compile(r"wan[_\-. ]?2[_\-. ]?1")
 _PHANTOM = re.compile(r"phantom")
 PHANTOM_NOTE = ("Phantom-Wan subject-to-video (from the file name): use it with WanFlow Subject to Video; official "
                 "settings 50 steps, shift 5, text guidance 7.5, picture guidance 5.0.")
+_FUN_INP = re.compile(r"fun[_\-. ]?(?:a14b[_\-. ]?)?inp(?:aint(?:ing)?)?(?![a-z])")
 
 
 def _name_parts(path: Union[str, Path, None]) -> list[str]:
@@ -356,6 +365,11 @@ def family_from_name(path: Union[str, Path, None]) -> Optional[str]:
 def phantom_from_name(path: Union[str, Path, None]) -> bool:
     """Whether the file or its folder names Phantom-Wan (nothing in the weights tells it from T2V)."""
     return bool(_PHANTOM.search(" ".join(_name_parts(path))))
+
+
+def is_fun_inp_name(path: Union[str, Path, None]) -> bool:
+    """Whether the file or its folder is named as Wan2.2-Fun-A14B-InP (fun_inpaint, Fun-A14B-InP, ...)."""
+    return bool(_FUN_INP.search(" ".join(_name_parts(path))))
 
 
 def detect_dit_variant(shapes: Shapes, path: Union[str, Path, None] = None,
@@ -401,8 +415,13 @@ def detect_dit_variant(shapes: Shapes, path: Union[str, Path, None] = None,
         expert = None
     elif expert is None:
         notes.append("Wan 2.2 A14B expert: the file name does not say high or low noise.")
+    defaults = official_defaults(family, config.model_type, size)
+    if family == "2.2" and config.model_type == "i2v" and size == "14B" and is_fun_inp_name(path):
+        defaults = FUN_INP_DEFAULTS
+        notes.append("Wan2.2-Fun-A14B-InP (from the file name): the Wan 2.2 I2V-A14B architecture trained for a "
+                     "start image, an end image or both (WanFlow Image to Video); its authors' settings.")
     if config.model_type == "t2v" and family == "2.1" and phantom_from_name(path):
         notes.append(PHANTOM_NOTE)
     return WanVariant(family=family, task=config.model_type, size=size, expert=expert,
-                      config=config, defaults=official_defaults(family, config.model_type, size),
+                      config=config, defaults=defaults,
                       family_from=family_from, notes=tuple(notes))

@@ -2,7 +2,8 @@
 
 Which conditioning is built is read from the loaded model:
 - Wan 2.1 I2V / FLF2V (CLIP branch): mask + image latent ``y`` and CLIP features of the image(s);
-- Wan 2.2 I2V-A14B: mask + image latent ``y`` only;
+- Wan 2.2 I2V-A14B and Wan2.2-Fun-A14B-InP: mask + image latent ``y`` only, for a start image, an end
+  image or both (as ComfyUI's WanFirstLastFrameToVideo / WanFunInpaintToVideo);
 - Wan 2.2 TI2V-5B: the clean first-frame latent (per-token timesteps in the sampler).
 The builders are samplers/conditioning.py's; this node sizes the images and picks the recipe.
 """
@@ -66,8 +67,9 @@ def latent_encoder(vae):
 
 
 class WanFlowImageToVideo:
-    DESCRIPTION = ("Start (and optional end) image conditioning, chosen from the model: Wan 2.1 I2V/FLF2V "
-                   "(CLIP + image latent), Wan 2.2 I2V-A14B (image latent) or TI2V-5B (first-frame latent).")
+    DESCRIPTION = ("Start and/or end image conditioning, chosen from the model: Wan 2.1 I2V/FLF2V "
+                   "(CLIP + image latent), Wan 2.2 I2V-A14B and Fun-InP (image latent; start, end or both) "
+                   "or TI2V-5B (first-frame latent).")
     CATEGORY = CONDITIONING_MENU
     RETURN_TYPES = (CONDITIONING, LATENT)
     RETURN_NAMES = ("conditioning", "latent")
@@ -82,8 +84,6 @@ class WanFlowImageToVideo:
                                                      "WanFlow or core MODEL); decides which conditioning is built."}),
                 "conditioning": (CONDITIONING, {"tooltip": "Text conditioning from WanFlow Text Encode."}),
                 "vae": (VAE, {"tooltip": "Wan 2.1 VAE (14B models) or Wan 2.2 VAE (TI2V-5B)."}),
-                "start_image": (IMAGE, {"tooltip": "First frame of the video; scaled to cover the size and "
-                                                   "centre-cropped."}),
                 "width": ("INT", {"default": 832, "min": 16, "max": 4096, "step": 16, "tooltip":
                           "Video width; a multiple of 16 (32 for TI2V-5B), other values are rounded."}),
                 "height": ("INT", {"default": 480, "min": 16, "max": 4096, "step": 16, "tooltip":
@@ -92,7 +92,11 @@ class WanFlowImageToVideo:
                            "Frames, 4n+1 (81 at 16 fps; TI2V-5B: 121 at 24 fps); other values are rounded down."}),
             },
             "optional": {
-                "end_image": (IMAGE, {"tooltip": "Last frame (first-last-frame models, e.g. Wan 2.1 FLF2V)."}),
+                "start_image": (IMAGE, {"tooltip": "First frame of the video; scaled to cover the size and "
+                                                   "centre-cropped. Required except on Wan 2.2 I2V-A14B / "
+                                                   "Fun-InP, which also take an end image alone."}),
+                "end_image": (IMAGE, {"tooltip": "Last frame: Wan 2.1 FLF2V (required), Wan 2.2 I2V-A14B and "
+                                                 "Wan2.2-Fun-A14B-InP (first-last-frame, or end image alone)."}),
                 "clip_vision": (CLIP_VISION, {"tooltip": "CLIP vision model; required by Wan 2.1 I2V and FLF2V, "
                                                          "not used by Wan 2.2."}),
                 "clip_vision_output": (CLIP_VISION_OUTPUT, {"tooltip": "Instead of clip_vision: core CLIPVisionEncode "
@@ -105,21 +109,23 @@ class WanFlowImageToVideo:
                      connected: set[str]) -> None:
         """The headless runner's check before loading (from file headers); see nodes/model_checks.py."""
         if "model" in models:
-            check_image_model(models["model"], end_image="end_image" in connected,
+            check_image_model(models["model"], start_image="start_image" in connected,
+                              end_image="end_image" in connected,
                               clip_vision=bool({"clip_vision", "clip_vision_output"} & connected))
 
-    def build(self, model: ModelHandle, conditioning: WanConditioning, vae, start_image: torch.Tensor,
-              width: int, height: int, length: int, end_image: Optional[torch.Tensor] = None,
+    def build(self, model: ModelHandle, conditioning: WanConditioning, vae,
+              start_image: Optional[torch.Tensor] = None, width: int = 832, height: int = 480, length: int = 81,
+              end_image: Optional[torch.Tensor] = None,
               clip_vision: Optional[ClipVisionHandle] = None, clip_vision_output: Any = None) -> dict:
         what = "image-to-video"
         model = as_model_handle(model, "Image to Video", "model")
-        check_image_model(model.variant, end_image=end_image is not None,
+        check_image_model(model.variant, start_image=start_image is not None, end_image=end_image is not None,
                           clip_vision=clip_vision is not None or clip_vision_output is not None)
         check_vae(model, vae, what)
         size = fit_video_size(width, height, length, vae, what)
         width, height, length = size.width, size.height, size.length
         config = model.variant.config
-        start = fit_image(start_image, width, height)
+        start = fit_image(start_image, width, height) if start_image is not None else None
         end = fit_image(end_image, width, height) if end_image is not None else None
         latent_shape = vae.latent_shape((1, 3, length, height, width))
         with comfy_adapter.model_on_compute_device(vae, "vae"):

@@ -55,21 +55,29 @@ def check_sampler_conditioning(variant: WanVariant, socket: str, kind: Optional[
 
 
 def check_image_model(variant: WanVariant, *, end_image: bool, clip_vision: Optional[bool],
-                      what: str = "image-to-video") -> None:
-    """Whether ``variant`` can take a start image (and an end image / CLIP features) at all.
+                      start_image: bool = True, what: str = "image-to-video") -> None:
+    """Whether ``variant`` can take the connected start / end image (and CLIP features) at all.
 
     ``clip_vision`` None means "not known yet" (the runner's header check of a linked input).
+    An end image alone is taken by the CLIP-free 36-channel models only (Wan 2.2 I2V-A14B,
+    Wan2.2-Fun-A14B-InP), as ComfyUI's WanFirstLastFrameToVideo takes it.
     """
     config = variant.config
+    if not start_image and not end_image:
+        raise ValueError(f"{what}: connect a start_image (and/or, on Wan 2.2 I2V-A14B / Fun-InP, an end_image)")
     if not takes_image_latent(variant):
         if config.model_type != "ti2v":
             raise ValueError(f"{what}: {variant.name} is a text-to-video model and takes no image; "
                              "load a Wan I2V, FLF2V or TI2V model")
         if end_image:
             raise ValueError(f"{what}: {variant.name} takes a start image only, not an end image")
-    if config.flf_pos_len is not None and not end_image:
-        raise ValueError(f"{what}: {variant.name} is a first-last-frame model and needs an end_image "
-                         "as well as the start_image")
+    if config.flf_pos_len is not None and not (start_image and end_image):
+        missing = "an end_image" if start_image else "a start_image"
+        raise ValueError(f"{what}: {variant.name} is a first-last-frame model and needs {missing}: "
+                         "connect both a start_image and an end_image")
+    if not start_image and config.has_image_input:
+        raise ValueError(f"{what}: {variant.name} needs a start_image (an end image alone works on the "
+                         "CLIP-free Wan 2.2 I2V-A14B and Fun-InP models)")
     if config.has_image_input and clip_vision is False:
         raise ValueError(f"{what}: {variant.name} needs CLIP vision features: connect a "
                          "WanFlow CLIP Vision Loader (clip_vision_h.safetensors)")

@@ -35,6 +35,8 @@ VACE_14B = "wan2.1_vace_14B_fp16.safetensors"
 PHANTOM_14B = "Phantom-Wan-14B_fp16.safetensors"  # Kijai's repackaging of ByteDance's Phantom-Wan-14B
 VACE_FUN_HIGH = "wan2.2_fun_vace_high_noise_14B_fp8_scaled.safetensors"
 VACE_FUN_LOW = "wan2.2_fun_vace_low_noise_14B_fp8_scaled.safetensors"
+FUN_INP_HIGH = "wan2.2_fun_inpaint_high_noise_14B_fp8_scaled.safetensors"
+FUN_INP_LOW = "wan2.2_fun_inpaint_low_noise_14B_fp8_scaled.safetensors"
 UMT5 = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
 VAE_21 = "wan_2.1_vae.safetensors"
 VAE_22 = "wan2.2_vae.safetensors"
@@ -44,6 +46,8 @@ LIGHTX2V_LOW = "wan2.2_t2v_lightx2v_4steps_lora_v1.1_low_noise.safetensors"
 T2V_PROMPT = ("A red fox trots through fresh snow in a birch forest at golden hour, its breath visible in the cold "
               "air; the camera tracks alongside at ground level, soft light and long shadows.")
 I2V_PROMPT = "The subject of the picture comes to life: gentle natural motion, the camera slowly pushes in."
+FLF_PROMPT = ("The scene moves smoothly from the first picture to the last: natural motion in between, the camera "
+              "drifts slowly.")
 R2V_PROMPT = "The character from the reference picture walks along a beach at sunset, waves rolling in behind."
 S2V_PROMPT = ("The person from the first picture holds the object from the second picture and shows it to the camera "
               "in a bright kitchen, smiling; natural light, gentle handheld motion.")
@@ -128,6 +132,40 @@ def i2v_a14b() -> Template:
     ]
     return "Wan 2.2 A14B image-to-video", nodes, [Column("Load models", [2, 3, 4, 6]), Column("Prompt", [5, 11, 7]), Column("Sample", [8]),
                    Column("Decode and save", [9, 10])]
+
+
+def flf_a14b() -> Template:
+    """Wan2.2-Fun-A14B-InP: start and end picture through one Image to Video node (the Wan 2.2
+    I2V-A14B pair takes the same graph)."""
+    high, low = _model(REPO_22, "diffusion_models", FUN_INP_HIGH), _model(REPO_22, "diffusion_models", FUN_INP_LOW)
+    vae, umt5 = _model(REPO_22, "vae", VAE_21), _model(REPO_22, "text_encoders", UMT5)
+    nodes = [
+        _files_note(1, "Wan 2.2 A14B first-last-frame (Wan2.2-Fun-A14B-InP)", [_row(m) for m in (high, low, umt5, vae)],
+                    "Put your first and last pictures in ComfyUI's `input` folder (or `--input DIR`); both are scaled "
+                    "to cover the size and centre-cropped. Disconnect either one to give only a start or only an end "
+                    "picture. Wan2.2-Fun-A14B-InP (Alibaba PAI) needs no CLIP vision model. Settings of its authors' "
+                    "example: 832x480, 81 frames at 16 fps, 50 steps, shift 5, guidance 6 on both experts, switch at "
+                    "t = 900. The Wan 2.2 I2V-A14B pair (wan2.2_i2v_high/low_noise_14B) runs in the same graph with "
+                    "its own settings (40 steps, guidance 3.5)."),
+        Node(2, "WanFlowModelLoader", {"model_name": FUN_INP_HIGH}, title="High-noise expert", models=[high]),
+        Node(3, "WanFlowModelLoader", {"model_name": FUN_INP_LOW}, title="Low-noise expert", models=[low]),
+        *_text_nodes(FLF_PROMPT),
+        Node(6, "WanFlowVAELoader", {"vae_name": VAE_21}, models=[vae]),
+        Node(11, "LoadImage", {"image": "start_image.png"}, title="First frame", size=(320.0, 340.0)),
+        Node(12, "LoadImage", {"image": "end_image.png"}, title="Last frame", size=(320.0, 340.0)),
+        Node(7, "WanFlowImageToVideo", {"width": 832, "height": 480, "length": 81},
+             links={"model": (2, 0), "conditioning": (5, 0), "vae": (6, 0), "start_image": (11, 0),
+                    "end_image": (12, 0)}),
+        Node(8, "WanFlowMoESampler", {"seed": 42, "steps": 50, "shift": 5.0, "solver": "unipc", "scheduler": "unipc",
+              "cfg_high": 6.0, "cfg_low": 6.0, "boundary": 0.0, "denoise": 1.0},
+             links={"model_high": (2, 0), "model_low": (3, 0), "conditioning": (7, 0), "latent": (7, 1)}),
+        Node(9, "WanFlowVAEDecode", links={"samples": (8, 0), "vae": (6, 0)}),
+        Node(10, "WanFlowSaveVideo", {"filename_prefix": "WanFlow/flf_a14b", "fps": 16.0},
+             links={"images": (9, 0)}, size=(420.0, 420.0)),
+    ]
+    return "Wan 2.2 A14B first-last-frame (Fun-InP)", nodes, [
+        Column("Load models", [2, 3, 4, 6]), Column("Prompt", [5, 11, 12]), Column("Sample", [7, 8]),
+        Column("Decode and save", [9, 10])]
 
 
 def ti2v_5b() -> Template:
@@ -309,6 +347,7 @@ def nano_t2v() -> Template:
 TEMPLATES: dict[str, Callable[[], Template]] = {
     "wan22_a14b_t2v": t2v_a14b,
     "wan22_a14b_i2v": i2v_a14b,
+    "wan22_a14b_flf2v": flf_a14b,
     "wan22_ti2v_5b": ti2v_5b,
     "wan21_vace_r2v": r2v_vace,
     "wan22_a14b_vace_r2v": r2v_vace_a14b,

@@ -14,7 +14,7 @@ from . import execute, templates
 from .tiny_models import FILES
 
 TINY_WIDTH, TINY_HEIGHT, TINY_LENGTH, TINY_STEPS = 32, 32, 5, 3
-INPUT_IMAGES = ("start_image.png", "reference_1.png", "reference_2.png")
+INPUT_IMAGES = ("start_image.png", "reference_1.png", "reference_2.png", "end_image.png")
 
 
 def _common(high: str, low: Optional[str], vae: str) -> list[str]:
@@ -29,6 +29,7 @@ TINY_OVERRIDES: dict[str, list[str]] = {
     "wan22_a14b_t2v": _common(FILES.t2v_high, FILES.t2v_low, FILES.vae21),
     "wanflow_nano_t2v": _common(FILES.t2v_high, FILES.t2v_low, FILES.vae21),
     "wan22_a14b_i2v": _common(FILES.i2v_high, FILES.i2v_low, FILES.vae21),
+    "wan22_a14b_flf2v": _common(FILES.i2v_high, FILES.i2v_low, FILES.vae21),  # Fun-InP: the I2V-A14B shapes
     "wan22_ti2v_5b": _common(FILES.ti2v, None, FILES.vae22),
     "wan21_vace_r2v": _common(FILES.vace, None, FILES.vae21),
     "wan22_a14b_vace_r2v": _common(FILES.vace_high, FILES.vace_low, FILES.vae21),

@@ -6,7 +6,7 @@
 |-----------------|--------------------------------------------------------------------|
 | T2V             | ``context`` (+ ``negative_context`` for CFG)                       |
 | 2.1 I2V / FLF2V | ``y`` (4 mask + 16 image-latent channels) and ``clip_fea``         |
-| 2.2 I2V         | ``y`` only (no CLIP)                                               |
+| 2.2 I2V, Fun-InP| ``y`` only (no CLIP; start and/or end frame)                       |
 | TI2V-5B I2V     | ``first_frame``: clean first-frame latent; per-token timesteps     |
 | VACE            | ``vace_context``, ``vace_strength``, ``vace_trim_frames``          |
 | Phantom S2V     | ``subjects`` (picture latents after the video), ``subject_cfg``    |
@@ -194,16 +194,18 @@ def _expect_batch(name: str, value: torch.Tensor, batch: int) -> None:
 # --- I2V concat condition (official Wan 2.1 / 2.2 I2V and FLF2V) ------------------------------
 
 def i2v_mask(num_frames: int, latent_height: int, latent_width: int, *, batch: int = 1,
-             last_frame: bool = False) -> torch.Tensor:
+             first_frame: bool = True, last_frame: bool = False) -> torch.Tensor:
     """The 4-channel "known frame" mask ``[B, 4, T_lat, h, w]`` of the I2V condition (1 = known).
 
-    Pixel frame 0 (and the last one for FLF2V) is known; frame 0 is repeated to 4 so the pixel
-    mask folds into 4 channels per latent frame: latent frame 0 is all ones.
+    Pixel frame 0 (when ``first_frame``) and the last one (FLF2V, or an end image alone) are
+    known; frame 0 is repeated to 4 so the pixel mask folds into 4 channels per latent frame:
+    latent frame 0 is all ones with a start image, all zeros without one.
     """
     if num_frames < 1 or (num_frames - 1) % VAE_TEMPORAL_STRIDE:
         raise ValueError(f"i2v_mask: num_frames must be 4n+1, got {num_frames}")
     mask = torch.zeros(batch, 1, num_frames, latent_height, latent_width)
-    mask[:, :, 0] = 1
+    if first_frame:
+        mask[:, :, 0] = 1
     if last_frame:
         mask[:, :, -1] = 1
     first = mask[:, :, :1].repeat_interleave(VAE_TEMPORAL_STRIDE, dim=2)
@@ -212,36 +214,40 @@ def i2v_mask(num_frames: int, latent_height: int, latent_width: int, *, batch: i
     return mask.transpose(1, 2)
 
 
-def i2v_pixel_video(image: torch.Tensor, num_frames: int,
+def i2v_pixel_video(image: Optional[torch.Tensor], num_frames: int,
                     last_image: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The pixel clip the VAE encodes for I2V: the image, then zeros (mid-grey), ``[B,3,F,H,W]``.
 
     ``image`` is ``[B, 3, H, W]`` in [−1, 1], already at the output size. With ``last_image``
-    (FLF2V) the last frame is that image.
+    (FLF2V) the last frame is that image; with ``last_image`` alone (``image`` None) the clip is
+    mid-grey up to that last frame, as ComfyUI's WanFirstLastFrameToVideo builds it.
     """
-    if image.ndim != 4 or image.shape[1] != 3:
-        raise ValueError(f"i2v_pixel_video: image must be [B, 3, H, W], got {tuple(image.shape)}")
-    frames = [image.unsqueeze(2)]
-    blanks = num_frames - 1 - (last_image is not None)
+    reference = image if image is not None else last_image
+    if reference is None:
+        raise ValueError("i2v_pixel_video: give an image, a last_image, or both")
+    if reference.ndim != 4 or reference.shape[1] != 3:
+        raise ValueError(f"i2v_pixel_video: images must be [B, 3, H, W], got {tuple(reference.shape)}")
+    if image is not None and last_image is not None and last_image.shape != image.shape:
+        raise ValueError(f"i2v_pixel_video: last_image {tuple(last_image.shape)} must match "
+                         f"image {tuple(image.shape)}")
+    blanks = num_frames - (image is not None) - (last_image is not None)
     if blanks < 0:
         raise ValueError(f"i2v_pixel_video: num_frames {num_frames} too small")
-    frames.append(image.new_zeros(image.shape[0], 3, blanks, *image.shape[2:]))
+    frames = [] if image is None else [image.unsqueeze(2)]
+    frames.append(reference.new_zeros(reference.shape[0], 3, blanks, *reference.shape[2:]))
     if last_image is not None:
-        if last_image.shape != image.shape:
-            raise ValueError(f"i2v_pixel_video: last_image {tuple(last_image.shape)} must match "
-                             f"image {tuple(image.shape)}")
         frames.append(last_image.unsqueeze(2))
     return torch.cat(frames, dim=2)
 
 
-def i2v_condition(image_latent: torch.Tensor, num_frames: int, *,
+def i2v_condition(image_latent: torch.Tensor, num_frames: int, *, first_frame: bool = True,
                   last_frame: bool = False) -> torch.Tensor:
     """``y = [mask(4) | image latent]`` for the DiT (``[B, 4 + C, T_lat, h, w]``).
 
     ``image_latent`` is the normalised VAE latent of :func:`i2v_pixel_video`.
     """
     batch, _, frames, height, width = image_latent.shape
-    mask = i2v_mask(num_frames, height, width, batch=batch, last_frame=last_frame)
+    mask = i2v_mask(num_frames, height, width, batch=batch, first_frame=first_frame, last_frame=last_frame)
     if mask.shape[2] != frames:
         raise ValueError(f"i2v_condition: image latent has {frames} frames, {num_frames} pixel "
                          f"frames give {mask.shape[2]}")
@@ -252,14 +258,16 @@ def i2v_condition(image_latent: torch.Tensor, num_frames: int, *,
 LatentEncoder = Callable[[torch.Tensor], torch.Tensor]
 
 
-def encode_i2v_condition(encode: LatentEncoder, image: torch.Tensor, num_frames: int,
+def encode_i2v_condition(encode: LatentEncoder, image: Optional[torch.Tensor], num_frames: int,
                          last_image: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The full I2V / FLF2V ``y``: encode the image clip, then prepend the 4-channel mask.
 
-    Used for Wan 2.1 I2V (plus ``clip_fea``), Wan 2.2 I2V-A14B (no CLIP) and FLF2V.
+    Used for Wan 2.1 I2V (plus ``clip_fea``), Wan 2.2 I2V-A14B and Wan2.2-Fun-A14B-InP (no CLIP;
+    start image, end image or both) and FLF2V.
     """
     latent = encode(i2v_pixel_video(image, num_frames, last_image))
-    return i2v_condition(latent, num_frames, last_frame=last_image is not None)
+    return i2v_condition(latent, num_frames, first_frame=image is not None,
+                         last_frame=last_image is not None)
 
 
 def encode_first_frame(encode: LatentEncoder, image: torch.Tensor) -> torch.Tensor:

@@ -86,6 +86,21 @@ def test_subject_to_video_matches_core_phantom_and_dual_cfg_guider(server):
         assert report[f"our_dit_max_diff_{steps}"] < tolerance, report
 
 
+def test_first_last_frame_condition_matches_core_flf_and_fun_inpaint_nodes(server):
+    """Core WanFirstLastFrameToVideo and WanFunInpaintToVideo, and our Image to Video on a Wan 2.2
+    I2V-architecture expert (Wan 2.2 I2V-A14B / Fun-InP), give the DiT the same concat condition
+    (4 mask channels + normalised image latent) for a start image, an end image and both."""
+    report = run_in_comfyui(server["work"], "flf_check.py", _full_size_vae(server["work"]), ROOT)
+    assert report["variant"].startswith("Wan 2.2 I2V"), report["variant"]
+    known = {"start": [1, 0, 0], "end": [0, 0, 1], "start+end": [1, 0, 1]}
+    assert len(report["cases"]) == 6
+    for name, case in report["cases"].items():
+        assert case["core_shape"] == case["our_shape"] == [1, 20, 3, 4, 4], (name, case)
+        assert case["known_latent_frames"] == known[name.split(":")[1]], (name, case)
+        assert case["mask_max_diff"] == 0.0, (name, case)
+        assert case["latent_max_diff"] < 1e-4 * max(1.0, case["latent_scale"]), (name, case)
+
+
 def test_template_browser_serves_templates_and_thumbnails(server):
     with urllib.request.urlopen(server["url"] + "/workflow_templates", timeout=60) as response:
         listed = json.loads(response.read())

@@ -10,8 +10,8 @@ import functools
 import pytest
 import torch
 
-from wanflow.model_loaders.detect import (COMMUNITY_DEFAULTS, OFFICIAL_DEFAULTS, classify, detect_dit_variant,
-                                          expert_from_name, family_from_name)
+from wanflow.model_loaders.detect import (COMMUNITY_DEFAULTS, FUN_INP_DEFAULTS, OFFICIAL_DEFAULTS, classify,
+                                          detect_dit_variant, expert_from_name, family_from_name, is_fun_inp_name)
 from wanflow.model_loaders.errors import UnsupportedModelError, WrongModelError
 from wanflow.wan import dit
 
@@ -56,9 +56,18 @@ RELEASES = [
     ("Phantom-Wan-14B_fp16.safetensors", "wan2.1-t2v-14b", ("2.1", "t2v", "14B", None)),
     ("Phantom-Wan-14B_fp8_e4m3fn.safetensors", "wan2.1-t2v-14b", ("2.1", "t2v", "14B", None)),
     ("Phantom_Wan_14B-Q4_K_M.gguf", "wan2.1-t2v-14b", ("2.1", "t2v", "14B", None)),
-    ("wan2.2_fun_vace_high_noise_14B_bf16.safetensors", "wan2.1-vace-14b", ("2.2", "vace", "14B", "high")),
-    ("wan2.2_fun_vace_high_noise_14B_fp8_scaled.safetensors", "wan2.1-vace-14b", ("2.2", "vace", "14B", "high")),
-    ("wan2.2_fun_vace_low_noise_14B_fp8_scaled.safetensors", "wan2.1-vace-14b", ("2.2", "vace", "14B", "low")),
+    ("wan2.2_fun_vace_high_noise_14B_bf16.safetensors", "wan2.2-vace-fun-a14b", ("2.2", "vace", "14B", "high")),
+    ("wan2.2_fun_vace_high_noise_14B_fp8_scaled.safetensors", "wan2.2-vace-fun-a14b", ("2.2", "vace", "14B", "high")),
+    ("wan2.2_fun_vace_low_noise_14B_fp8_scaled.safetensors", "wan2.2-vace-fun-a14b", ("2.2", "vace", "14B", "low")),
+    # Wan2.2-Fun-A14B-InP: the shapes of Wan 2.2 I2V-A14B; its name gives its authors' settings
+    # (Comfy-Org repackaged, alibaba-pai/Wan2.2-Fun-A14B-InP folders, QuantStack GGUF)
+    ("wan2.2_fun_inpaint_high_noise_14B_fp8_scaled.safetensors", "wan2.2-i2v-a14b", ("2.2", "i2v", "14B", "high")),
+    ("wan2.2_fun_inpaint_low_noise_14B_fp8_scaled.safetensors", "wan2.2-i2v-a14b", ("2.2", "i2v", "14B", "low")),
+    ("Wan2.2-Fun-A14B-InP/high_noise_model/diffusion_pytorch_model.safetensors.index.json",
+     "wan2.2-i2v-a14b", ("2.2", "i2v", "14B", "high")),
+    ("Wan2.2-Fun-A14B-InP/low_noise_model/diffusion_pytorch_model.safetensors.index.json",
+     "wan2.2-i2v-a14b", ("2.2", "i2v", "14B", "low")),
+    ("Wan2.2-Fun-A14B-InP-HighNoise-Q4_K_M.gguf", "wan2.2-i2v-a14b", ("2.2", "i2v", "14B", "high")),
     # GGUF (loaded by gguf_files.py; the same shapes as the files they were converted from):
     # city96/Wan2.1-*-gguf, QuantStack/Wan2.2-*-GGUF and QuantStack/Wan2.1_14B_VACE-GGUF names
     ("wan2.1-t2v-14b-Q4_K_M.gguf", "wan2.1-t2v-14b", ("2.1", "t2v", "14B", None)),
@@ -82,7 +91,25 @@ def test_release_table(name, preset, expected, prefix):
     assert (variant.family, variant.task, variant.size, variant.expert) == expected
     assert variant.config == dit.PRESETS[preset]  # the exact official architecture
     key = (variant.family, variant.task, variant.size)
-    assert variant.defaults == {**OFFICIAL_DEFAULTS, **COMMUNITY_DEFAULTS}[key]
+    expected_defaults = FUN_INP_DEFAULTS if is_fun_inp_name(name) else {**OFFICIAL_DEFAULTS, **COMMUNITY_DEFAULTS}[key]
+    assert variant.defaults == expected_defaults
+    assert any("Fun-A14B-InP" in note for note in variant.notes) == is_fun_inp_name(name)
+
+
+def test_fun_inp_names():
+    for name in ("wan2.2_fun_inpaint_high_noise_14B_fp8_scaled.safetensors", "Wan2.2-Fun-A14B-InP",
+                 "Wan2_2-Fun-InP-A14B_LOW_fp8_e4m3fn_scaled_KJ.safetensors"):
+        assert is_fun_inp_name(name), name
+    for name in ("wan2.2_i2v_high_noise_14B_fp16.safetensors", "wan2.2_fun_vace_high_noise_14B_bf16.safetensors",
+                 "Wan2.2-Fun-A14B-Control", "fun_input_test.safetensors"):
+        assert not is_fun_inp_name(name), name
+
+
+def test_fun_inp_defaults_are_its_authors_settings():
+    inp = FUN_INP_DEFAULTS
+    assert (inp.shift, inp.steps, inp.boundary, inp.vae) == (5.0, 50, 0.9, "2.1")
+    assert (inp.guide_scale, inp.guide_scale_low_noise) == (6.0, 6.0)
+    assert inp.sizes[0] == (832, 480) and (inp.frames, inp.fps) == (81, 16)
 
 
 def test_t2v_14b_without_a_telling_name_is_assumed_2_1_with_a_note():

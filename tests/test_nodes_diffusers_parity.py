@@ -72,6 +72,7 @@ def i2v_pipeline(vae, spatial, expand_timesteps=False):
 
 @pytest.mark.parametrize("preset, family, task, with_end", [
     ("i2v-2.2", "2.2", "i2v", False),   # Wan 2.2 I2V-A14B
+    ("i2v-2.2", "2.2", "i2v", True),    # Wan 2.2 I2V-A14B / Wan2.2-Fun-A14B-InP, first-last-frame
     ("i2v", "2.1", "i2v", False),       # Wan 2.1 I2V (CLIP: see the next test)
     ("flf2v", "2.1", "flf2v", True),    # Wan 2.1 FLF2V
 ])

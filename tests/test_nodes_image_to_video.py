@@ -61,6 +61,41 @@ def test_wan22_i2v_builds_y_only(vaes):
     assert out["samples"].shape == (1, 16, 2, 2, 2) and torch.isfinite(out["samples"]).all()
 
 
+@pytest.mark.parametrize("with_start, with_end", [(True, True), (False, True)])
+def test_wan22_i2v_takes_an_end_image_with_or_without_a_start(vaes, with_start, with_end):
+    """Wan 2.2 I2V-A14B and Wan2.2-Fun-A14B-InP (no CLIP): first-last-frame, or the end image alone,
+    masked and encoded as ComfyUI's WanFirstLastFrameToVideo does (tests/comfyui_scripts/flf_check.py)."""
+    vae21, _ = vaes
+    model = handle("i2v-2.2", "2.2", "i2v")
+    start, end = image(seed=1), image(seed=2)
+    cond, latent = WanFlowImageToVideo().build(model, text(), vae21, start if with_start else None, 16, 16, 9,
+                                               end_image=end)["result"]
+    px = lambda img: img.permute(0, 3, 1, 2) * 2 - 1  # noqa: E731
+    expected = encode_i2v_condition(lambda p: WAN21.normalize(vae21.encode(p)), px(start) if with_start else None, 9,
+                                    px(end))
+    torch.testing.assert_close(cond.y, expected)
+    mask = cond.y[0, :4, :, 0, 0]  # [4 channels, 3 latent frames]: which pixel frames are known
+    assert mask[:, 0].tolist() == ([1.0] * 4 if with_start else [0.0] * 4)
+    assert mask[:, 1].sum() == 0 and mask[:, 2].tolist() == [0.0, 0.0, 0.0, 1.0]
+    (out,) = WanFlowMoESampler().sample(model, cond, latent, 0, 2, 5.0, "euler", "simple", 3.5, 3.5, 0.0, 1.0)["result"]
+    assert torch.isfinite(out["samples"]).all()
+
+
+def test_an_end_image_alone_needs_a_clip_free_model(vaes, clip):
+    vae21, _ = vaes
+    with pytest.raises(ValueError, match="connect a start_image"):
+        WanFlowImageToVideo().build(handle("i2v-2.2", "2.2", "i2v"), text(), vae21, None, 16, 16, 5)
+    with pytest.raises(ValueError, match="needs a start_image"):
+        WanFlowImageToVideo().build(handle("i2v", "2.1", "i2v"), text(), vae21, None, 16, 16, 5,
+                                    end_image=image(), clip_vision=clip)
+    with pytest.raises(ValueError, match="first-last-frame model and needs a start_image"):
+        WanFlowImageToVideo().build(handle("flf2v", "2.1", "flf2v"), text(), vae21, None, 16, 16, 5,
+                                    end_image=image(), clip_vision=clip)
+    with pytest.raises(ValueError, match="start image only"):
+        WanFlowImageToVideo().build(handle("ti2v", "2.2", "ti2v"), text(), vaes[1], None, 32, 32, 5,
+                                    end_image=image(32, 32))
+
+
 def test_wan21_i2v_and_flf2v_add_clip_features(vaes, clip):
     vae21, _ = vaes
     start, end = image(seed=1), image(seed=2)

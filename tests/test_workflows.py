@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from wanflow.nodes import comfy_adapter as ca
-from wanflow.runner import node_specs, template_layout, templates, tiny_runs
+from wanflow.runner import execute, node_specs, template_layout, templates, tiny_runs, workflow
 from wanflow.runner.registry import node_classes
 from wanflow.runner.tiny_models import write_tiny_models
 from wanflow.runner.workflow import UI_ONLY_TYPES, load_workflow
@@ -132,15 +132,16 @@ OFFICIAL = {  # template -> the model whose official settings (model_loaders/det
     "wan22_ti2v_5b": ("2.2", "ti2v", "5B"),
     "wan21_vace_r2v": ("2.1", "vace", "14B"),
     "wan22_a14b_vace_r2v": ("2.2", "vace", "14B"),  # Wan2.2-VACE-Fun-A14B: its authors' settings
+    "wan22_a14b_flf2v": "fun-inp",                   # Wan2.2-Fun-A14B-InP: its authors' settings
 }
 
 
 @pytest.mark.parametrize("name", sorted(OFFICIAL))
 def test_widget_defaults_are_the_official_settings(name):
     """Steps, shift, guidance per expert, solver, size, frames and fps against the variant's official table."""
-    from wanflow.model_loaders.detect import official_defaults
+    from wanflow.model_loaders.detect import FUN_INP_DEFAULTS, official_defaults
 
-    defaults = official_defaults(*OFFICIAL[name])
+    defaults = FUN_INP_DEFAULTS if OFFICIAL[name] == "fun-inp" else official_defaults(*OFFICIAL[name])
     nodes = {n["id"]: n for n in load(ROOT / "workflows" / f"{name}.json")["nodes"]}
     widgets = {nid: node_specs.map_widgets_values(CLASSES[n["type"]], n["widgets_values"], name)
                for nid, n in nodes.items() if n["type"] not in UI_ONLY_TYPES}
@@ -220,6 +221,29 @@ def test_a_size_the_model_cannot_take_is_rounded_and_shown_on_the_node(tiny_setu
     assert result.ui["7"]["text"] == ["32x32, 5 frames (40x32 rounded: the model needs multiples of 16; "
                                       "7 frames rounded down to 5: the model needs 4n+1)"]
     assert result.files
+
+
+def _run_without_image_links(tiny_setup, name: str, links: tuple[str, ...]):
+    """Template ``name`` on the tiny models with ``links`` of node 7 (Image to Video) disconnected."""
+    ca.configure_headless(tiny_setup / "models", tiny_setup / "input", tiny_setup / "output" / f"{name}_without")
+    ca.set_headless_progress(False)
+    classes = node_classes()
+    flow = workflow.load_workflow(templates.render(name, classes), classes, name)
+    workflow.apply_overrides(flow.prompt, tiny_runs.TINY_OVERRIDES[name], classes)
+    for link in links:
+        del flow.prompt["7"]["inputs"][link]
+    return execute.run(flow, classes)
+
+
+def test_first_last_frame_template_runs_with_the_end_image_alone(tiny_setup):
+    """Wan 2.2 I2V-A14B / Fun-InP take an end image without a start image (as ComfyUI's
+    WanFirstLastFrameToVideo does); with neither, the graph check names the node before loading."""
+    from wanflow.runner import errors
+
+    result = _run_without_image_links(tiny_setup, "wan22_a14b_flf2v", ("start_image",))
+    assert len(result.files) == 1
+    with pytest.raises(errors.InvalidWorkflow, match=r"node 7 \(WanFlowImageToVideo\).*connect a start_image"):
+        _run_without_image_links(tiny_setup, "wan22_a14b_flf2v", ("start_image", "end_image"))
 
 
 SWAPPED_MODELS = [

@@ -110,6 +110,10 @@ WAN21_VACE_1_3B = WanDiTConfig(**_1_3B, model_type="vace", vace_layers=tuple(ran
 WAN21_VACE_14B = WanDiTConfig(**_14B, model_type="vace", vace_layers=tuple(range(0, 40, 5)))
 WAN22_T2V_A14B = WanDiTConfig(**_14B, model_type="t2v")              # each of the two experts
 WAN22_I2V_A14B = WanDiTConfig(**_14B, in_dim=36, model_type="i2v")   # no CLIP branch
+# Wan2.2-VACE-Fun-A14B (Alibaba PAI), each expert: VACE blocks after every 5th of the T2V-A14B
+# expert's 40 blocks, 96 VACE input channels: the Wan 2.1 VACE-14B layout (diffusers'
+# convert_wan_to_diffusers "Wan2.2-VACE-Fun-14B" entry).
+WAN22_VACE_FUN_A14B = WanDiTConfig(**_14B, model_type="vace", vace_layers=tuple(range(0, 40, 5)))
 WAN22_TI2V_5B = WanDiTConfig(dim=3072, ffn_dim=14336, num_heads=24, num_layers=30,
                              in_dim=48, out_dim=48, model_type="ti2v")
 
@@ -123,6 +127,7 @@ PRESETS: dict[str, WanDiTConfig] = {
     "wan2.2-t2v-a14b": WAN22_T2V_A14B,
     "wan2.2-i2v-a14b": WAN22_I2V_A14B,
     "wan2.2-ti2v-5b": WAN22_TI2V_5B,
+    "wan2.2-vace-fun-a14b": WAN22_VACE_FUN_A14B,
 }
 
 # Tiny random-weight versions of every variant for tests and CPU smoke runs (head_dim 16: RoPE
