@@ -2,17 +2,22 @@
 
 Two bases per template: its UI file as users share it (the models it names are not in the
 folder, so runs end at validation or at the missing-file check) and its API prompt pointed at
-the tiny files (runs that survive the mutation sample for real). Each run must exit 0 or with one
+the tiny files (runs that survive the mutation sample for real). The nano template's UI file names
+the WanNano files the pack ships; the fake folder holds tiny random files under those names, which
+shadow the shipped ones as a user's own files would, so its runs sample on tiny models too. Each run must exit 0 or with one
 of the runner's error codes and a message, never a traceback or exit 1, and must write nothing when
 it fails. Budgets: tests/fuzzing.py.
 """
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fuzzing import FUZZ_EXAMPLES, FUZZ_SETTINGS, LONG_RUN, Timings, describe_changes, mutate_json
+from wanflow.nano.files import NANO
 from wanflow.nodes import comfy_adapter as ca
 from wanflow.runner import cli, errors, templates, workflow
 from wanflow.runner.registry import node_classes
@@ -28,10 +33,20 @@ PROJECT_EXITS = {errors.EXIT_OK, errors.EXIT_USAGE, errors.EXIT_INVALID, errors.
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzz_run")
-    write_tiny_models(root / "models")
+    tiny = write_tiny_models(root / "models")
+    shadow_nano_files(root / "models", tiny)
     write_input_images(root / "input")
     yield root
     ca.configure_headless(None, None, None)
+
+
+def shadow_nano_files(models: Path, tiny) -> None:
+    """Tiny random copies under the WanNano file names: the issue's fuzzer runs on a fake models
+    folder, and the user's folder is searched before the pack's own nano files."""
+    for nano_name, tiny_name in ((NANO.t2v_high, tiny.t2v_high), (NANO.t2v_low, tiny.t2v_low),
+                                 (NANO.vae, tiny.vae21), (NANO.umt5, tiny.umt5)):
+        folder = models / NANO.folder_of(nano_name)
+        shutil.copyfile(folder / tiny_name, folder / nano_name)
 
 
 def api_prompt(name: str) -> dict:
