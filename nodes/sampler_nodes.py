@@ -103,9 +103,14 @@ class WanFlowMoESampler:
                                   "How overlapping windows mix: pyramid weights a frame most in the window where it "
                                   "sits furthest from an edge; uniform averages them."}),
                 "drift_control": ("BOOLEAN", {"default": True, "tooltip":
-                                  "Match each window's per-channel latent colour/brightness statistics (of its "
-                                  "denoised prediction, over the frames it shares with the earlier windows) to theirs, "
-                                  "so later windows stay anchored to the first one (docs/long_video.md)."}),
+                                  "Context windows: at each step match every window's per-channel latent mean and "
+                                  "spread (colour, brightness, contrast of its denoised prediction) to the first "
+                                  "window's, so later windows keep the first one's look. Turn off for clips whose "
+                                  "overall colour should change (fades). docs/long_video.md"}),
+                "context_anchor": ("BOOLEAN", {"default": True, "tooltip":
+                                   "Context windows: put the clip's first latent frame in front of every window, so "
+                                   "each window is a valid Wan clip (picture latent first) tied to the first frame; "
+                                   "I2V's start image then reaches every window. Off: plain sliding windows."}),
             },
         }
 
@@ -119,9 +124,10 @@ class WanFlowMoESampler:
                solver: str, scheduler: str, cfg_high: float, cfg_low: float, boundary: float, denoise: float,
                model_low: Optional[ModelHandle] = None, lora_stack: Optional[tuple] = None,
                cache: str = OFF, context_window: int = 0, context_overlap: int = 16,
-               context_blend: str = BLENDS[0], drift_control: bool = True) -> tuple[dict]:
+               context_blend: str = BLENDS[0], drift_control: bool = True,
+               context_anchor: bool = True) -> tuple[dict]:
         cache_level(cache, "MoE sampler: cache")
-        windows = context_windows_for(context_window, context_overlap, context_blend, drift_control)
+        windows = context_windows_for(context_window, context_overlap, context_blend, drift_control, context_anchor)
         model_high = as_model_handle(model_high, "MoE sampler", "model_high")
         if model_low is not None:
             model_low = as_model_handle(model_low, "MoE sampler", "model_low")
@@ -182,13 +188,15 @@ class WanFlowMoESampler:
         return {"ui": {"text": [note]}, "result": ({"samples": out},)}
 
 
-def context_windows_for(window: int, overlap: int, blend: str, drift_control: bool) -> Optional[ContextWindows]:
+def context_windows_for(window: int, overlap: int, blend: str, drift_control: bool,
+                        anchor: bool = True) -> Optional[ContextWindows]:
     """The node's context-window widgets as settings (None when off), with errors naming them."""
     if window == 0:
         return None
     if blend not in BLENDS:
         raise ValueError(f"MoE sampler: context_blend {blend!r} is not one of {', '.join(BLENDS)}")
-    return ContextWindows.from_pixel_frames(window, overlap, blend, bool(drift_control), where="MoE sampler")
+    return ContextWindows.from_pixel_frames(window, overlap, blend, bool(drift_control), bool(anchor),
+                                            where="MoE sampler")
 
 
 def context_windows_note(windows: ContextWindows, latent_frames: int) -> str:
@@ -197,7 +205,8 @@ def context_windows_note(windows: ContextWindows, latent_frames: int) -> str:
         return f"context windows off: {latent_frames} latent frames fit one window of {windows.length}"
     starts, _ = windows.plan(latent_frames)
     return (f"{len(starts)} context windows of {windows.length} latent frames (overlap {windows.overlap}, "
-            f"{windows.blend}, drift control {'on' if windows.drift_control else 'off'})")
+            f"{windows.blend}, drift control {'on' if windows.drift_control else 'off'}, "
+            f"{'anchored to frame 0' if windows.anchor else 'no anchor'})")
 
 
 def expert_parking(handles: Mapping[str, Optional[ModelHandle]]) -> dict[str, Parking]:

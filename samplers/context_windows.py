@@ -1,39 +1,50 @@
 """Context windows: sample more latent frames than the model's window in one solver run.
 
 Wan models are trained on clips of a fixed length (81 pixel frames = 21 latent frames for the
-14B models, 17 = 5 for the nano ones). To render a longer clip, every model call is split into
-overlapping windows along the latent frame axis, as ComfyUI's and kijai's context windows do:
+14B models, 17 = 5 for the nano ones). To render a longer clip, each step's guided prediction is
+computed over overlapping windows along the latent frame axis, as ComfyUI's and kijai's context
+windows do, and blended:
 
-* **Placement** (:func:`window_starts`): windows of ``length`` latent frames, each starting
-  ``length − overlap`` after the previous one; the last window is moved back so it ends on the
-  clip's last frame (so every window has the full length and every frame is covered).
+* **Anchor frame** (on by default): latent frame 0 is in every window, in front of the window's
+  own frames. Wan's VAE is causal: latent frame 0 encodes one picture, every later one four
+  frames, and the two kinds have very different statistics. A window that starts mid-clip would
+  put a four-frame latent where the model expects the picture latent; with the anchor every
+  window is a valid Wan clip (picture, then video), and it sees the clip's first frame, which
+  ties its colours, background and object to it. Off: plain windows as ComfyUI places them.
+* **Placement** (:func:`window_starts`): over the frames after the anchor, windows of
+  ``length − 1`` frames (``length`` without the anchor), each starting ``length − 1 − overlap``
+  after the previous one; the last one is moved back so it ends on the clip's last frame (every
+  window has the full length, every frame is covered).
 * **Blending** (:func:`frame_weights`): each window's prediction is weighted per frame,
   ``uniform`` (all 1) or ``pyramid`` (1 at the window's edges rising linearly to its middle), and
-  the weights of each frame are normalised to sum to 1 over the windows that cover it.
-* **One noise schedule**: the windows are parts of one model call of one solver step, so all of
-  them see the same sigma and the solver (UniPC / DPM++ history included) runs once on the whole
-  latent: no window is denoised on its own schedule.
+  each frame's weights are normalised to sum to 1 over the windows holding it. Frames in every
+  window (the anchor, VACE reference frames) take the plain mean.
+* **One noise schedule**: the windows are parts of one model evaluation of one solver step, so all
+  of them see the same sigma and the solver (UniPC / DPM++ history included) runs once on the
+  whole latent: no window is denoised on its own schedule. The windows wrap the *guided*
+  velocity (cond and uncond of a window together), so drift control acts on what the solver uses.
 
 Conditioning is cut the same way: a tensor input with a frame axis (I2V's ``y``, VACE contexts,
-per-frame or per-token timesteps) is sliced to the window. So the I2V first-frame condition (the
-mask and the image latent of frame 0) is seen only by the window that holds frame 0, and TI2V's
-clean first frame only by that window; later windows get the "nothing known" part of the
-condition. Text and CLIP image embeddings go to every window. VACE reference frames
-(``vace_trim_frames``) are pinned: every window holds them in front of its own frames.
+per-frame or per-token timesteps) is sliced to the window's frames. The I2V first-frame condition
+(mask and image latent of frame 0) therefore reaches each window through its anchor frame, the
+only place that holds it; without the anchor only the first window sees it and later windows get
+the "nothing known" part of the condition. TI2V's clean first frame likewise. Text and CLIP image
+embeddings go to every window. VACE reference frames (``vace_trim_frames``) are pinned: every
+window holds them in front of its anchor and own frames.
 
-**Drift control** (ours). Windows after the first tend to wander in colour and brightness,
-because nothing but the overlap ties them to the first. Latent channels of the Wan VAE carry
-colour and brightness largely as per-channel offsets and scales, so per step, with the step's
-sigma ``σ``, we turn each window's velocity into its denoised prediction ``x0 = x − σ·v`` and
-match, per batch item and latent channel, its mean and standard deviation to those of the
-prediction already blended from the earlier windows, measured over the frames they share (the
-overlap). Windows are visited in order, so window k is matched to what windows 0..k−1 made of
-the overlap, which is itself matched to window 0: every window is anchored to the first one,
-while changes over time within the clip (an object moving across) are kept, since only frames
-the two windows both predict enter the statistics. Without overlap, the whole window is matched
-to the whole first window. The std ratio is clamped to [1/2, 2] so a near-constant channel cannot
-blow up. The corrected ``x0`` goes back to a velocity, ``v = (x − x0)/σ``, so the solver is
-unchanged.
+**Drift control** (ours, on by default). Later windows can wander in colour and brightness.
+Latent channels of the Wan VAEs carry colour and brightness largely as per-channel offsets and
+scales, so at each step, with the step's sigma ``σ``, each window's guided velocity becomes its
+denoised prediction ``x0 = x − σ·v``, and per batch item and latent channel its mean and standard
+deviation over the window's own frames (anchor and pinned frames left out) are matched to those
+of the first window's prediction at the same step (std ratio clamped to [1/2, 2] so a flat
+channel cannot blow up); ``v = (x − x0)/σ`` then goes back to the solver. Whole-window
+statistics of a scene are robust to where the object sits; an earlier version matched each
+window to its predecessor over the shared frames only, and on the nano models that made colours
+worse, not better: two windows mostly disagree there about the object's position, and 2 latent
+frames are a small sample (docs/long_video.md, bench/results/context_windows.md). The price:
+drift control also holds back a deliberate change of overall colour over the clip (a fade, a
+scene cut); turn it off for those.
 """
 from __future__ import annotations
 
@@ -112,28 +123,35 @@ def frame_weights(frames: int, starts: Sequence[int], length: int, blend: str) -
 class ContextWindows:
     """Settings of one run's context windows, in **latent** frames (see the module docstring).
 
-    ``length``: frames per window; ``overlap``: frames shared by neighbouring windows;
-    ``blend``: "pyramid" or "uniform"; ``drift_control``: match each window's colour statistics
-    to the first window's.
+    ``length``: frames per model call (the anchor frame included); ``overlap``: frames shared by
+    neighbouring windows; ``blend``: "pyramid" or "uniform"; ``drift_control``: match each
+    window's colour statistics to the first window's; ``anchor``: latent frame 0 in every window.
     """
 
     length: int
     overlap: int
     blend: str = "pyramid"
     drift_control: bool = True
+    anchor: bool = True
 
     def __post_init__(self) -> None:
-        if self.length < 1:
-            raise ValueError(f"context windows: window length must be >= 1 latent frame, got {self.length}")
-        if not 0 <= self.overlap < self.length:
-            raise ValueError(f"context windows: overlap must be in [0, {self.length}) latent frames "
-                             f"(less than the window), got {self.overlap}")
+        if self.length < 1 + int(self.anchor):
+            raise ValueError(f"context windows: window length must be >= {1 + int(self.anchor)} latent frames "
+                             f"{'(the anchor and one more) ' if self.anchor else ''}got {self.length}")
+        if not 0 <= self.overlap < self.moving:
+            raise ValueError(f"context windows: overlap must be in [0, {self.moving}) latent frames (less than the "
+                             f"window{' without its anchor frame' if self.anchor else ''}), got {self.overlap}")
         if self.blend not in BLENDS:
             raise ValueError(f"context windows: blend {self.blend!r} is not one of {', '.join(BLENDS)}")
 
+    @property
+    def moving(self) -> int:
+        """Frames of a window that slide along the clip (the window less its anchor frame)."""
+        return self.length - int(self.anchor)
+
     @classmethod
-    def from_pixel_frames(cls, window: int, overlap: int, blend: str = "pyramid",
-                          drift_control: bool = True, where: str = "context windows") -> "ContextWindows":
+    def from_pixel_frames(cls, window: int, overlap: int, blend: str = "pyramid", drift_control: bool = True,
+                          anchor: bool = True, where: str = "context windows") -> "ContextWindows":
         """From a window and overlap in pixel frames (the node's widgets), with errors naming them."""
         if window < 5:
             raise ValueError(f"{where}: context_window must be 0 (off) or at least 5 pixel frames, got {window}")
@@ -141,11 +159,11 @@ class ContextWindows:
             raise ValueError(f"{where}: context_overlap must be in [0, context_window = {window}) pixel frames, "
                              f"got {overlap}")
         length, shared = latent_window(window), latent_overlap(overlap)
-        if shared >= length:
+        if shared >= length - int(anchor):
             raise ValueError(f"{where}: context_overlap {overlap} pixel frames is {shared} latent frames, which "
-                             f"leaves no new frame in a window of {window} pixel frames ({length} latent); "
-                             f"use a smaller overlap")
-        return cls(length, shared, blend, drift_control)
+                             f"leaves no new frame in a window of {window} pixel frames ({length} latent"
+                             f"{', one of them the anchor' if anchor else ''}); use a smaller overlap")
+        return cls(length, shared, blend, drift_control, anchor)
 
     def covers(self, frames: int) -> bool:
         """True when one window holds the whole clip (the model then runs unchanged)."""
@@ -164,54 +182,41 @@ class ContextWindows:
         return windowed
 
     def plan(self, frames: int) -> tuple[list[int], torch.Tensor]:
-        """Window starts and blend weights for ``frames`` windowed frames."""
-        starts = window_starts(frames, self.length, self.overlap)
-        return starts, frame_weights(frames, starts, self.length, self.blend)
+        """Window starts and blend weights over the sliding part of a clip of ``frames`` frames
+        (all but the anchor frame), counted from the first frame after the anchor."""
+        sliding = frames - int(self.anchor)
+        starts = window_starts(sliding, self.moving, self.overlap)
+        return starts, frame_weights(sliding, starts, self.moving, self.blend)
 
     def _run(self, model: ModelFn, sigma: float, pinned: int, x: torch.Tensor, t: torch.Tensor,
              context: torch.Tensor, extras: dict) -> torch.Tensor:
         frames = x.shape[2]
         starts, weights = self.plan(frames - pinned)
+        pinned += int(self.anchor)                             # the anchor frame is in every window
         weights = weights.to(device=x.device, dtype=torch.float32)
         drift = self.drift_control and sigma > 0.0
         x32 = x.float()
         blended: Optional[torch.Tensor] = None
-        covered = torch.zeros(frames, device=x.device)       # weight already given to each frame
+        reference: Optional[torch.Tensor] = None              # the first window's x0 (drift control)
         for k, start in enumerate(starts):
-            index = window_index(start, self.length, pinned, x.device)
+            index = window_index(start, self.moving, pinned, x.device)
             out = model(x.index_select(2, index), _slice_time(t, index, frames), context,
                         **{name: _slice_frames(value, index, frames) for name, value in extras.items()})
             if blended is None:
                 blended = torch.zeros(out.shape[:2] + x.shape[2:], device=x.device, dtype=torch.float32)
             pred = out.float()
             if drift:
-                x0 = x32.index_select(2, index) - sigma * pred
-                x0 = self._match(x0, blended, covered, index, pinned, x32, sigma, first=k == 0)
-                pred = (x32.index_select(2, index) - x0) / sigma
+                x_window = x32.index_select(2, index)
+                x0 = x_window - sigma * pred
+                own = x0[:, :, pinned:]                          # the window's sliding frames
+                if reference is None:
+                    reference = own
+                else:
+                    pred = (x_window - match_channel_stats(x0, own, reference)) / sigma
             w = torch.full((frames,), 1.0 / len(starts), device=x.device)   # pinned: a plain mean
             w[pinned:] = weights[k]
-            w = w.index_select(0, index)
-            blended.index_add_(2, index, pred * w.view(1, 1, -1, 1, 1))
-            covered.index_add_(0, index, w)
+            blended.index_add_(2, index, pred * w.index_select(0, index).view(1, 1, -1, 1, 1))
         return blended.to(out.dtype)
-
-    def _match(self, x0: torch.Tensor, blended: torch.Tensor, covered: torch.Tensor, index: torch.Tensor,
-               pinned: int, x: torch.Tensor, sigma: float, first: bool) -> torch.Tensor:
-        """``x0`` with each channel's mean/std matched to the earlier windows' prediction."""
-        if first:
-            return x0
-        window_frames = index >= pinned
-        shared = window_frames & (covered.index_select(0, index) > 0)
-        done = covered.clamp(min=1e-12).view(1, 1, -1, 1, 1)
-        reference_x0 = x - sigma * (blended / done)          # earlier windows' blended x0 (normalised)
-        if bool(shared.any()):
-            ours = x0[:, :, shared]
-            theirs = reference_x0.index_select(2, index)[:, :, shared]
-        else:                                                # no overlap: whole window vs the earlier ones
-            ours = x0[:, :, window_frames]
-            first_frames = covered[pinned:] > 0
-            theirs = reference_x0[:, :, pinned:][:, :, first_frames]
-        return match_channel_stats(x0, ours, theirs)
 
 
 def window_index(start: int, length: int, pinned: int, device: torch.device) -> torch.Tensor:

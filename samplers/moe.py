@@ -167,9 +167,10 @@ class MoESampler:
         logger.info("sampling %d steps with %s: %s", schedule.steps, solver, split)
         if context_windows is not None and not context_windows.covers(noise.shape[2] - cond.vace_trim_frames):
             starts, _ = context_windows.plan(noise.shape[2] - cond.vace_trim_frames)
-            logger.info("context windows: %d windows of %d latent frames (overlap %d, %s blend, drift control %s) "
-                        "starting at %s", len(starts), context_windows.length, context_windows.overlap,
-                        context_windows.blend, "on" if context_windows.drift_control else "off", starts)
+            logger.info("context windows: %d windows of %d latent frames (overlap %d, %s blend, drift control %s, "
+                        "anchor %s)", len(starts), context_windows.length, context_windows.overlap,
+                        context_windows.blend, "on" if context_windows.drift_control else "off",
+                        "on" if context_windows.anchor else "off")
 
         cond = cond.to(self.device)
         sigmas = schedule.sigmas.to(self.device)
@@ -191,13 +192,15 @@ class MoESampler:
             x_in = cond.impose_first_frame(x_t).to(self.compute_dtype)
 
             def guided(batch_cfg: bool) -> torch.Tensor:
-                fn = model
-                if context_windows is not None:
-                    fn = context_windows.model_for(fn, float(sigmas[step]), pinned=cond.vace_trim_frames)
-                if step_cache is not None:
-                    fn = step_cache.model_for(fn, name, step)
-                return guided_velocity(fn, x_in, t, cond.context, cond.negative_context, scale,
-                                       batched=batch_cfg, extras=extras)
+                fn = model if step_cache is None else step_cache.model_for(model, name, step)
+
+                def guide(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, **kw) -> torch.Tensor:
+                    return guided_velocity(fn, x, t, context, cond.negative_context, scale,
+                                           batched=batch_cfg, extras=kw)
+
+                if context_windows is not None:           # windows of the guided velocity
+                    guide = context_windows.model_for(guide, float(sigmas[step]), pinned=cond.vace_trim_frames)
+                return guide(x_in, t, cond.context, **extras)
 
             try:
                 velocity = guided(batched)
