@@ -35,14 +35,14 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
 from wanflow.model_loaders.detect import NANO_DEFAULTS
 from wanflow.nano.files import NANO
-from wanflow.nano.measure import OBJECT_DISTANCE, background_of, read_video
+from wanflow.nano.measure import background_of, object_rgb, read_video, srgb_to_lab
 from wanflow.nano.vocabulary import HEIGHT, WIDTH, Scene
 from wanflow.nodes import comfy_adapter
 from wanflow.nodes.latent_nodes import WanFlowEmptyVideoLatent
@@ -80,28 +80,6 @@ def settings(window: int, overlap: int) -> list[Setting]:
                 out.append(Setting(f"window {window}/{overlap}, {'anchor' if anchor else 'no anchor'}, {blend}, drift "
                                    f"control {'on' if drift else 'off'}", FRAMES, window, overlap, blend, drift, anchor))
     return out
-
-
-def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
-    """CIELAB (D65) of 8-bit sRGB colours ``[..., 3]``."""
-    c = np.asarray(rgb, np.float64) / 255.0
-    lin = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
-    xyz = lin @ np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]).T
-    xyz = xyz / np.array([0.95047, 1.0, 1.08883])
-    f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
-    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], axis=-1)
-
-
-def object_rgb(video: np.ndarray) -> Optional[np.ndarray]:
-    """The object's colour as ``nano.measure.read_video`` reads it (None: no object found)."""
-    bg = background_of(video)
-    pixels = video.reshape(-1, 3).astype(np.float32)
-    distance = np.linalg.norm(pixels - bg, axis=1)
-    far = distance > OBJECT_DISTANCE
-    if far.sum() < 8:
-        return None
-    core, d = pixels[far], distance[far]
-    return np.median(core[d >= np.percentile(d, 50)], axis=0)
 
 
 def per_window(windows: Sequence[np.ndarray], scene: Scene) -> dict:

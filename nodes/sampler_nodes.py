@@ -102,11 +102,12 @@ class WanFlowMoESampler:
                 "context_blend": (list(BLENDS), {"default": BLENDS[0], "tooltip":
                                   "How overlapping windows mix: pyramid weights a frame most in the window where it "
                                   "sits furthest from an edge; uniform averages them."}),
-                "drift_control": ("BOOLEAN", {"default": True, "tooltip":
+                "drift_control": ("BOOLEAN", {"default": False, "tooltip":
                                   "Context windows: at each step match every window's per-channel latent mean and "
                                   "spread (colour, brightness, contrast of its denoised prediction) to the first "
-                                  "window's, so later windows keep the first one's look. Turn off for clips whose "
-                                  "overall colour should change (fades). docs/long_video.md"}),
+                                  "window's, so later windows keep the first one's look. Off by default: on the nano "
+                                  "models, with the anchor, colours already hold and this added a little colour error "
+                                  "(bench/results/context_windows.md). Never for clips whose colour should change."}),
                 "context_anchor": ("BOOLEAN", {"default": True, "tooltip":
                                    "Context windows: put the clip's first latent frame in front of every window, so "
                                    "each window is a valid Wan clip (picture latent first) tied to the first frame; "
@@ -124,7 +125,7 @@ class WanFlowMoESampler:
                solver: str, scheduler: str, cfg_high: float, cfg_low: float, boundary: float, denoise: float,
                model_low: Optional[ModelHandle] = None, lora_stack: Optional[tuple] = None,
                cache: str = OFF, context_window: int = 0, context_overlap: int = 16,
-               context_blend: str = BLENDS[0], drift_control: bool = True,
+               context_blend: str = BLENDS[0], drift_control: bool = False,
                context_anchor: bool = True) -> tuple[dict]:
         cache_level(cache, "MoE sampler: cache")
         windows = context_windows_for(context_window, context_overlap, context_blend, drift_control, context_anchor)

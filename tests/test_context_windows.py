@@ -14,7 +14,7 @@ from wanflow.samplers.noise import seeded_noise
 from wanflow.samplers.schedules import official_unipc
 from wanflow.wan.dit import TINY_PRESETS, WanDiT
 
-from test_nodes_sampler import conditioning, experts  # noqa: F401  (fixture)
+from test_nodes_sampler import conditioning, experts  # noqa: F401,F811  (experts: a fixture)
 
 CASES = [(17, 5, 2), (17, 5, 0), (17, 5, 4), (21, 21, 5), (7, 5, 1), (30, 8, 3), (3, 5, 2), (100, 21, 8), (6, 5, 0)]
 
@@ -221,7 +221,7 @@ def test_a_window_covering_the_clip_is_the_plain_sampler_bit_for_bit():
 
 def test_windows_run_in_the_sampler_with_the_step_cache():
     level = "balanced"
-    out = tiny_sample(ContextWindows(3, 1), cache=level, frames=7)
+    out = tiny_sample(ContextWindows(3, 1, drift_control=True), cache=level, frames=7)
     assert out.shape == (1, 16, 7, 4, 4) and bool(torch.isfinite(out).all())
     assert not torch.equal(out, tiny_sample(None, cache=level, frames=7))
 
@@ -232,7 +232,8 @@ def test_the_node_runs_windows_and_says_so(experts):  # noqa: F811
     node = WanFlowMoESampler()
     args = dict(seed=7, steps=3, shift=12.0, solver="unipc", scheduler="unipc", cfg_high=4.0, cfg_low=3.0,
                 boundary=0.0, denoise=1.0)
-    windowed = node.sample(high, conditioning(), latent, model_low=low, context_window=9, context_overlap=4, **args)
+    windowed = node.sample(high, conditioning(), latent, model_low=low, context_window=9, context_overlap=4,
+                           drift_control=True, **args)
     assert ("5 context windows of 3 latent frames (overlap 1, pyramid, drift control on, anchored to frame 0)"
             in windowed["ui"]["text"][0])
     plain = node.sample(high, conditioning(), latent, model_low=low, **args)
@@ -245,4 +246,4 @@ def test_workflows_saved_before_the_context_widgets_still_load():
     old = [42, "randomize", 40, 12.0, "unipc", "unipc", 4.0, 3.0, 0.0, 1.0, "off"]
     named = node_specs.map_widgets_values(WanFlowMoESampler, old, "old workflow")
     assert (named["context_window"], named["context_overlap"], named["context_blend"], named["drift_control"],
-            named["context_anchor"]) == (0, 16, "pyramid", True, True)
+            named["context_anchor"]) == (0, 16, "pyramid", False, True)
