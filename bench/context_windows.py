@@ -200,6 +200,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=Path(__file__).parent).stdout.strip()
     report = "\n".join([
+        "# Context windows on the WanNano T2V pair: 65 frames, 4x the 17-frame window", "",
+        "Method: `bench/context_windows.py` (decoded in pieces of latent frame 0 + 4 later latents; ΔE: CIELAB "
+        "CIE76 of the object's colour in each piece against piece 1, mean over pieces 2-7, the worst prompt in "
+        "brackets).", "",
         f"- Date: {started:%Y-%m-%d %H:%M} UTC; commit `{commit}`",
         f"- Machine: {machine()}",
         f"- {args.prompts} prompt(s), seeds {args.seed}..{args.seed + args.prompts - 1}; nano T2V pair, 64x64, 20 UniPC steps, "
