@@ -247,3 +247,56 @@ def test_workflows_saved_before_the_context_widgets_still_load():
     named = node_specs.map_widgets_values(WanFlowMoESampler, old, "old workflow")
     assert (named["context_window"], named["context_overlap"], named["context_blend"], named["drift_control"],
             named["context_anchor"]) == (0, 16, "pyramid", False, True)
+
+
+class Recorded(torch.nn.Module):
+    """A tiny random WanDiT whose inputs are kept (the model itself untouched)."""
+
+    def __init__(self, preset: str) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.dit = WanDiT(TINY_PRESETS[preset]).eval()
+        self.calls: list[dict] = []
+
+    def forward(self, x, t, context, **extras):
+        self.calls.append(dict(x=x, t=t, **extras))
+        return self.dit(x, t, context, **extras)
+
+
+def text_cond(**fields) -> WanConditioning:
+    g = torch.Generator().manual_seed(5)
+    return WanConditioning(context=torch.randn(1, 8, 32, generator=g), **fields)
+
+
+def test_i2v_windows_all_see_the_start_image_through_the_anchor():
+    model = Recorded("i2v-2.2")
+    y = torch.cat([torch.zeros(1, 4, 7, 4, 4), torch.randn(1, 16, 7, 4, 4)], dim=1)
+    y[:, :4, 0] = 1                                       # frame 0 known, as i2v_condition builds it
+    out = MoESampler(model).sample(seeded_noise((1, 16, 7, 4, 4), 1), official_unipc(2, 5.0), text_cond(y=y),
+                                   cfg_high=1.0, context_windows=ContextWindows(3, 1)).latent
+    assert out.shape == (1, 16, 7, 4, 4) and bool(torch.isfinite(out).all())
+    assert len(model.calls) == 2 * 5 and all(c["y"].shape[2] == 3 for c in model.calls)
+    assert all(bool((c["y"][:, :4, 0] == 1).all()) and bool((c["y"][:, :4, 1:] == 0).all()) for c in model.calls)
+
+
+def test_ti2v_windows_keep_the_clean_first_frame_and_per_token_timesteps():
+    model = Recorded("ti2v")
+    first = torch.randn(1, 48, 1, 4, 4, generator=torch.Generator().manual_seed(4))
+    cond = text_cond(first_frame=first)
+    out = MoESampler(model).sample(seeded_noise((1, 48, 7, 4, 4), 1), official_unipc(2, 5.0), cond, cfg_high=1.0,
+                                   context_windows=ContextWindows(3, 1)).latent
+    assert torch.equal(out[:, :, :1], first)
+    for call in model.calls:
+        assert call["t"].shape == (1, 3 * 2 * 2)          # the window's tokens only
+        assert bool((call["t"][:, :4] == 0).all()) and bool((call["t"][:, 4:] > 0).all())
+
+
+def test_vace_windows_hold_the_reference_frames():
+    model = Recorded("vace")
+    vace = torch.randn(1, 24, 8, 4, 4, generator=torch.Generator().manual_seed(6))
+    cond = text_cond(vace_context=vace, vace_trim_frames=1)
+    out = MoESampler(model).sample(seeded_noise((1, 16, 8, 4, 4), 1), official_unipc(2, 5.0), cond, cfg_high=1.0,
+                                   context_windows=ContextWindows(3, 1)).latent
+    assert out.shape == (1, 16, 7, 4, 4)
+    assert all(c["x"].shape[2] == 1 + 3 and c["vace_context"].shape[2] == 4 for c in model.calls)
+    assert all(torch.equal(c["vace_context"][:, :, :2], vace[:, :, :2]) for c in model.calls)  # refs + anchor
