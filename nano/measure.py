@@ -86,6 +86,29 @@ def _direction(alpha: np.ndarray) -> tuple[Optional[str], tuple[float, float]]:
     return ("down" if dy > 0 else "up"), (dx, dy)
 
 
+def object_rgb(video: np.ndarray) -> Optional[np.ndarray]:
+    """The object's colour as :func:`read_video` reads it: the median of the half of the
+    far-from-background pixels furthest from it (None: no object)."""
+    bg = background_of(video)
+    pixels = video.reshape(-1, 3).astype(np.float32)
+    distance = np.linalg.norm(pixels - bg, axis=1)
+    far = distance > OBJECT_DISTANCE
+    if far.sum() < 8:
+        return None
+    core, d = pixels[far], distance[far]
+    return np.median(core[d >= np.percentile(d, 50)], axis=0)
+
+
+def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
+    """CIELAB (D65) of 8-bit sRGB colours ``[..., 3]``: ΔE (CIE76) is the distance between two."""
+    c = np.asarray(rgb, np.float64) / 255.0
+    linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    xyz = linear @ np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]).T
+    xyz = xyz / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], axis=-1)
+
+
 def read_video(video: np.ndarray) -> Reading:
     """Read a uint8 ``[F, H, W, 3]`` video of the nano world."""
     if video.ndim != 4 or video.shape[-1] != 3:

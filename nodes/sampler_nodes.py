@@ -15,6 +15,7 @@ import torch
 from ..distributed.cfg_parallel import parallel_dit
 from ..model_loaders.detect import WanVariant
 from ..samplers.conditioning import WanConditioning
+from ..samplers.context_windows import BLENDS, ContextWindows
 from ..samplers.expert_residency import Parking
 from ..samplers.moe import MoESampler, SamplerHooks, SamplingInterrupted
 from ..samplers.noise import seeded_noise
@@ -90,6 +91,27 @@ class WanFlowMoESampler:
                           "quality / balanced / fast: on the nano models 1.9-3.5x / 2.8-4.6x / 3.5-5x fewer "
                           "forwards at 47-52 / 37-41 / 27-34 dB PSNR against the exact video. 'wanflow run --cache "
                           "LEVEL' sets it on every sampler."}),
+                "context_window": ("INT", {"default": 0, "min": 0, "max": 10001, "tooltip":
+                                   "Context windows for clips longer than the model's window: pixel frames per window "
+                                   "(81 for the 14B models, 17 for the nano ones); 0 = off. Each step runs the model on "
+                                   "overlapping windows of the latent and blends their predictions; one noise schedule "
+                                   "for the whole clip. A clip that fits one window runs unchanged."}),
+                "context_overlap": ("INT", {"default": 16, "min": 0, "max": 10000, "tooltip":
+                                    "Pixel frames shared by neighbouring windows (rounded up to latent frames: 4 pixel "
+                                    "frames each); must leave new frames in every window."}),
+                "context_blend": (list(BLENDS), {"default": BLENDS[0], "tooltip":
+                                  "How overlapping windows mix: pyramid weights a frame most in the window where it "
+                                  "sits furthest from an edge; uniform averages them."}),
+                "drift_control": ("BOOLEAN", {"default": False, "tooltip":
+                                  "Context windows: at each step match every window's per-channel latent mean and "
+                                  "spread (colour, brightness, contrast of its denoised prediction) to the first "
+                                  "window's, so later windows keep the first one's look. Off by default: on the nano "
+                                  "models, with the anchor, colours already hold and this added a little colour error "
+                                  "(bench/results/context_windows.md). Never for clips whose colour should change."}),
+                "context_anchor": ("BOOLEAN", {"default": True, "tooltip":
+                                   "Context windows: put the clip's first latent frame in front of every window, so "
+                                   "each window is a valid Wan clip (picture latent first) tied to the first frame; "
+                                   "I2V's start image then reaches every window. Off: plain sliding windows."}),
             },
         }
 
@@ -102,8 +124,11 @@ class WanFlowMoESampler:
     def sample(self, model_high: ModelHandle, conditioning: WanConditioning, latent: dict, seed: int, steps: int, shift: float,
                solver: str, scheduler: str, cfg_high: float, cfg_low: float, boundary: float, denoise: float,
                model_low: Optional[ModelHandle] = None, lora_stack: Optional[tuple] = None,
-               cache: str = OFF) -> tuple[dict]:
+               cache: str = OFF, context_window: int = 0, context_overlap: int = 16,
+               context_blend: str = BLENDS[0], drift_control: bool = False,
+               context_anchor: bool = True) -> tuple[dict]:
         cache_level(cache, "MoE sampler: cache")
+        windows = context_windows_for(context_window, context_overlap, context_blend, drift_control, context_anchor)
         model_high = as_model_handle(model_high, "MoE sampler", "model_high")
         if model_low is not None:
             model_low = as_model_handle(model_low, "MoE sampler", "model_low")
@@ -150,7 +175,7 @@ class WanFlowMoESampler:
             try:
                 result = sampler.sample(noise, schedule, cond, latent=start, solver=solver, cfg_high=cfg_high,
                                         cfg_low=cfg_low, boundary=boundary or auto_boundary, hooks=hooks,
-                                        offload_when_done=True, cache=cache)
+                                        offload_when_done=True, cache=cache, context_windows=windows)
             except SamplingInterrupted as exc:
                 raise comfy_adapter.Interrupted(str(exc)) from exc
         out = stats.denormalize(result.latent.float()).to(comfy_adapter.offload_device())
@@ -158,8 +183,31 @@ class WanFlowMoESampler:
                                  two_experts=model_low is not None)
         if result.cache is not None:
             note = f"{note}; {result.cache.note()}"
+        if windows is not None:
+            note = f"{note}; {context_windows_note(windows, raw.shape[2] - cond.vace_trim_frames)}"
         log.info("MoE sampler: %s", note)
         return {"ui": {"text": [note]}, "result": ({"samples": out},)}
+
+
+def context_windows_for(window: int, overlap: int, blend: str, drift_control: bool,
+                        anchor: bool = True) -> Optional[ContextWindows]:
+    """The node's context-window widgets as settings (None when off), with errors naming them."""
+    if window == 0:
+        return None
+    if blend not in BLENDS:
+        raise ValueError(f"MoE sampler: context_blend {blend!r} is not one of {', '.join(BLENDS)}")
+    return ContextWindows.from_pixel_frames(window, overlap, blend, bool(drift_control), bool(anchor),
+                                            where="MoE sampler")
+
+
+def context_windows_note(windows: ContextWindows, latent_frames: int) -> str:
+    """What the node shows about its windows after a run."""
+    if windows.covers(latent_frames):
+        return f"context windows off: {latent_frames} latent frames fit one window of {windows.length}"
+    starts, _ = windows.plan(latent_frames)
+    return (f"{len(starts)} context windows of {windows.length} latent frames (overlap {windows.overlap}, "
+            f"{windows.blend}, drift control {'on' if windows.drift_control else 'off'}, "
+            f"{'anchored to frame 0' if windows.anchor else 'no anchor'})")
 
 
 def expert_parking(handles: Mapping[str, Optional[ModelHandle]]) -> dict[str, Parking]:

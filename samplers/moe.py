@@ -22,6 +22,7 @@ import torch.nn as nn
 
 from ..wan.compute_dtype import module_compute_dtype
 from .conditioning import WanConditioning
+from .context_windows import ContextWindows
 from .expert_residency import ExpertResidency, Parking, module_device
 from .guidance import CfgSchedule, cfg_at, guided_velocity, subject_guided_velocity
 from .noise import noised_start
@@ -138,7 +139,8 @@ class MoESampler:
                hooks: Optional[SamplerHooks] = None,
                generator: Optional[torch.Generator] = None,
                offload_when_done: bool = False,
-               cache: Union[str, CacheLevel, None] = None) -> SamplingResult:
+               cache: Union[str, CacheLevel, None] = None,
+               context_windows: Optional[ContextWindows] = None) -> SamplingResult:
         """Denoise ``noise`` (``[B,C,F,H,W]``, normalised space) over ``schedule``.
 
         ``latent``: start video-to-video from this latent at ``schedule.sigmas[0]`` (use a
@@ -148,6 +150,8 @@ class MoESampler:
         ``generator``: fresh-noise re-noising for the "distilled" solver only.
         ``cache``: a step-cache level (``samplers.step_cache``: "off", a level name or a
         ``CacheLevel``) that skips forwards the last computed ones predict; default off.
+        ``context_windows``: run each model call over overlapping windows of latent frames
+        (``samplers.context_windows``) to sample a clip longer than the model's window.
         """
         hooks = hooks or SamplerHooks()
         cond.validate(noise)
@@ -161,6 +165,12 @@ class MoESampler:
         split = {HIGH: switch, LOW: schedule.steps - switch} if self.has_low else {HIGH: switch}
         step_cache = start_cache(cache, schedule.steps, switch)
         logger.info("sampling %d steps with %s: %s", schedule.steps, solver, split)
+        if context_windows is not None and not context_windows.covers(noise.shape[2] - cond.vace_trim_frames):
+            starts, _ = context_windows.plan(noise.shape[2] - cond.vace_trim_frames)
+            logger.info("context windows: %d windows of %d latent frames (overlap %d, %s blend, drift control %s, "
+                        "anchor %s)", len(starts), context_windows.length, context_windows.overlap,
+                        context_windows.blend, "on" if context_windows.drift_control else "off",
+                        "on" if context_windows.anchor else "off")
 
         cond = cond.to(self.device)
         sigmas = schedule.sigmas.to(self.device)
@@ -183,12 +193,17 @@ class MoESampler:
 
             def guided(batch_cfg: bool) -> torch.Tensor:
                 fn = model if step_cache is None else step_cache.model_for(model, name, step)
-                if cond.subjects is not None:            # Phantom: three passes, two scales
-                    return subject_guided_velocity(fn, x_in, t, cond.context, cond.negative_context,
-                                                   cond.subjects, scale, cond.subject_cfg,
-                                                   batched=batch_cfg, extras=extras)
-                return guided_velocity(fn, x_in, t, cond.context, cond.negative_context, scale,
-                                       batched=batch_cfg, extras=extras)
+
+                def guide(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, **kw) -> torch.Tensor:
+                    if cond.subjects is not None:        # Phantom: three passes, two scales
+                        return subject_guided_velocity(fn, x, t, context, cond.negative_context, cond.subjects,
+                                                       scale, cond.subject_cfg, batched=batch_cfg, extras=kw)
+                    return guided_velocity(fn, x, t, context, cond.negative_context, scale,
+                                           batched=batch_cfg, extras=kw)
+
+                if context_windows is not None:           # windows of the guided velocity
+                    guide = context_windows.model_for(guide, float(sigmas[step]), pinned=cond.vace_trim_frames)
+                return guide(x_in, t, cond.context, **extras)
 
             try:
                 velocity = guided(batched)

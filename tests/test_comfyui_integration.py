@@ -46,6 +46,22 @@ def test_template_executes_on_tiny_models(server, name):
     assert ".mp4" in result.stdout
 
 
+def test_context_windows_run_in_comfyui(server):
+    """The T2V template with the sampler's context-window widgets set (a clip of 3 windows) runs in ComfyUI."""
+    from wanflow.runner.tiny_runs import TINY_OVERRIDES
+
+    name = "wan22_a14b_t2v"
+    overrides = [o for o in TINY_OVERRIDES[name] if not o.startswith("7.length=")]
+    overrides += ["7.length=17", "8.context_window=9", "8.context_overlap=4", "8.context_blend=uniform",
+                  "8.drift_control=true", "8.context_anchor=true"]
+    sets = [arg for item in overrides for arg in ("--set", item)]
+    result = _run([HARNESS / "run_workflow.py", "--server", server["url"], ROOT / "workflows" / f"{name}.json",
+                   *sets, "--min-files", "1", "--timeout", "600"], timeout=700)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert ".mp4" in result.stdout
+
+
+
 def _full_size_vae(work: Path) -> Path:
     """A random Wan 2.1 VAE file at the released size (ComfyUI builds that VAE at that size only)."""
     import torch
