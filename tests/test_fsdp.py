@@ -3,8 +3,11 @@ the weights, and the sharded model, alone or under sequence parallel, gives the 
 velocity (T2V, VACE, whose before/after projections run outside their blocks' forward)."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
+import torch.distributed as dist
 
 from test_sequence_parallel import TOL, case_inputs, random_model
 from wanflow.distributed import launch
@@ -39,3 +42,121 @@ def test_sharded_model_equals_one_process(tmp_path):
             assert share < 0.55, f"{name} rank {rank} holds {share:.0%} of the weights"
             assert err_sharded <= TOL, f"{name} rank {rank}: FSDP alone: {err_sharded:.3g}"
             assert err_parallel <= TOL, f"{name} rank {rank}: FSDP + sequence parallel: {err_parallel:.3g}"
+
+
+# --------------------------------------------------------------------------------------------
+# `wanflow run --gpus N`'s path: the model loader shards each expert, the MoE sampler runs them
+# --------------------------------------------------------------------------------------------
+
+HIGH, LOW, LORA = "fsdp_high.safetensors", "fsdp_low.safetensors", "fsdp_lora.safetensors"
+FRAMES, HEIGHT, WIDTH = 3, 6, 6  # latent: 27 tokens, which 2 ranks split with one padding token
+
+
+def _write_models(root) -> None:
+    """Two fp32 experts with 2 heads (head_dim 128, so the variant is detected as for real files)
+    and a LoRA with low-rank factors (adapters) and full diffs on a modulation, a norm and the
+    patch embedding's conv (baked into the shards)."""
+    from safetensors.torch import save_file
+
+    from dit_testing import randomize_
+    from wanflow.runner.tiny_models import DIT_CONFIGS
+    from wanflow.wan.dit import WanDiT
+
+    config = dataclasses.replace(DIT_CONFIGS["t2v"], dim=256, num_heads=2)
+    (root / "diffusion_models").mkdir(parents=True)
+    (root / "loras").mkdir()
+    for name, seed in ((HIGH, 1), (LOW, 2)):
+        model = WanDiT(config)
+        randomize_(model, seed)
+        save_file({"model.diffusion_model." + k: v.contiguous() for k, v in model.state_dict().items()},
+                  str(root / "diffusion_models" / name), metadata={"format": "pt"})
+    gen = torch.Generator().manual_seed(5)
+    lora = {}
+    sd = model.state_dict()
+    for block in range(config.num_layers):
+        key = f"diffusion_model.blocks.{block}.self_attn.q"
+        lora[f"{key}.lora_A.weight"] = torch.randn(4, config.dim, generator=gen) * 0.1
+        lora[f"{key}.lora_B.weight"] = torch.randn(config.dim, 4, generator=gen) * 0.1
+        lora[f"diffusion_model.blocks.{block}.diff_m"] = 0.05 * torch.randn(sd[f"blocks.{block}.modulation"].shape,
+                                                                            generator=gen)
+        lora[f"diffusion_model.blocks.{block}.self_attn.norm_q.diff"] = 0.05 * torch.randn(config.dim, generator=gen)
+    lora["diffusion_model.patch_embedding.diff"] = 0.05 * torch.randn(sd["patch_embedding.weight"].shape,
+                                                                      generator=gen)
+    save_file(lora, str(root / "loras" / LORA))
+
+
+def _sample_with_nodes(models: str, cfg_parallel: bool = False, sharded: bool = True) -> dict:
+    """Load both experts with the model loader node and sample with the MoE sampler node (a
+    LoRA on both experts, CFG 4 batched); the latent, and per expert this rank's parameter
+    bytes against the whole model's."""
+    from wanflow.distributed import cfg_parallel as cfg
+    from wanflow.distributed import fsdp
+    from wanflow.nodes import comfy_adapter as ca
+    from wanflow.nodes.loader_nodes import WanFlowModelLoader
+    from wanflow.nodes.lora_nodes import WanFlowLoraSelect
+    from wanflow.nodes.sampler_nodes import WanFlowMoESampler
+    from wanflow.samplers.conditioning import WanConditioning
+
+    ca.configure_headless(models, None, None, "cpu")
+    try:
+        if dist.is_initialized():
+            cfg.use_layout(cfg.parallel_layout(cfg_parallel))
+            fsdp.use_fsdp(sharded)
+        loader = WanFlowModelLoader()
+        experts = [loader.load(name, "default", "sdpa")["result"][0] for name in (HIGH, LOW)]
+        shares = [(fsdp.local_bytes(h.model), sum(p.numel() * p.element_size() for p in h.model.parameters()))
+                  for h in experts]
+        before = [[fsdp.local_tensor(p).clone() for p in h.model.parameters()] for h in experts]
+        stack = WanFlowLoraSelect().select(LORA, 1.0, LORA, 0.7)[0]
+        gen = torch.Generator().manual_seed(0)
+        text_dim = experts[0].model.config.text_dim
+        cond = WanConditioning(torch.randn(1, 7, text_dim, generator=gen), torch.randn(1, 7, text_dim, generator=gen))
+        latent = {"samples": torch.zeros(1, 16, FRAMES, HEIGHT, WIDTH)}
+        out = WanFlowMoESampler().sample(experts[0], cond, latent, seed=3, steps=4, shift=5.0, solver="euler",
+                                         scheduler="simple", cfg_high=4.0, cfg_low=3.0, boundary=0.5, denoise=1.0,
+                                         model_low=experts[1], lora_stack=stack)
+        restored = all(torch.equal(fsdp.local_tensor(p), b) for h, saved in zip(experts, before)
+                       for p, b in zip(h.model.parameters(), saved))
+        return {"latent": out["result"][0]["samples"], "shares": shares, "restored": restored,
+                "sharded": [fsdp.is_sharded(h.model) for h in experts]}
+    finally:
+        ca.configure_headless(None, None, None)
+        ca._headless.models_dir = None
+
+
+def _node_ranks(rank: int, world: int, device: torch.device, models: str, out_dir: str) -> None:
+    results = {layout: _sample_with_nodes(models, layout.startswith("cfg"), not layout.endswith("whole"))
+               for layout in ("sequence", "cfg", "cfg_whole")}
+    torch.save(results, f"{out_dir}/rank{rank}.pt")
+
+
+@pytest.mark.slow
+def test_loader_shards_each_expert_and_the_sampler_matches_one_process(tmp_path):
+    """The loader node shards both experts (each rank holds about half of each), and the MoE
+    sampler with both experts, a LoRA (adapters and baked diffs) and CFG gives the single-process
+    latent, with sequence parallel or CFG-parallel; the LoRA comes off the shards bit-exactly.
+
+    CFG-parallel runs each rank's forward on a batch of 1 where one process runs 2 at once, and
+    CPU matmuls round differently at another batch size: there the bound is 1e-5 relative to the
+    latent, and sharding adds nothing to it (the same run with whole copies is bit-equal)."""
+    _write_models(tmp_path / "models")
+    reference = _sample_with_nodes(str(tmp_path / "models"))
+    assert reference["sharded"] == [False, False]
+    scale = reference["latent"].abs().max().item()
+    assert scale > 0.1
+    launch.spawn(_node_ranks, 2, args=(str(tmp_path / "models"), str(tmp_path)), backend="gloo")
+    for rank in range(2):
+        results = torch.load(tmp_path / f"rank{rank}.pt")
+        for layout in ("sequence", "cfg"):
+            result = results[layout]
+            assert result["sharded"] == [True, True], layout
+            for expert, (local, whole) in zip(("high", "low"), result["shares"]):
+                assert 0.45 < local / whole < 0.55, f"{layout} rank {rank} {expert}: holds {local / whole:.0%}"
+            err = (result["latent"] - reference["latent"]).abs().max().item()
+            bound = TOL if layout == "sequence" else TOL * scale
+            assert err <= bound, f"{layout} rank {rank}: {err:.3g} (latent up to {scale:.3g})"
+            assert result["restored"], f"{layout} rank {rank}: the LoRA left the shards changed"
+        whole = results["cfg_whole"]
+        assert whole["sharded"] == [False, False]
+        assert whole["shares"][0][0] == whole["shares"][0][1]  # --no-fsdp: whole copies
+        assert torch.equal(results["cfg"]["latent"], whole["latent"]), f"rank {rank}: sharding changed CFG-parallel"
