@@ -104,6 +104,7 @@ def _sample_with_nodes(models: str, cfg_parallel: bool = False, sharded: bool = 
     from wanflow.nodes.loader_nodes import WanFlowModelLoader
     from wanflow.nodes.lora_nodes import WanFlowLoraSelect
     from wanflow.nodes.sampler_nodes import WanFlowMoESampler
+    from wanflow.nodes.train_nodes import WanFlowTrainLora
     from wanflow.samplers.conditioning import WanConditioning
 
     ca.configure_headless(models, None, None, "cpu")
@@ -126,8 +127,14 @@ def _sample_with_nodes(models: str, cfg_parallel: bool = False, sharded: bool = 
                                          model_low=experts[1], lora_stack=stack)
         restored = all(torch.equal(fsdp.local_tensor(p), b) for h, saved in zip(experts, before)
                        for p, b in zip(h.model.parameters(), saved))
+        train_error = None
+        if fsdp.is_sharded(experts[0].model):  # training needs whole weights: refused before any work
+            try:
+                WanFlowTrainLora().train(experts[0], None, None, *[None] * 13)
+            except ValueError as exc:
+                train_error = str(exc)
         return {"latent": out["result"][0]["samples"], "shares": shares, "restored": restored,
-                "sharded": [fsdp.is_sharded(h.model) for h in experts]}
+                "sharded": [fsdp.is_sharded(h.model) for h in experts], "train_error": train_error}
     finally:
         ca.configure_headless(None, None, None)
         ca._headless.models_dir = None
@@ -165,6 +172,7 @@ def test_loader_shards_each_expert_and_the_sampler_matches_one_process(tmp_path)
             bound = TOL if layout == "sequence" else TOL * scale
             assert err <= bound, f"{layout} rank {rank}: {err:.3g} (latent up to {scale:.3g})"
             assert result["restored"], f"{layout} rank {rank}: the LoRA left the shards changed"
+            assert "Train LoRA: model is sharded" in result["train_error"]
         whole = results["cfg_whole"]
         assert whole["sharded"] == [False, False]
         assert whole["shares"][0][0] == whole["shares"][0][1]  # --no-fsdp: whole copies
