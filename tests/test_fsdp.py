@@ -71,8 +71,10 @@ def test_sharded_model_equals_one_process(tmp_path):
     launch.spawn(_compare, 2, args=(str(tmp_path),), backend="gloo")
     for rank in range(2):
         for name, (share, err_sharded, err_parallel) in torch.load(tmp_path / f"rank{rank}.pt").items():
-            # mixed: the fp32 parts stay whole on each rank (a larger share of a tiny model than of a 14B one)
-            assert share < (0.55 if name in ("t2v_odd", "vace_odd") else 0.6), f"{name} rank {rank} holds {share:.0%} of the weights"
+            # mixed dtypes (and GGUF): the small fp32/bf16 parts stay whole on each rank, a larger share
+            # of a tiny model than of a 14B one
+            bound = 0.55 if name in ("t2v_odd", "vace_odd") else 0.6
+            assert share < bound, f"{name} rank {rank} holds {share:.0%} of the weights"
             assert err_sharded <= TOL, f"{name} rank {rank}: FSDP alone: {err_sharded:.3g}"
             assert err_parallel <= TOL, f"{name} rank {rank}: FSDP + sequence parallel: {err_parallel:.3g}"
 

@@ -381,7 +381,7 @@ def _store(slot: _Slot, value: torch.Tensor, scale: Optional[torch.Tensor]) -> N
     if dtype in ops.FP8_DTYPES:
         fp8_max = torch.finfo(dtype).max
         if scale is not None:
-            needed = value.abs().amax() / fp8_max
+            needed = (value.abs().amax() if value.numel() else value.new_zeros(())) / fp8_max  # a shard may be empty
             if isinstance(param, DTensor):  # one scale for the whole weight: every shard's largest
                 dist.all_reduce(needed, op=dist.ReduceOp.MAX, group=param.device_mesh.get_group())
             if scale.numel() == 1 and bool(needed > scale):
