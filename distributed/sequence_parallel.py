@@ -243,6 +243,9 @@ class SequenceParallelDiT(nn.Module):
             raise SequenceParallelError("sequence parallel: this wrapper was unwrapped; wrap the model again")
         sharded = isinstance(model, FSDPModule)  # FSDP2: the root's hooks do not run here
         if sharded:
+            # what the root's first forward would do: make it the root of every unit inside it
+            # (else each block becomes a root of its own and a plain call of the model fails)
+            model._get_fsdp_state()._lazy_init()
             model.unshard()
         try:
             return self._split_forward(x, t, context, y, clip_fea, vace_context, vace_scale,

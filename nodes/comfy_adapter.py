@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator, Optional, Union
 
 import torch
 
+from ..distributed.fsdp import local_bytes
 from ..nano.files import MODELS_DIR as NANO_MODELS_DIR
 from . import comfy_models
 from .comfy_models import Kind as ModelKind
@@ -181,9 +182,9 @@ def inference_dtype(device: Optional[torch.device] = None) -> torch.dtype:
 
 
 def module_bytes(module: torch.nn.Module) -> int:
-    """Bytes of a module's parameters and buffers (what moving it to a device costs)."""
-    tensors = list(module.parameters()) + list(module.buffers())
-    return sum(t.numel() * t.element_size() for t in tensors)
+    """Bytes of a module's parameters and buffers (what moving it to a device costs); of a model
+    sharded across ranks, this rank's shards."""
+    return local_bytes(module)
 
 
 def make_room(bytes_needed: int, device: Optional[torch.device] = None) -> None:

@@ -9,6 +9,7 @@ import logging
 from functools import partial
 from typing import Optional, Union
 
+from ..distributed import fsdp
 from ..model_loaders.clip_vision_loader import load_clip_vision
 from ..model_loaders.detect import WanVariant
 from ..model_loaders.dit_loader import load_dit, peek_dit_variant, reload_dit
@@ -17,6 +18,7 @@ from ..model_loaders.text_encoder_loader import load_text_encoder
 from ..model_loaders.vae_loader import load_vae
 from ..model_loaders.storage import STORAGE_DTYPES
 from ..wan.attention import backend_names, backend_problem
+from ..wan.block_swap import format_bytes
 from ..wan.compiled_blocks import compile_blocks, compile_problem, compile_requested
 from . import comfy_adapter
 from .handles import ClipVisionHandle, ModelHandle, TextEncoderHandle
@@ -96,7 +98,9 @@ class WanFlowModelLoader:
         loaded = load_dit(path, storage)
         loaded.model.to(comfy_adapter.offload_device())
         handle = ModelHandle(loaded.model, loaded.variant, attention, loaded.file_format, loaded.path)
-        if weights_in_ram == "reload from disk":
+        # `wanflow run --gpus N`: each rank keeps 1/N of the weights
+        sharded = fsdp.fsdp_active() and shard_loaded(handle, model_name, weights_in_ram)
+        if weights_in_ram == "reload from disk" and not sharded:
             handle.parking = DiskBacked(loaded.model, partial(reload_dit, path, storage_dtype=storage), model_name)
             handle.parking.park()
         if compile == "blocks" or compile_requested():
@@ -106,6 +110,27 @@ class WanFlowModelLoader:
             log.warning("model loader: %s: %s", model_name, note)
         log.info("model loader: %s -> %s", model_name, text)
         return {"ui": {"text": [text]}, "result": (handle, text)}
+
+
+def shard_loaded(handle: ModelHandle, model_name: str, weights_in_ram: str) -> bool:
+    """Shard a just-loaded DiT across the ranks (FSDP2); its shards go to the compute device.
+    False (logged) when it cannot be sharded here: every rank then keeps a whole copy.
+
+    "reload from disk" is ignored: a rank's shards are 1/N of the model and never leave the
+    device, so there is nothing left to park on disk."""
+    device_type = comfy_adapter.compute_device().type
+    problem = fsdp.shard_problem(handle.model, device_type)
+    if problem is not None:
+        log.warning("model loader: %s is not sharded across the ranks (%s): each rank holds a whole copy",
+                    model_name, problem)
+        return False
+    if weights_in_ram == "reload from disk":
+        log.warning("model loader: %s: weights_in_ram 'reload from disk' is ignored: the model is sharded "
+                    "across the ranks (FSDP); --no-fsdp keeps whole copies", model_name)
+    fsdp.shard_dit(handle.model, device_type=device_type)
+    log.info("model loader: %s sharded across %d ranks: %s of weights on this rank", model_name,
+             fsdp.world_size(), format_bytes(fsdp.local_bytes(handle.model)))
+    return True
 
 
 def _compile_problem(choice: Optional[str]) -> Optional[str]:

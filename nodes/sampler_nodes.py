@@ -13,6 +13,7 @@ from typing import Mapping, Optional
 import torch
 
 from ..distributed.cfg_parallel import parallel_dit
+from ..distributed.fsdp import ShardedInPlace, is_sharded
 from ..model_loaders.detect import WanVariant
 from ..samplers.conditioning import WanConditioning
 from ..samplers.context_windows import BLENDS, ContextWindows
@@ -216,10 +217,14 @@ def expert_parking(handles: Mapping[str, Optional[ModelHandle]]) -> dict[str, Pa
     Inside ComfyUI: its model management (or the expert's file, in the low-RAM "reload from disk"
     mode). Headless: block swap when the expert is larger than ``--max-vram`` or the free GPU
     memory (the file, if any, feeding it), else the file, else the sampler's plain moves (absent).
+    An expert sharded across ranks (``wanflow run --gpus N``) stays where its shards are.
     """
     parking: dict[str, Parking] = {}
     for name, handle in handles.items():
         if handle is None:
+            continue
+        if is_sharded(handle.model):
+            parking[name] = ShardedInPlace(handle.model)
             continue
         swap = None if comfy_adapter.in_comfyui() else block_swap_for(handle.model, inner=handle.parking)
         if swap is not None:

@@ -14,6 +14,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ..distributed.fsdp import is_sharded
 from ..train.clip_folder import ClipOptions
 from ..train.lora_job import (BaseModel, Encoders, LoraJob, check_outputs, module_fingerprint, read_clips,
                               resolve_expert, train_and_save, train_config)
@@ -80,6 +81,10 @@ class WanFlowTrainLora:
               height: int, max_frames: int, batch: int, seed: int, gradient_checkpointing: bool,
               model_low: Optional[ModelHandle] = None) -> dict:
         pair = model_low is not None
+        for name, handle in (("model", model), ("model_low", model_low)):
+            if handle is not None and is_sharded(handle.model):
+                raise ValueError(f"Train LoRA: {name} is sharded across the ranks of `wanflow run --gpus N` "
+                                 "(FSDP); training runs in one process: run this workflow without --gpus")
         job = make_job(model, data_folder, lora_name, steps, learning_rate, rank, alpha, expert, width, height,
                        max_frames, batch, seed, gradient_checkpointing, pair)
         check_outputs(job, pair)   # before any slow work

@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cfg-parallel", action="store_true",
                      help="with --gpus N (even): half the ranks run the conditional pass, half the "
                           "unconditional one, each half splitting tokens N/2 ways (no gain at CFG 1)")
+    run.add_argument("--no-fsdp", dest="fsdp", action="store_false",
+                     help="with --gpus N: every rank keeps a whole copy of each diffusion model. By default "
+                          "each model is sharded across the ranks as it loads (FSDP2), so a rank holds 1/N of "
+                          "every expert and gathers one block at a time while it runs")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--check-weights", action="store_true",
                      help="after each model loads, warn about tensors holding NaN or Inf (same as "

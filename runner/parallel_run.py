@@ -2,7 +2,9 @@
 
 Every rank runs the whole workflow with the same inputs and seeds; the MoE sampler node wraps
 the experts in :class:`distributed.sequence_parallel.SequenceParallelDiT` while the process group
-is up, so only the DiT's blocks are split and every rank ends with the same latent. Rank 0 writes
+is up, so only the DiT's blocks are split and every rank ends with the same latent. Unless
+``--no-fsdp``, the model loader shards each DiT across the ranks as it loads
+(:mod:`distributed.fsdp`): a rank keeps 1/N of every expert's weights. Rank 0 writes
 the outputs; the others write into a scratch folder that is deleted. NCCL with one GPU per rank
 (``cuda:RANK``) where CUDA is available, gloo on the CPU otherwise.
 
@@ -32,7 +34,7 @@ def _run_rank(rank: int, world: int, device: torch.device, args: argparse.Namesp
               results: str) -> None:
     """One rank's run; its outcome goes to ``results/rank<R>.json`` (never raised, so a usage
     error reads as one line, not N tracebacks)."""
-    from ..distributed import cfg_parallel
+    from ..distributed import cfg_parallel, fsdp
     from ..nodes import comfy_adapter
     from .cli import run_workflow
 
@@ -46,6 +48,7 @@ def _run_rank(rank: int, world: int, device: torch.device, args: argparse.Namesp
     report: dict = {"rank": rank}
     try:
         cfg_parallel.use_layout(cfg_parallel.parallel_layout(args.cfg_parallel))
+        fsdp.use_fsdp(args.fsdp)  # the model loader shards each DiT across the ranks
         result = run_workflow(args.workflow, args.models, args.input, output, args.overrides,
                               str(device) if device.type == "cuda" else args.device,  # NCCL: cuda:RANK
                               args.max_vram, args.cache)

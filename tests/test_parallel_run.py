@@ -1,7 +1,8 @@
 """``wanflow run --gpus N`` (runner/parallel_run.py) on the CPU with gloo: the nano T2V template
 on a tiny random two-head DiT gives the same video on 2 ranks as on 1 (sequence parallel, or
-``--cfg-parallel``), only rank 0 writes, and sequence parallel on a one-head model (every shipped
-nano and tiny DiT) stops with the clear head-count error."""
+``--cfg-parallel``; each expert sharded with FSDP2 unless ``--no-fsdp``), so does the LoRA-stack
+template with a LoRA on both experts, only rank 0 writes, and sequence parallel on a one-head
+model (every shipped nano and tiny DiT) stops with the clear head-count error."""
 from __future__ import annotations
 
 import dataclasses
@@ -21,7 +22,9 @@ from wanflow.wan.dit import WanDiT
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "workflows" / "wanflow_nano_t2v.json"
+LORA_TEMPLATE = ROOT / "workflows" / "wan22_a14b_lora_stack_4step.json"
 TWO_HEADS = "wan_tiny_t2v_two_heads.safetensors"
+TWO_HEADS_LORA = "wan_tiny_t2v_two_heads_lora.safetensors"
 # 48x48 pixels, 9 frames: a 3x3x3 grid of 27 tokens, which 2 ranks split with one padding token
 # PNG frames: H.264 turns tiny differences into block-sized ones (x264's decisions flip)
 SIZE = ["7.width=48", "7.height=48", "7.length=9", "10.format=png"]
@@ -36,9 +39,25 @@ def setup(tmp_path_factory):
     randomize_(model, seed=3)  # the default init zeroes the head: the video would not depend on the DiT
     save_file({"model.diffusion_model." + k: v.contiguous() for k, v in model.state_dict().items()},
               str(root / "models" / "diffusion_models" / TWO_HEADS), metadata={"format": "pt"})
+    save_file(two_heads_lora(model), str(root / "models" / "loras" / TWO_HEADS_LORA))
     yield root
     ca.configure_headless(None, None, None)
     ca._headless.models_dir = None
+
+
+def two_heads_lora(model: WanDiT) -> dict[str, torch.Tensor]:
+    """Low-rank factors on each block's q and v (run-time adapters) and a modulation diff (baked
+    into the stored weight, in a sharded model into each rank's shard)."""
+    gen = torch.Generator().manual_seed(7)
+    dim, tensors = model.config.dim, {}
+    for block in range(model.config.num_layers):
+        for name in ("q", "v"):
+            key = f"diffusion_model.blocks.{block}.self_attn.{name}"
+            tensors[f"{key}.lora_A.weight"] = torch.randn(4, dim, generator=gen) * 0.1
+            tensors[f"{key}.lora_B.weight"] = torch.randn(dim, 4, generator=gen) * 0.1
+        shape = model.blocks[block].modulation.shape
+        tensors[f"diffusion_model.blocks.{block}.diff_m"] = torch.randn(shape, generator=gen) * 0.05
+    return tensors
 
 
 def run(setup: Path, out: str, gpus: int, model: str = "", *extra: str) -> int:
@@ -71,12 +90,33 @@ def test_two_ranks_render_the_single_process_video(setup, capsys):
 
 
 @pytest.mark.slow
+def test_a_lora_stack_on_sharded_experts_renders_the_single_process_video(setup, capsys):
+    """The LoRA-stack template (4 distilled steps, both experts) with a LoRA in every slot: 2
+    ranks with FSDP-sharded experts give the 1-rank video."""
+    sets = []
+    for item in [s for s in tiny_runs.TINY_OVERRIDES["wan22_a14b_lora_stack_4step"] if ".lora_" not in s] + SIZE + [
+            f"2.model_name={TWO_HEADS}", f"3.model_name={TWO_HEADS}", f"12.lora_high={TWO_HEADS_LORA}",
+            f"12.lora_low={TWO_HEADS_LORA}", f"13.lora_low={TWO_HEADS_LORA}", f"14.lora_high={TWO_HEADS_LORA}",
+            f"14.lora_low={TWO_HEADS_LORA}"]:
+        sets += ["--set", item]
+    common = [str(LORA_TEMPLATE), "--models", str(setup / "models"), "--input", str(setup / "input"), "--quiet"]
+    for out, gpus in (("lora_one", "1"), ("lora_fsdp", "2")):
+        code = cli.main(["run", *common, "--output", str(setup / out), "--gpus", gpus, *sets])
+        assert code == errors.EXIT_OK, capsys.readouterr().err
+    names_one, one = frames(setup / "lora_one")
+    names_two, two = frames(setup / "lora_fsdp")
+    assert names_one == names_two and one.std() > 5
+    assert np.abs(one.astype(int) - two.astype(int)).max() <= 1
+
+
+@pytest.mark.slow
 def test_cfg_parallel_renders_the_single_process_video(setup, capsys):
-    """The template's CFG 4/3 batches cond and uncond: one rank each (on a one-head model too)."""
+    """The template's CFG 4/3 batches cond and uncond: one rank each (on a one-head model too,
+    there with whole copies: --no-fsdp)."""
     if not (setup / "one").exists():
         assert run(setup, "one", 1, TWO_HEADS) == errors.EXIT_OK, capsys.readouterr().err
     assert run(setup, "cfg", 2, TWO_HEADS, "--cfg-parallel") == errors.EXIT_OK, capsys.readouterr().err
-    assert run(setup, "cfg_one_head", 2, "", "--cfg-parallel") == errors.EXIT_OK, capsys.readouterr().err
+    assert run(setup, "cfg_one_head", 2, "", "--cfg-parallel", "--no-fsdp") == errors.EXIT_OK, capsys.readouterr().err
     names_one, one = frames(setup / "one")
     names_cfg, cfg = frames(setup / "cfg")
     assert names_one == names_cfg

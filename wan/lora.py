@@ -14,6 +14,10 @@
 Targets that are not ``ops.Linear`` (norms, ``modulation`` parameters, convs) are always baked
 with a backup, in both modes; they are small.
 
+A model sharded across ranks (FSDP2, ``distributed/fsdp.py``) takes both: adapters sit outside
+the sharded weights, and a baked tensor is patched in place in this rank's shard (the backup is
+that shard), so the shards FSDP gathers carry the patch.
+
 A :class:`LoraStack` holds any number of LoRAs, each with a strength for the Wan 2.2 high-noise
 expert and one for the low-noise expert (single-expert models use the ``"high"`` slot). Changing
 a strength with :meth:`LoraStack.set_strength` updates every model the stack is applied to,
@@ -35,8 +39,11 @@ from dataclasses import dataclass
 from typing import Callable, Literal, Mapping, Optional, Union
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.distributed.tensor import DTensor
+from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
 from . import gguf_ops, ops
 from ..model_loaders.lora_formats import (FullDiff, LowRank, ParsedLora, TargetPatch, WeightPatch,
@@ -344,20 +351,45 @@ def _scale_of(slot: _Slot) -> Optional[torch.Tensor]:
     return None
 
 
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a weight sharded across ranks (a ``DTensor``); a plain tensor itself."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+def _local_part(full: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """The part of ``full`` (shaped like ``param``'s whole tensor) that this rank's shard holds."""
+    if not isinstance(param, DTensor):
+        return full
+    shape, offset = compute_local_shape_and_global_offset(param.shape, param.device_mesh, param.placements)
+    return full[tuple(slice(start, start + size) for start, size in zip(offset, shape))]
+
+
+def _write(param: torch.Tensor, value: torch.Tensor) -> None:
+    """Replace a stored tensor's values; a shard in place, so FSDP's storage keeps them."""
+    if isinstance(param, DTensor):
+        with torch.no_grad():
+            param.to_local().copy_(value)
+    else:
+        param.data = value
+
+
 def _store(slot: _Slot, value: torch.Tensor, scale: Optional[torch.Tensor]) -> None:
-    """Write fp32 ``value`` into the slot in its storage dtype (re-quantising fp8)."""
+    """Write fp32 ``value`` (this rank's part of the slot) into the slot in its storage dtype
+    (re-quantising fp8)."""
     param = slot.tensor
     dtype = param.dtype
     if dtype in ops.FP8_DTYPES:
         fp8_max = torch.finfo(dtype).max
         if scale is not None:
-            needed = value.abs().amax() / fp8_max
+            needed = (value.abs().amax() if value.numel() else value.new_zeros(())) / fp8_max  # a shard may be empty
+            if isinstance(param, DTensor):  # one scale for the whole weight: every shard's largest
+                dist.all_reduce(needed, op=dist.ReduceOp.MAX, group=param.device_mesh.get_group())
             if scale.numel() == 1 and bool(needed > scale):
                 scale = needed.reshape(scale.shape).to(scale.dtype)
                 slot.owner.set_scale_weight(scale)
             value = value / scale.to(value.device)
         value = value.clamp(-fp8_max, fp8_max)
-    param.data = value.to(dtype)
+    _write(param, value.to(dtype))
 
 
 def _bake(baked: _Baked) -> None:
@@ -366,17 +398,18 @@ def _bake(baked: _Baked) -> None:
     _restore(baked)
     if not active:
         return
-    original = baked.slot.tensor  # the backup, back on the model's device
+    stored = baked.slot.tensor  # the backup, back on the model's device
+    original = _local(stored)
     scale = None if baked.original_scale is None else baked.original_scale.to(original.device)
     value = ops.dequantize(original, torch.float32, scale)
     for s, delta in active:
-        value = value + s * delta(original.device).reshape(value.shape)
+        value = value + s * _local_part(delta(original.device).reshape(stored.shape), stored)
     _store(baked.slot, value, scale)
 
 
 def _restore(baked: _Baked) -> None:
     param = baked.slot.tensor
-    param.data = baked.original.to(param.device, copy=True)
+    _write(param, baked.original.to(_local(param).device, copy=True))
     if baked.original_scale is not None:
         baked.slot.owner.set_scale_weight(baked.original_scale.to(param.device))
 
@@ -540,7 +573,7 @@ class AppliedLoras:
         if key not in self._baked:
             scale = _scale_of(slot)
             self._baked[key] = _Baked(
-                slot, [], slot.tensor.detach().to(self._backup_device, copy=True),
+                slot, [], _local(slot.tensor).detach().to(self._backup_device, copy=True),
                 None if scale is None else scale.detach().to(self._backup_device, copy=True))
         self._baked[key].deltas.append((strength, delta))
 
