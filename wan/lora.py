@@ -42,8 +42,13 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.distributed.tensor import DTensor
-from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+try:  # sharded (FSDP2) weights are DTensors; a torch without them cannot shard, so nothing is one
+    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+except ImportError:  # pragma: no cover - older or distributed-less torch builds
+    class DTensor:  # type: ignore[no-redef]
+        """Stand-in that no tensor is an instance of."""
 
 from . import gguf_ops, ops
 from ..model_loaders.lora_formats import (FullDiff, LowRank, ParsedLora, TargetPatch, WeightPatch,
