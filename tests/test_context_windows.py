@@ -15,16 +15,9 @@ from wanflow.samplers.schedules import official_unipc
 from wanflow.wan.dit import TINY_PRESETS, WanDiT
 
 from test_nodes_sampler import conditioning, experts  # noqa: F401,F811  (experts: a fixture)
+from moe_testing import single_thread  # noqa: F401  (autouse: one thread for tiny tensors)
 
 CASES = [(17, 5, 2), (17, 5, 0), (17, 5, 4), (21, 21, 5), (7, 5, 1), (30, 8, 3), (3, 5, 2), (100, 21, 8), (6, 5, 0)]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # --------------------------------------------------------------------------- placement and weights

@@ -27,17 +27,10 @@ from wanflow.wan.latent_stats import WAN21
 from wanflow.wan.umt5 import encode_prompts
 
 from nano_testing import need_nano
+from moe_testing import single_thread  # noqa: F401  (autouse: one thread for tiny tensors)
 
 ROOT = Path(__file__).resolve().parents[1]
 EVERYTHING = 1e9          # a threshold no accumulated change reaches: every unprotected step is skipped
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class Counted(torch.nn.Module):
