@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import wanflow
 from wanflow.nano.files import NANO
@@ -40,13 +41,22 @@ def reset_adapter():
     ca.configure_headless(None, None, None)
 
 
-def single_runs(tmp_path, lines):
-    """Each job's frames from its own ``wanflow run``-style run (fresh models): name -> {file: bytes}."""
+def single_runs(tmp_path, lines, threads=None):
+    """Each job's frames from its own ``wanflow run``-style run (fresh models): name -> {file: bytes}.
+
+    ``threads``: torch's CPU threads for these runs. A Ray worker that needs one CPU computes on one
+    thread (Ray sets OMP_NUM_THREADS=1), and CPU sums over other thread counts can differ in the
+    last bit, so the references are computed as the workers compute."""
     frames = {}
-    for line in lines:
-        out = tmp_path / "single" / line["name"]
-        result = cli.run_workflow(NANO_FLOW, None, tmp_path / "input", out, line["set"], "cpu")
-        frames[line["name"]] = {os.path.relpath(f, out): Path(f).read_bytes() for f in result.files}
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or before)
+    try:
+        for line in lines:
+            out = tmp_path / "single" / line["name"]
+            result = cli.run_workflow(NANO_FLOW, None, tmp_path / "input", out, line["set"], "cpu")
+            frames[line["name"]] = {os.path.relpath(f, out): Path(f).read_bytes() for f in result.files}
+    finally:
+        torch.set_num_threads(before)
     return frames
 
 
@@ -153,7 +163,7 @@ def test_eight_jobs_on_two_workers_match_single_runs(tmp_path, local_ray):
         stats = batch.stats()
     finally:
         batch.shutdown()
-    assert batch_frames(tmp_path / "out") == single_runs(tmp_path, lines)
+    assert batch_frames(tmp_path / "out") == single_runs(tmp_path, lines, threads=1)
     assert len({s["pid"] for s in stats}) == 2
     assert sum(s["loads"] for s in stats) == 8  # each worker loaded the 4 models once ...
     assert sum(s["hits"] for s in stats) == 8 * 4 - 8  # ... and reused them for its other jobs
@@ -179,4 +189,4 @@ def test_killed_worker_still_completes_every_job(tmp_path, local_ray):
     assert killed and batch.replaced >= 1
     records = json.loads((tmp_path / "out" / batch_jobs.MANIFEST).read_text())["jobs"]
     assert any(r["attempts"] == 2 for r in records)
-    assert batch_frames(tmp_path / "out") == single_runs(tmp_path, lines)
+    assert batch_frames(tmp_path / "out") == single_runs(tmp_path, lines, threads=1)
