@@ -147,7 +147,11 @@ def run_job(job: Job, settings: Settings, cache: Optional[LoaderCache] = None) -
         flow = prepared(job, classes)
         seeds = seeds_of(flow.prompt)
         record["seed"] = seeds[0] if len(seeds) == 1 else (seeds or None)
+        if cache is not None:
+            cache.begin_run()
         result = execute.run(flow, classes, loader_cache=cache)
+        if cache is not None:
+            cache.end_run()
         record.update(status="ok", files=[os.path.relpath(f, settings.output) for f in result.files])
     except errors.RunnerError as exc:
         record.update(status="failed", error=str(exc), exit_code=exc.exit_code)

@@ -24,6 +24,7 @@ class LoaderCache:
     outputs: dict[str, Any] = field(default_factory=dict)
     loads: int = 0
     hits: int = 0
+    used: set[str] = field(default_factory=set)  # keys the current run asked for
 
     @staticmethod
     def key(cls: type, kind: str, inputs: dict) -> Optional[str]:
@@ -37,6 +38,7 @@ class LoaderCache:
         """The cached output of ``key``, or ``load()``'s (stored when ``key`` is not None)."""
         if key is None:
             return load()
+        self.used.add(key)
         if key in self.outputs:
             self.hits += 1
             return self.outputs[key]
@@ -44,6 +46,15 @@ class LoaderCache:
         self.loads += 1
         self.outputs[key] = output
         return output
+
+    def begin_run(self) -> None:
+        self.used.clear()
+
+    def end_run(self) -> None:
+        """Forget the models the run just finished did not use: a worker holds one job's models
+        at a time, not every model it ever loaded."""
+        for key in [k for k in self.outputs if k not in self.used]:
+            del self.outputs[key]
 
     def clear(self) -> None:
         self.outputs.clear()

@@ -190,3 +190,14 @@ def test_killed_worker_still_completes_every_job(tmp_path, local_ray):
     records = json.loads((tmp_path / "out" / batch_jobs.MANIFEST).read_text())["jobs"]
     assert any(r["attempts"] == 2 for r in records)
     assert batch_frames(tmp_path / "out") == single_runs(tmp_path, lines, threads=1)
+
+
+def test_loader_cache_keeps_only_the_last_runs_models():
+    cache = LoaderCache()
+    cache.begin_run()
+    assert cache.get_or_load("a", lambda: 1) == 1 and cache.get_or_load("b", lambda: 2) == 2
+    cache.end_run()
+    cache.begin_run()
+    assert cache.get_or_load("a", lambda: 3) == 1  # reused, not reloaded
+    cache.end_run()
+    assert set(cache.outputs) == {"a"} and (cache.loads, cache.hits) == (2, 1)
