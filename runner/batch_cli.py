@@ -36,6 +36,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     batch.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _absolute(path: Path) -> str:
+    return str(path.expanduser().resolve())
+
+
 def _print_record(record: dict) -> None:
     if record["status"] == "ok":
         print(f"{record['job']}: ok, {len(record['files'])} file(s) in {record['seconds']:.1f} s", file=sys.stderr)
@@ -55,8 +59,9 @@ def batch_command(args: argparse.Namespace) -> int:
             from .ray_batch import import_ray
 
             ray_module = import_ray()  # before the long checks: a missing Ray is said at once
-        settings = Settings(output=str(args.output.expanduser().resolve()), input=str(args.input),
-                            models=None if args.models is None else str(args.models), device=args.device)
+        # absolute paths: Ray workers do not share this process's working folder
+        settings = Settings(output=_absolute(args.output), input=_absolute(args.input),
+                            models=None if args.models is None else _absolute(args.models), device=args.device)
         jobs = read_jobs(args.jobs)
         check_jobs(jobs, settings)
     except errors.RunnerError as exc:

@@ -77,7 +77,7 @@ def parse_job(text: str, line: int, base: Path) -> Job:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise errors.UsageError(f"{where}: 'name' {name!r:.80} must be letters, digits, '.', '_' or '-' "
                                 "(it names the job's output folder)")
-    return Job(line, name, str((base / path) if not Path(path).is_absolute() else Path(path)), tuple(overrides))
+    return Job(line, name, str((base / Path(path).expanduser()).resolve()), tuple(overrides))
 
 
 def read_jobs(path: Path) -> list[Job]:
@@ -147,12 +147,14 @@ def run_job(job: Job, settings: Settings, cache: Optional[LoaderCache] = None) -
         flow = prepared(job, classes)
         seeds = seeds_of(flow.prompt)
         record["seed"] = seeds[0] if len(seeds) == 1 else (seeds or None)
+        loads = cache.loads if cache is not None else 0
         if cache is not None:
             cache.begin_run()
         result = execute.run(flow, classes, loader_cache=cache)
         if cache is not None:
             cache.end_run()
-        record.update(status="ok", files=[os.path.relpath(f, settings.output) for f in result.files])
+        record.update(status="ok", files=[os.path.relpath(f, settings.output) for f in result.files],
+                      models_loaded=None if cache is None else cache.loads - loads)  # 0: all were warm
     except errors.RunnerError as exc:
         record.update(status="failed", error=str(exc), exit_code=exc.exit_code)
     record["seconds"] = round(time.perf_counter() - started, 3)

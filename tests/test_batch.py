@@ -156,17 +156,23 @@ def ray_batch(tmp_path, count, on_record=None):
 
 
 @pytest.mark.slow
-def test_eight_jobs_on_two_workers_match_single_runs(tmp_path, local_ray):
-    lines, batch = ray_batch(tmp_path, 8)
-    try:
-        batch.run()
-        stats = batch.stats()
-    finally:
-        batch.shutdown()
+def test_eight_jobs_on_two_workers_match_single_runs(tmp_path, local_ray, capsys):
+    """Through the command: ``wanflow batch JOBS --ray --workers 2`` on the running local Ray."""
+    need_nano(NANO.t2v_high, NANO.t2v_low, NANO.vae, NANO.umt5)
+    lines = job_lines(8)
+    code = cli.main(["batch", str(write_jobs(tmp_path, lines)), "--ray", "--workers", "2", "--device", "cpu",
+                     "--output", str(tmp_path / "out"), "--quiet"])
+    assert code == errors.EXIT_OK, capsys.readouterr().err
+    assert local_ray.is_initialized()  # a Ray it did not start is left running
     assert batch_frames(tmp_path / "out") == single_runs(tmp_path, lines, threads=1)
-    assert len({s["pid"] for s in stats}) == 2
-    assert sum(s["loads"] for s in stats) == 8  # each worker loaded the 4 models once ...
-    assert sum(s["hits"] for s in stats) == 8 * 4 - 8  # ... and reused them for its other jobs
+    records = json.loads((tmp_path / "out" / batch_jobs.MANIFEST).read_text())["jobs"]
+    assert [r["seed"] for r in records] == list(range(8)) and {r["attempts"] for r in records} == {1}
+    by_worker = {}
+    for record in records:
+        by_worker.setdefault(record["pid"], []).append(record["models_loaded"])
+    assert len(by_worker) == 2, by_worker
+    for loaded in by_worker.values():  # each worker loads the 4 models (2 experts, umT5, VAE) once
+        assert sorted(loaded) == [0] * (len(loaded) - 1) + [4], by_worker
 
 
 @pytest.mark.slow
