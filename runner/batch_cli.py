@@ -11,8 +11,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import errors
+
+if TYPE_CHECKING:
+    from .batch_jobs import Manifest, Settings
 
 LOCAL = "local"
 MANIFEST = "manifest.json"  # batch_jobs.MANIFEST; this module stays free of torch (see arguments.py)

@@ -137,7 +137,7 @@ def test_second_job_reuses_the_loaded_models_and_matches_a_fresh_run(tmp_path):
 
 @pytest.fixture()
 def local_ray():
-    ray = pytest.importorskip("ray")
+    import ray  # a test dependency (pyproject's test extra): these tests never skip
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     yield ray
     ray.shutdown()
