@@ -80,7 +80,7 @@ def batch_command(args: argparse.Namespace) -> int:
                 _print_record(record)
         else:
             _run_on_ray(ray_module, args, jobs, settings, manifest)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, errors.RunInterrupted):
         manifest.finish("cancelled", "interrupted (Ctrl-C) before it finished")
         print(f"wanflow: interrupted; finished jobs are listed in {Path(settings.output) / MANIFEST}", file=sys.stderr)
         return errors.EXIT_INTERRUPTED

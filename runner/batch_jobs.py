@@ -135,7 +135,8 @@ def seeds_of(prompt: dict[str, dict]) -> list[int]:
 
 def run_job(job: Job, settings: Settings, cache: Optional[LoaderCache] = None) -> dict:
     """Run one job into ``OUTPUT/NAME/`` (emptied first: a retried job starts clean); returns its
-    manifest record. A RunnerError becomes a record with status ``failed``."""
+    manifest record. A RunnerError becomes a record with status ``failed`` (an interruption is
+    raised)."""
     started = time.perf_counter()
     folder = Path(settings.output) / job.name
     record: dict[str, Any] = {"job": job.name, "line": job.line, "workflow": job.workflow, "files": [],
@@ -155,6 +156,8 @@ def run_job(job: Job, settings: Settings, cache: Optional[LoaderCache] = None) -
             cache.end_run()
         record.update(status="ok", files=[os.path.relpath(f, settings.output) for f in result.files],
                       models_loaded=None if cache is None else cache.loads - loads)  # 0: all were warm
+    except errors.RunInterrupted:
+        raise  # Ctrl-C stops the batch, it is not this job's failure
     except errors.RunnerError as exc:
         record.update(status="failed", error=str(exc), exit_code=exc.exit_code)
     record["seconds"] = round(time.perf_counter() - started, 3)
