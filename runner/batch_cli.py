@@ -80,6 +80,9 @@ def batch_command(args: argparse.Namespace) -> int:
                 _print_record(record)
         else:
             _run_on_ray(ray_module, args, jobs, settings, manifest)
+    except errors.UsageError as exc:  # Ray could not start or be reached
+        print(f"wanflow: error: {exc}", file=sys.stderr)
+        return exc.exit_code
     except (KeyboardInterrupt, errors.RunInterrupted):
         manifest.finish("cancelled", "interrupted (Ctrl-C) before it finished")
         print(f"wanflow: interrupted; finished jobs are listed in {Path(settings.output) / MANIFEST}", file=sys.stderr)
@@ -95,8 +98,13 @@ def _run_on_ray(ray, args: argparse.Namespace, jobs, settings: Settings, manifes
 
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=None if args.ray == LOCAL else args.ray, include_dashboard=False,
-                 logging_level="WARNING", log_to_driver=not args.quiet)
+        where = "start a local Ray instance" if args.ray == LOCAL else f"join the Ray cluster at {args.ray!r}"
+        try:
+            ray.init(address=None if args.ray == LOCAL else args.ray, include_dashboard=False,
+                     logging_level="WARNING", log_to_driver=not args.quiet)
+        except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, OSError, RuntimeError, ...
+            raise errors.UsageError(f"--ray: could not {where}: {type(exc).__name__}: "
+                                    f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}") from None
     try:
         workers = args.workers or default_workers(ray, settings, len(jobs))
         batch = RayBatch(jobs, settings, manifest, workers, quiet=args.quiet,

@@ -2,8 +2,12 @@
 2 CPU workers on the WanNano T2V template, 1 step, 5 frames)."""
 import json
 import os
+import shutil
 import signal
+import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -207,3 +211,50 @@ def test_loader_cache_keeps_only_the_last_runs_models():
     assert cache.get_or_load("a", lambda: 3) == 1  # reused, not reloaded
     cache.end_run()
     assert set(cache.outputs) == {"a"} and (cache.loads, cache.hits) == (2, 1)
+
+
+def ray_processes(marker):
+    """Pids of processes whose command line names ``marker`` (the Ray session's temp folder)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process table from /proc")
+def test_ctrl_c_cancels_the_rest_and_leaves_no_ray_process(tmp_path):
+    """``wanflow batch --ray`` in its own process: SIGINT once a job is done -> exit 130, the
+    finished jobs ok, the others cancelled, and the local Ray it started is gone."""
+    need_nano(NANO.t2v_high, NANO.t2v_low, NANO.vae, NANO.umt5)
+    lines = job_lines(8)
+    for line in lines:
+        line["set"] = [s for s in line["set"] if not s.startswith("8.steps=")] + ["8.steps=100"]
+    ray_tmp = Path(tempfile.mkdtemp(prefix="wfray-"))  # short: Ray's socket paths must fit 107 bytes
+    env = dict(os.environ, RAY_TMPDIR=str(ray_tmp))
+    proc = subprocess.Popen([sys.executable, "-m", "wanflow.runner.launch", "batch", str(write_jobs(tmp_path, lines)),
+                             "--ray", "--workers", "2", "--device", "cpu", "--output", str(tmp_path / "out"),
+                             "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    manifest = tmp_path / "out" / batch_jobs.MANIFEST
+    try:
+        while proc.poll() is None:  # until the first job is in the manifest
+            if manifest.is_file() and '"ok"' in manifest.read_text():
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()[1]
+        assert ray_processes(str(ray_tmp))
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert proc.returncode == errors.EXIT_INTERRUPTED, err
+    assert "Traceback" not in err and "interrupted" in err
+    statuses = [r["status"] for r in json.loads(manifest.read_text())["jobs"]]
+    assert set(statuses) == {"ok", "cancelled"}, statuses
+    assert not ray_processes(str(ray_tmp))
