@@ -46,15 +46,19 @@ prompt_cache = PromptCache()
 
 
 def encode_cached(handle: TextEncoderHandle, prompts: list[str]) -> list[torch.Tensor]:
-    """DiT contexts ``[1, 512, dim]`` for each prompt, encoding only the ones not cached."""
+    """DiT contexts ``[1, 512, dim]`` for each prompt, encoding only the ones not cached.
+
+    Each prompt is encoded on its own (a batch of one): a batch's arithmetic can differ in the
+    last bit with its other rows, and a prompt's context must not depend on which prompts were
+    cached, or a warm process (``wanflow batch``'s workers) would give other frames than a fresh run."""
     missing = [p for p in dict.fromkeys(prompts) if prompt_cache.get(handle.encoder, p) is None]
     if missing:
         module = handle.encoder
         if handle.on_cpu:
-            contexts = encode_prompts(module, handle.tokenizer, missing)
+            contexts = [encode_prompts(module, handle.tokenizer, [p])[0] for p in missing]
         else:
             with comfy_adapter.model_on_compute_device(module, "text_encoder"):
-                contexts = encode_prompts(module, handle.tokenizer, missing)
+                contexts = [encode_prompts(module, handle.tokenizer, [p])[0] for p in missing]
         for prompt, context in zip(missing, contexts):
             prompt_cache.put(handle.encoder, prompt, context.unsqueeze(0).to(comfy_adapter.offload_device()))
     return [prompt_cache.get(handle.encoder, p) for p in prompts]

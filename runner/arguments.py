@@ -10,7 +10,7 @@ import re
 from importlib import metadata
 from pathlib import Path
 
-from . import train_lora_cli
+from . import batch_cli, train_lora_cli
 
 DISTRIBUTION = "comfyui-wanflow"
 
@@ -116,5 +116,6 @@ def build_parser() -> argparse.ArgumentParser:
     nano.add_argument("--out", type=Path, help="models folder to write (default: the pack's nano/models)")
     nano.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
     nano.add_argument("--quiet", action="store_true", help="no progress bars")
+    batch_cli.add_parser(sub)
     train_lora_cli.add_parser(sub)
     return parser

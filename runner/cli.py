@@ -3,6 +3,7 @@
     wanflow run WORKFLOW.json [--models DIR] [--input DIR] [--output DIR] [--set NODE.INPUT=VALUE ...]
     wanflow demo [--prompt TEXT] [--seed N] [--output DIR] [--i2v IMAGE] [--r2v IMAGE ...]
                  [--lora NAME[:STRENGTH] ...] [--quiet]
+    wanflow batch JOBS.jsonl [--ray [ADDRESS]] [--workers N] [--models DIR] [--input DIR] [--output DIR]
     wanflow train-nano [--stage NAME ...] [--work DIR] [--out DIR] [--seed N]
     wanflow train-lora DATA_DIR --model FILE [--model-low FILE] --vae FILE --text-encoder FILE --output FILE
 
@@ -101,6 +102,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "train-lora":
         logging.getLogger("wanflow").setLevel(logging.INFO)
         return train_lora_cli.train_lora_command(args)
+    if args.command == "batch":
+        from .batch_cli import batch_command
+
+        comfy_adapter.set_headless_progress(not args.quiet)
+        return batch_command(args)
     if args.command == "train-nano":
         logging.getLogger("wanflow").setLevel(logging.INFO)
         return train_nano(args)

@@ -14,7 +14,9 @@ Exit codes of ``wanflow run`` / ``wanflow demo``:
 143   terminated (SIGTERM)
 ====  =====================================================================
 
-Nothing is written to the output folder unless the exit code is 0.
+Nothing is written to the output folder unless the exit code is 0. ``wanflow batch`` uses the
+same codes for a bad jobs file (2, 3, 4; 2 also when ``--ray`` finds no Ray), 5 when some job
+failed after its retry (the others' files and the manifest are written), 130 on Ctrl-C.
 """
 from __future__ import annotations
 

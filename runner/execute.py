@@ -17,6 +17,7 @@ from typing import Any, Iterator, Optional
 
 from ..nodes import comfy_adapter
 from . import node_specs, signals
+from .loader_cache import LoaderCache
 from .model_kinds import check_model_kinds
 from .errors import (InvalidWorkflow, MissingFileError, NodeFailed, RunInterrupted, RunnerError)
 from .workflow import Workflow, is_link, unknown_type_message
@@ -198,8 +199,9 @@ def _visit(prompt: dict[str, dict], start: str, order: list[str], done: set[str]
 
 # --------------------------------------------------------------------------- execution
 
-def run(workflow: Workflow, classes: dict[str, type]) -> RunResult:
-    """Validate then execute; output files appear only if every node succeeded."""
+def run(workflow: Workflow, classes: dict[str, type], loader_cache: Optional[LoaderCache] = None) -> RunResult:
+    """Validate then execute; output files appear only if every node succeeded. With
+    ``loader_cache``, loader nodes reuse models an earlier run of this process loaded."""
     prompt = workflow.prompt
     order = validate(prompt, classes)
     started = time.perf_counter()
@@ -212,7 +214,7 @@ def run(workflow: Workflow, classes: dict[str, type]) -> RunResult:
                 entry = prompt[node_id]
                 title = entry.get("_meta", {}).get("title") or entry["class_type"]
                 bar.describe(f"node {node_id} ({title})")
-                outcome.ui.update(_run_node(workflow, classes, node_id, results))
+                outcome.ui.update(_run_node(workflow, classes, node_id, results, loader_cache))
                 bar.update(1)
         with signals.deferred():
             outcome.files = comfy_adapter.commit_staged_outputs()
@@ -223,7 +225,8 @@ def run(workflow: Workflow, classes: dict[str, type]) -> RunResult:
     return outcome
 
 
-def _run_node(workflow: Workflow, classes: dict, node_id: str, results: dict) -> dict:
+def _run_node(workflow: Workflow, classes: dict, node_id: str, results: dict,
+              loader_cache: Optional[LoaderCache] = None) -> dict:
     entry = workflow.prompt[node_id]
     kind = entry["class_type"]
     cls = classes[kind]
@@ -240,7 +243,11 @@ def _run_node(workflow: Workflow, classes: dict, node_id: str, results: dict) ->
     log.info("running node %s (%s)", node_id, kind)
     try:
         comfy_adapter.check_interrupted()
-        output = getattr(cls(), cls.FUNCTION)(**kwargs)
+        call = lambda: getattr(cls(), cls.FUNCTION)(**kwargs)  # noqa: E731
+        if loader_cache is None:
+            output = call()
+        else:
+            output = loader_cache.get_or_load(LoaderCache.key(cls, kind, entry["inputs"]), call)
     except RunnerError:
         raise
     except comfy_adapter.Interrupted as exc:
