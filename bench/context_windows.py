@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -52,6 +50,8 @@ from wanflow.nodes.text_nodes import WanFlowTextEncode
 from wanflow.nodes.vae_nodes import WanFlowVAEDecode
 from wanflow.samplers.context_windows import window_starts
 from wanflow.samplers.guidance import OFFICIAL_NEGATIVE_PROMPT
+
+from load_memory import machine  # the bench scripts' one machine line (run from bench/)
 
 SCENES = (Scene("red", "square", "right", "black", "slowly"), Scene("blue", "circle", "up", "white", "slowly"),
           Scene("yellow", "triangle", "left", "black", "slowly"), Scene("green", "circle", "down", "white", "slowly"),
@@ -174,15 +174,6 @@ def table(results: list[tuple[Setting, list[dict]]]) -> str:
     return "\n".join(lines)
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs; torch {torch.__version__}, {torch.get_num_threads()} thread(s)"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--prompts", type=int, default=4, help=f"at most {len(SCENES)}")
@@ -205,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "CIE76 of the object's colour in each piece against piece 1, mean over pieces 2-7, the worst prompt in "
         "brackets).", "",
         f"- Date: {started:%Y-%m-%d %H:%M} UTC; commit `{commit}`",
-        f"- Machine: {machine()}",
+        f"- Machine: {machine()}; {torch.get_num_threads()} torch thread(s)",
         f"- {args.prompts} prompt(s), seeds {args.seed}..{args.seed + args.prompts - 1}; nano T2V pair, 64x64, 20 UniPC steps, "
         f"shift 3, guidance 4/3; {FRAMES} frames = {(FRAMES - 1) // 4 + 1} latent frames",
         f"- Command: `python bench/context_windows.py --prompts {args.prompts} --window {args.window} --overlap {args.overlap}`",
