@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +51,7 @@ from wanflow.samplers.context_windows import window_starts
 from wanflow.samplers.guidance import OFFICIAL_NEGATIVE_PROMPT
 
 from load_memory import machine  # the bench scripts' one machine line (run from bench/)
+from bench_info import commit
 
 SCENES = (Scene("red", "square", "right", "black", "slowly"), Scene("blue", "circle", "up", "white", "slowly"),
           Scene("yellow", "triangle", "left", "black", "slowly"), Scene("green", "circle", "down", "white", "slowly"),
@@ -188,14 +188,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         comfy_adapter.configure_headless(None, Path(scratch) / "in", Path(scratch) / "out", "cpu")
         comfy_adapter.set_headless_progress(False)
         results = run(SCENES[:args.prompts], args.seed, args.window, args.overlap)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip()
     report = "\n".join([
         "# Context windows on the WanNano T2V pair: 65 frames, 4x the 17-frame window", "",
         "Method: `bench/context_windows.py` (decoded in pieces of latent frame 0 + 4 later latents; ΔE: CIELAB "
         "CIE76 of the object's colour in each piece against piece 1, mean over pieces 2-7, the worst prompt in "
         "brackets).", "",
-        f"- Date: {started:%Y-%m-%d %H:%M} UTC; commit `{commit}`",
+        f"- Date: {started:%Y-%m-%d %H:%M} UTC; commit `{commit()}`",
         f"- Machine: {machine()}; {torch.get_num_threads()} torch thread(s)",
         f"- {args.prompts} prompt(s), seeds {args.seed}..{args.seed + args.prompts - 1}; nano T2V pair, 64x64, 20 UniPC steps, "
         f"shift 3, guidance 4/3; {FRAMES} frames = {(FRAMES - 1) // 4 + 1} latent frames",

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import subprocess
 import sys
 from pathlib import Path
 from typing import Callable
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 
 from wanflow.wan import fp8_matmul as M
 from wanflow.wan import ops
+from bench_info import commit
 
 DEVICE = "cuda"
 TOKENS = 2 * 21 * 30 * 52  # 480p, 81 frames, CFG batch of 2 (latent 21x60x104 in 2x2 patches)
@@ -118,13 +118,8 @@ def main(argv: list[str]) -> int:
     elif not torch.cuda.is_available():
         print("fp8_linear_gpu: needs a CUDA device", file=sys.stderr)
         return 2
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent).stdout.strip() or "unknown"
-    except OSError:
-        commit = "unknown"
     lines = [f"# One fp8 Linear, {TOKENS} tokens (Wan 2.2 A14B, 480p, CFG batch), bf16 activations", "",
-             f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; commit `{commit}`; "
+             f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; commit `{commit()}`; "
              f"{torch.cuda.get_device_name(0) if DEVICE == 'cuda' else 'CPU smoke run'}; torch {torch.__version__}, CUDA {torch.version.cuda}",
              "- Median of 20 calls after 3 warm-ups, CUDA events. `python bench/fp8_linear_gpu.py`", ""]
     for label, (k, n) in SHAPES.items():

@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 
 import torch
+from bench_info import commit  # noqa: F401 - also gguf_load's
 
 CASES = {  # case -> (file kind, loader)
     "ours bf16": ("bf16", "ours"),
@@ -186,13 +187,6 @@ def machine() -> str:
     return (f"{cpu}, {os.cpu_count()} cores, {mem_gib:.0f} GiB RAM, Python {platform.python_version()}, "
             f"torch {torch.__version__}")
 
-
-def commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True,
-                                       cwd=Path(__file__).resolve().parents[1]).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main() -> None:

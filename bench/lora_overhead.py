@@ -19,7 +19,6 @@ import datetime
 import os
 import platform
 import statistics
-import subprocess
 import time
 from typing import Callable
 
@@ -28,6 +27,7 @@ import torch
 from wanflow.model_loaders import dit_keys
 from wanflow.wan.dit import WanDiT, WanDiTConfig
 from wanflow.wan.lora import LoraStack
+from bench_info import commit
 
 LINEAR_TARGETS = ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o",
                   "cross_attn.q", "cross_attn.k", "cross_attn.v", "cross_attn.o", "ffn.0", "ffn.2")
@@ -120,13 +120,6 @@ def machine_description(device: str) -> str:
     return f"{model}, {os.cpu_count()} logical CPUs, load average {os.getloadavg()[0]:.1f} at start"
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
 
 def main() -> None:
     args = parse_args()
@@ -214,7 +207,7 @@ def format_report(args, cfg, results, outputs, peer_note) -> str:
     lines = [
         "# LoRA overhead per DiT forward: unmerged (run-time adapters) vs merged",
         "",
-        f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; commit `{git_commit()}`",
+        f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; commit `{commit()}`",
         f"- Machine: {machine_description(args.device)}; torch {torch.__version__}, "
         f"{args.threads} threads, device {args.device}, {args.dtype}",
         f"- Model: WanDiT dim {cfg.dim}, ffn {cfg.ffn_dim}, {cfg.num_heads} heads, {cfg.num_layers} blocks; "

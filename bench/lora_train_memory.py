@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 
 from load_memory import _rss_kib  # the same /proc/self/status reader as the load bench
+from bench_info import commit
 
 LATENT = (16, 3, 16, 16)
 """Latent of one training clip: 9 frames at 128x128 (192 tokens), a size whose activations are
@@ -153,13 +154,12 @@ def main() -> int:
 
 
 def render(results: dict, steps: int) -> str:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     gib = 1024 ** 3
     lines = [
         "# Peak memory while training a LoRA on an fp8 base",
         "",
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
-        f"- commit: {commit}",
+        f"- commit: {commit()}",
         f"- machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
         f"Python {platform.python_version()}, torch {torch.__version__}",
         "- command: `python bench/lora_train_memory.py --out bench/results/lora_train_memory.md`",

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from load_memory import _rss_kib  # the same /proc/self/status reader as the load bench
+from bench_info import commit
 
 HIGH, LOW = "wan2.2_t2v_high_noise_1.3B_synthetic.safetensors", "wan2.2_t2v_low_noise_1.3B_synthetic.safetensors"
 MODES = {"keep in RAM, two experts": ("keep", True), "reload from disk, two experts": ("reload from disk", True),
@@ -73,7 +74,6 @@ def run_case(models: Path, mode: str, two: bool) -> dict:
 
 
 def report(results: dict, args_line: str) -> str:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     gb = 1e9
     one = results["one expert (working set)"]
     expert = one["expert_bytes"]
@@ -81,7 +81,7 @@ def report(results: dict, args_line: str) -> str:
     lines = [
         "# Peak RAM of a two-expert run: kept in RAM vs reload from disk", "",
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
-        f"- commit: {commit}",
+        f"- commit: {commit()}",
         f"- machine: {platform.machine()}, {os.cpu_count()} threads, Python {platform.python_version()}, "
         f"torch {torch.__version__}",
         f"- command: `{args_line}`",

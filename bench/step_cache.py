@@ -23,7 +23,6 @@ import datetime
 import os
 import platform
 import statistics
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
@@ -50,6 +49,7 @@ from wanflow.samplers import step_cache
 from wanflow.samplers.guidance import OFFICIAL_NEGATIVE_PROMPT
 from wanflow.samplers.step_cache import CacheLevel
 from wanflow.wan.dit import WanDiT
+from bench_info import commit
 
 SCENES = (Scene("red", "circle", "left", "white"), Scene("blue", "square", "up", "black"),
           Scene("yellow", "triangle", "right", "black"), Scene("green", "circle", "down", "white"))
@@ -231,13 +231,6 @@ def machine() -> str:
     return (f"{cpu}, {os.cpu_count()} logical CPUs, load average {os.getloadavg()[0]:.1f} at start; "
             f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), float32 on CPU")
 
-
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main() -> None:

@@ -38,6 +38,7 @@ import platform
 import subprocess
 import sys
 import time
+from bench_info import commit
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "vae_decode_memory.md"
@@ -145,12 +146,6 @@ def time_interleaved(version: str, dim: int, latent_frames: int, height: int, wi
     return best
 
 
-def _git_commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
 
 def _cpu_name() -> str:
     try:
@@ -225,7 +220,7 @@ def main() -> int:
         f"# Wan {args.version} VAE decode memory: {short} vs {long} latent frames",
         "",
         f"- date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}",
-        f"- commit: {_git_commit()}",
+        f"- commit: {commit()}",
         f"- machine: {_cpu_name()}, {os.cpu_count()} cores (shared with other jobs: times are noisy), "
         f"Linux {platform.release()}, Python {platform.python_version()}",
         f"- torch {__import__('torch').__version__}, diffusers {__import__('diffusers').__version__}",

@@ -3,21 +3,14 @@ from __future__ import annotations
 
 import datetime
 import re
-import subprocess
 from typing import Sequence
 
 import torch
 
 from .plan import STEPS, Plan, block_flops, forward_flops
 from .sections import Section
+from bench_info import commit
 
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def device_slug(name: str) -> str:
@@ -54,7 +47,7 @@ def render(sections: Sequence[Section], *, plan: Plan, device_name: str, peak_tf
         lines += ["**Dry run**: every model was built and run on the meta device; nothing was measured. "
                   f"Times are the roofline at {peak_tflops} TFLOP/s, memory is not known.", ""]
     lines += [
-        f"- Date: {now:%Y-%m-%d %H:%M} UTC; commit `{git_commit()}`; torch {torch.__version__}, CUDA {cuda}",
+        f"- Date: {now:%Y-%m-%d %H:%M} UTC; commit `{commit()}`; torch {torch.__version__}, CUDA {cuda}",
         f"- Device: {device_name}; dense bf16 peak {peak_tflops} TFLOP/s (data sheet)",
         f"- Model: {plan.name} (dim {plan.expert.dim}, {plan.expert.num_heads} heads, ffn {plan.expert.ffn_dim}, "
         f"{plan.expert.num_layers} blocks), random bf16 weights; {blocks} blocks timed, the step extrapolated "
