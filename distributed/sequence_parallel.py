@@ -261,11 +261,8 @@ class SequenceParallelDiT(nn.Module):
         model = self.model
         cfg = model.config
         dtype = x.dtype
-        model._check_inputs(x, context, y, clip_fea)
-        if y is not None:
-            x = torch.cat([x, y.to(dtype)], dim=1)
+        x, grid = model._model_input(x, context, y, clip_fea)
         batch = x.shape[0]
-        grid = model._grid(x)
         split = TokenSplit(math.prod(grid), self.world, self.rank)
 
         # The patch embedding and VACE's start run on the whole latent (a few convs, as in the

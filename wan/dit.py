@@ -494,11 +494,8 @@ class WanDiT(nn.Module):
         """
         cfg = self.config
         dtype = x.dtype
-        self._check_inputs(x, context, y, clip_fea)
-        if y is not None:
-            x = torch.cat([x, y.to(dtype)], dim=1)
+        x, grid = self._model_input(x, context, y, clip_fea)
         batch = x.shape[0]
-        grid = self._grid(x)
 
         h = self.patch_embedding(x).flatten(2).transpose(1, 2).float()   # residual [B, L, dim]
         e, e0 = self._embed_time(torch.as_tensor(t, device=x.device), batch, grid)
@@ -550,6 +547,14 @@ class WanDiT(nn.Module):
         elif clip_fea is not None:
             raise ValueError(f"WanDiT: clip_fea was given but this {cfg.model_type} model has no "
                              "CLIP branch (img_emb); Wan 2.2 models take the image through y only")
+
+    def _model_input(self, x: torch.Tensor, context: torch.Tensor, y: Optional[torch.Tensor],
+                     clip_fea: Optional[torch.Tensor]) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        """The checked DiT input (``y`` joined along channels) and its token grid (F, H, W)."""
+        self._check_inputs(x, context, y, clip_fea)
+        if y is not None:
+            x = torch.cat([x, y.to(x.dtype)], dim=1)
+        return x, self._grid(x)
 
     def _grid(self, x: torch.Tensor) -> tuple[int, int, int]:
         sizes = x.shape[2:]
