@@ -81,7 +81,6 @@ class WanFlowSubjectToVideo:
         with comfy_adapter.model_on_compute_device(vae, "vae"):
             subjects = encode_subjects(latent_encoder(vae), pictures, size.height, size.width, fit)
         cond = dataclasses.replace(conditioning, subjects=subjects, subject_cfg=float(image_cfg))
-        frames = (size.length - 1) // vae.temporal_factor + 1
-        latent = torch.zeros(1, vae.z_dim, frames, size.height // vae.spatial_factor, size.width // vae.spatial_factor,
+        latent = torch.zeros(vae.latent_shape((1, 3, size.length, size.height, size.width)),
                              device=comfy_adapter.offload_device())
         return {"ui": {"text": [size.note]}, "result": (cond, {"samples": latent})}
