@@ -177,9 +177,14 @@ NANO_DEFAULTS: dict[tuple[str, str, str], WanDefaults] = {
 # the T2V-A14B experts, the Wan 2.1 VAE, and its authors' settings (VideoX-Fun
 # examples/wan2.2_vace_fun: 832x480, 81 frames at 16 fps, 50 steps, UniPC at shift 12, guidance 5
 # on both experts, the T2V switch at t = 875).
+# Wan2.2-Fun-5B-InP (Alibaba PAI; Comfy-Org repackages it as wan2.2_fun_inpaint_5B_bf16): one
+# start/end-frame model on the TI2V-5B body and the Wan 2.2 VAE, with its authors' settings
+# (VideoX-Fun examples/wan2.2_fun/predict_i2v_5b.py: 1280x704, 121 frames at 24 fps, 50 steps,
+# guidance 6, shift 5).
 COMMUNITY_DEFAULTS: dict[tuple[str, str, str], WanDefaults] = {
     ("2.2", "vace", "14B"): WanDefaults("2.1", 12.0, 50, 5.0, 16, 81, SIZES_480P + SIZES_720P,
                                         guide_scale_low_noise=5.0, boundary=0.875),
+    ("2.2", "i2v", "5B"): WanDefaults("2.2", 5.0, 50, 6.0, 24, 121, ((1280, 704), (704, 1280))),
 }
 
 # Wan2.2-Fun-A14B-InP (Alibaba PAI; Comfy-Org repackages it as wan2.2_fun_inpaint_{high,low}_noise_14B):
@@ -282,14 +287,17 @@ def read_config(shapes: Shapes, source: str = "the file", num_heads: Optional[in
         model_type = "i2v"
     elif out_dim == 48 and in_dim == 48:
         model_type = "ti2v"
-    elif in_dim == 36:
-        model_type = "i2v"  # Wan 2.2 I2V-A14B: image latent concatenated, no CLIP branch
+    elif in_dim == 2 * out_dim + 4:
+        # mask + image latent beside the noise, no CLIP branch: Wan 2.2 I2V-A14B and Fun-A14B-InP
+        # (36), Wan2.2-Fun-5B-InP (100: the Wan 2.2 VAE's 48-channel latents)
+        model_type = "i2v"
     elif in_dim == 16:
         model_type = "t2v"
     else:
         raise UnsupportedModelError(f"{source}: a Wan DiT with {in_dim} input and {out_dim} output "
-                                    "channels (a Fun control/inpaint variant?); expected 16 (T2V, "
-                                    "VACE), 36 (I2V, FLF2V) or 48 (TI2V-5B).")
+                                    "channels (a Fun control variant?); expected 16 (T2V, VACE), "
+                                    "36 (I2V, FLF2V, Fun-A14B-InP), 48 (TI2V-5B) or 100 "
+                                    "(Fun-5B-InP).")
     extra: dict = {}
     if model_type == "vace":
         n_vace = _count_blocks(keys, "vace_blocks.")
@@ -407,7 +415,7 @@ def detect_dit_variant(shapes: Shapes, path: Union[str, Path, None] = None,
         notes.append("Wan 2.1 T2V-14B and a Wan 2.2 T2V-A14B expert have identical shapes; "
                      "assumed 2.1 (put 'wan2.2' or 'high_noise'/'low_noise' in the file name).")
 
-    if family != "2.2" or config.model_type not in ("t2v", "i2v", "vace"):
+    if family != "2.2" or config.model_type not in ("t2v", "i2v", "vace") or config.out_dim == 48:
         if chosen_expert is not None:
             raise WrongModelError(f"{source}: expert={chosen_expert!r} was asked for, but this is "
                                   f"Wan {family} {config.model_type.upper()}, which has no "
@@ -420,6 +428,9 @@ def detect_dit_variant(shapes: Shapes, path: Union[str, Path, None] = None,
         defaults = FUN_INP_DEFAULTS
         notes.append("Wan2.2-Fun-A14B-InP (from the file name): the Wan 2.2 I2V-A14B architecture trained for a "
                      "start image, an end image or both (WanFlow Image to Video); its authors' settings.")
+    if family == "2.2" and config.model_type == "i2v" and config.out_dim == 48:
+        notes.append("Wan2.2-Fun-5B-InP: a start image, an end image or both (WanFlow Image to Video) with "
+                     "the Wan 2.2 VAE; its authors' settings.")
     if config.model_type == "t2v" and family == "2.1" and phantom_from_name(path):
         notes.append(PHANTOM_NOTE)
     return WanVariant(family=family, task=config.model_type, size=size, expert=expert,

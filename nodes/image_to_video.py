@@ -2,8 +2,8 @@
 
 Which conditioning is built is read from the loaded model:
 - Wan 2.1 I2V / FLF2V (CLIP branch): mask + image latent ``y`` and CLIP features of the image(s);
-- Wan 2.2 I2V-A14B and Wan2.2-Fun-A14B-InP: mask + image latent ``y`` only, for a start image, an end
-  image or both (as ComfyUI's WanFirstLastFrameToVideo / WanFunInpaintToVideo);
+- Wan 2.2 I2V-A14B, Wan2.2-Fun-A14B-InP and Wan2.2-Fun-5B-InP: mask + image latent ``y`` only, for a
+  start image, an end image or both (as ComfyUI's WanFirstLastFrameToVideo / WanFunInpaintToVideo);
 - Wan 2.2 TI2V-5B: the clean first-frame latent (per-token timesteps in the sampler).
 The builders are samplers/conditioning.py's; this node sizes the images and picks the recipe.
 """
@@ -29,12 +29,12 @@ from .types import CLIP_VISION, CLIP_VISION_OUTPUT, CONDITIONING, CONDITIONING_M
 
 
 def fit_image(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """First frame of an IMAGE as ``[1, 3, H, W]`` in [-1, 1]: scaled to cover, centre-cropped.
+    """An IMAGE batch as ``[N, 3, H, W]`` in [-1, 1]: each frame scaled to cover, centre-cropped.
 
-    An image already at the target size is passed through untouched; resizing is bicubic as in
-    the official I2V code.
+    Frames already at the target size pass through untouched; resizing is bicubic as in the
+    official I2V code.
     """
-    x = image[:1, ..., :3].permute(0, 3, 1, 2).float() * 2.0 - 1.0
+    x = image[..., :3].permute(0, 3, 1, 2).float() * 2.0 - 1.0
     h, w = x.shape[2:]
     if (h, w) == (height, width):
         return x
@@ -45,11 +45,17 @@ def fit_image(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
     return x[:, :, top:top + height, left:left + width]
 
 
+def as_clip(frames: torch.Tensor) -> torch.Tensor:
+    """``[N, 3, H, W]`` frames as one clip ``[1, 3, N, H, W]`` (one picture stays ``[1, 3, H, W]``)."""
+    return frames if frames.shape[0] == 1 else frames.permute(1, 0, 2, 3).unsqueeze(0)
+
+
 def check_vae(model: ModelHandle, vae, what: str) -> None:
     """The VAE must make the latents the model works on."""
     if vae.z_dim != model.variant.config.out_dim:
         raise ValueError(f"{what}: the VAE makes {vae.z_dim}-channel latents but {model.variant.name} needs "
-                         f"{model.variant.config.out_dim} (TI2V-5B: Wan 2.2 VAE; others: Wan 2.1 VAE)")
+                         f"{model.variant.config.out_dim} (the 5B models, TI2V and Fun-InP: Wan 2.2 VAE; "
+                         "the others: Wan 2.1 VAE)")
 
 
 def latent_encoder(vae):
@@ -68,8 +74,8 @@ def latent_encoder(vae):
 
 class WanFlowImageToVideo:
     DESCRIPTION = ("Start and/or end image conditioning, chosen from the model: Wan 2.1 I2V/FLF2V "
-                   "(CLIP + image latent), Wan 2.2 I2V-A14B and Fun-InP (image latent; start, end or both) "
-                   "or TI2V-5B (first-frame latent).")
+                   "(CLIP + image latent), Wan 2.2 I2V-A14B and Fun-InP A14B/5B (image latent; start, end or "
+                   "both) or TI2V-5B (first-frame latent). Several start frames continue a clip.")
     CATEGORY = CONDITIONING_MENU
     RETURN_TYPES = (CONDITIONING, LATENT)
     RETURN_NAMES = ("conditioning", "latent")
@@ -83,20 +89,22 @@ class WanFlowImageToVideo:
                 "model": (MODEL_OR_CORE, {"tooltip": "The I2V / TI2V model (the high-noise expert for Wan 2.2 A14B; "
                                                      "WanFlow or core MODEL); decides which conditioning is built."}),
                 "conditioning": (CONDITIONING, {"tooltip": "Text conditioning from WanFlow Text Encode."}),
-                "vae": (VAE, {"tooltip": "Wan 2.1 VAE (14B models) or Wan 2.2 VAE (TI2V-5B)."}),
+                "vae": (VAE, {"tooltip": "Wan 2.1 VAE (14B models) or Wan 2.2 VAE (TI2V-5B, Fun-5B-InP)."}),
                 "width": ("INT", {"default": 832, "min": 16, "max": 4096, "step": 16, "tooltip":
-                          "Video width; a multiple of 16 (32 for TI2V-5B), other values are rounded."}),
+                          "Video width; a multiple of 16 (32 for the 5B models), other values are rounded."}),
                 "height": ("INT", {"default": 480, "min": 16, "max": 4096, "step": 16, "tooltip":
                            "Video height; rounded like the width."}),
                 "length": ("INT", {"default": 81, "min": 1, "max": 1601, "step": 4, "tooltip":
                            "Frames, 4n+1 (81 at 16 fps; TI2V-5B: 121 at 24 fps); other values are rounded down."}),
             },
             "optional": {
-                "start_image": (IMAGE, {"tooltip": "First frame of the video; scaled to cover the size and "
-                                                   "centre-cropped. Required except on Wan 2.2 I2V-A14B / "
-                                                   "Fun-InP, which also take an end image alone."}),
-                "end_image": (IMAGE, {"tooltip": "Last frame: Wan 2.1 FLF2V (required), Wan 2.2 I2V-A14B and "
-                                                 "Wan2.2-Fun-A14B-InP (first-last-frame, or end image alone)."}),
+                "start_image": (IMAGE, {"tooltip": "First frame of the video (a batch: the first frames, to "
+                                                   "continue a clip); scaled to cover the size and centre-cropped. "
+                                                   "Required except on Wan 2.2 I2V-A14B / Fun-InP, which also "
+                                                   "take an end image alone."}),
+                "end_image": (IMAGE, {"tooltip": "Last frame (a batch: the last frames): Wan 2.1 FLF2V (required), "
+                                                 "Wan 2.2 I2V-A14B and Fun-InP A14B/5B (first-last-frame, or end "
+                                                 "image alone)."}),
                 "clip_vision": (CLIP_VISION, {"tooltip": "CLIP vision model; required by Wan 2.1 I2V and FLF2V, "
                                                          "not used by Wan 2.2."}),
                 "clip_vision_output": (CLIP_VISION_OUTPUT, {"tooltip": "Instead of clip_vision: core CLIPVisionEncode "
@@ -125,15 +133,18 @@ class WanFlowImageToVideo:
         size = fit_video_size(width, height, length, vae, what)
         width, height, length = size.width, size.height, size.length
         config = model.variant.config
-        start = fit_image(start_image, width, height) if start_image is not None else None
-        end = fit_image(end_image, width, height) if end_image is not None else None
+        # An IMAGE batch is frames (as in core): several start frames continue a clip; the first
+        # `length` start frames and the last `length` end frames are used, as core's nodes do.
+        start = fit_image(start_image[:length], width, height) if start_image is not None else None
+        end = fit_image(end_image[-length:], width, height) if end_image is not None else None
         latent_shape = vae.latent_shape((1, 3, length, height, width))
         with comfy_adapter.model_on_compute_device(vae, "vae"):
             encode = latent_encoder(vae)
-            if config.in_dim == config.out_dim:  # TI2V-5B: the first frame rides in the latent itself
-                cond = dataclasses.replace(conditioning, first_frame=encode_first_frame(encode, start))
+            if config.in_dim == config.out_dim:  # TI2V-5B: the first frame(s) ride in the latent itself
+                cond = dataclasses.replace(conditioning, first_frame=encode_first_frame(encode, as_clip(start)))
             else:
-                y = encode_i2v_condition(encode, start, length, end)
+                y = encode_i2v_condition(encode, None if start is None else as_clip(start), length,
+                                         None if end is None else as_clip(end))
                 clip_fea = (clip_tokens_from_core(clip_vision_output, "Image to Video")
                             if clip_vision_output is not None and model.variant.config.has_image_input
                             else self._clip_features(model, clip_vision, start, end))
@@ -144,10 +155,12 @@ class WanFlowImageToVideo:
     @staticmethod
     def _clip_features(model: ModelHandle, clip_vision: Optional[ClipVisionHandle], start: torch.Tensor,
                        end: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-        """CLIP tokens for models with the image branch: ``[1, 257, 1280]``, or 514 with an end image."""
+        """CLIP tokens for models with the image branch: ``[1, 257, 1280]``, or 514 with an end image.
+
+        With several start (end) frames, the first start and the last end frame are seen."""
         if not model.variant.config.has_image_input or clip_vision is None:  # check_image_model ran first
             return None
-        images = start if end is None else torch.cat([start, end])
+        images = start[:1] if end is None else torch.cat([start[:1], end[-1:]])
         tower = clip_vision.tower
         with comfy_adapter.model_on_compute_device(tower, "clip_vision") as device, torch.no_grad():
             pixels = clip_preprocess(images, size=tower.config.image_size)

@@ -18,7 +18,7 @@ from ..samplers.conditioning import WanConditioning
 
 
 def takes_image_latent(variant: WanVariant) -> bool:
-    """I2V and FLF2V models read 20 extra condition channels (mask + image latent) beside the noise."""
+    """I2V, FLF2V and Fun-InP models read mask + image-latent channels beside the noise (20, or 52 at 5B)."""
     return variant.config.in_dim != variant.config.out_dim
 
 
@@ -59,8 +59,8 @@ def check_image_model(variant: WanVariant, *, end_image: bool, clip_vision: Opti
     """Whether ``variant`` can take the connected start / end image (and CLIP features) at all.
 
     ``clip_vision`` None means "not known yet" (the runner's header check of a linked input).
-    An end image alone is taken by the CLIP-free 36-channel models only (Wan 2.2 I2V-A14B,
-    Wan2.2-Fun-A14B-InP), as ComfyUI's WanFirstLastFrameToVideo takes it.
+    An end image alone is taken by the CLIP-free image-latent models only (Wan 2.2 I2V-A14B,
+    Wan2.2-Fun-A14B-InP and Fun-5B-InP), as ComfyUI's WanFirstLastFrameToVideo takes it.
     """
     config = variant.config
     if not start_image and not end_image:

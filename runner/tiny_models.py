@@ -34,6 +34,7 @@ DIT_CONFIGS: dict[str, WanDiTConfig] = {
     "i2v": WanDiTConfig(**_DIT, in_dim=36, model_type="i2v"),
     "i2v_clip": WanDiTConfig(**_DIT, in_dim=36, model_type="i2v", has_image_input=True, clip_dim=CLIP_DIM),
     "ti2v": WanDiTConfig(**_DIT, in_dim=48, out_dim=48, model_type="ti2v"),
+    "fun_inp_5b": WanDiTConfig(**_DIT, in_dim=100, out_dim=48, model_type="i2v"),  # Wan2.2-Fun-5B-InP's shape
     "vace": WanDiTConfig(**{**_DIT, "num_layers": 4}, model_type="vace", vace_layers=(0, 2), vace_in_dim=96),
 }
 UMT5_CONFIG = dict(dim=TEXT_DIM, num_heads=2, head_dim=16, ffn_dim=64, num_layers=2)
@@ -52,6 +53,7 @@ class TinyFiles:
     i2v_low: str = "wanflow_tiny_wan2.2_i2v_low_noise.safetensors"
     i2v_clip: str = "wanflow_tiny_wan2.1_i2v.safetensors"
     ti2v: str = "wanflow_tiny_wan2.2_ti2v.safetensors"
+    fun_inp_5b: str = "wanflow_tiny_wan2.2_fun_inpaint_5B.safetensors"
     vace: str = "wanflow_tiny_wan2.1_vace.safetensors"
     vace_high: str = "wanflow_tiny_wan2.2_vace_high_noise.safetensors"  # a Wan2.2-VACE-Fun-A14B-style pair
     vace_low: str = "wanflow_tiny_wan2.2_vace_low_noise.safetensors"
@@ -113,7 +115,8 @@ def write_tiny_models(root: Path, seed: int = 0) -> TinyFiles:
     root = Path(root)
     dits = {FILES.t2v_high: ("t2v", 1), FILES.t2v_low: ("t2v", 2), FILES.i2v_high: ("i2v", 3),
             FILES.i2v_low: ("i2v", 4), FILES.i2v_clip: ("i2v_clip", 5), FILES.ti2v: ("ti2v", 6),
-            FILES.vace: ("vace", 7), FILES.vace_high: ("vace", 8), FILES.vace_low: ("vace", 9)}
+            FILES.vace: ("vace", 7), FILES.vace_high: ("vace", 8), FILES.vace_low: ("vace", 9),
+            FILES.fun_inp_5b: ("fun_inp_5b", 14)}
     for name, (kind, offset) in dits.items():
         _save(root / "diffusion_models" / name, _dit_file(DIT_CONFIGS[kind], seed + offset))
     torch.manual_seed(seed + 10)

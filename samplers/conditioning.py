@@ -7,7 +7,7 @@
 | T2V             | ``context`` (+ ``negative_context`` for CFG)                       |
 | 2.1 I2V / FLF2V | ``y`` (4 mask + 16 image-latent channels) and ``clip_fea``         |
 | 2.2 I2V, Fun-InP| ``y`` only (no CLIP; start and/or end frame)                       |
-| TI2V-5B I2V     | ``first_frame``: clean first-frame latent; per-token timesteps     |
+| TI2V-5B I2V     | ``first_frame``: clean first latent frame(s); per-token timesteps  |
 | VACE            | ``vace_context``, ``vace_strength``, ``vace_trim_frames``          |
 | Phantom S2V     | ``subjects`` (picture latents after the video), ``subject_cfg``    |
 
@@ -80,10 +80,11 @@ class WanConditioning:
             _expect_batch("clip_fea", self.clip_fea, batch)
         if self.first_frame is not None:
             _expect_ndim("first_frame", self.first_frame, 5)
-            expected = (latent.shape[1], 1, height, width)
-            if tuple(self.first_frame.shape[1:]) != expected:
-                raise ValueError(f"first_frame must be [B, C, 1, H, W] = [B, {expected}], got "
-                                 f"{tuple(self.first_frame.shape)}")
+            known = self.first_frame.shape[2]
+            expected = (latent.shape[1], height, width)
+            if (self.first_frame.shape[1], *self.first_frame.shape[3:]) != expected or not 1 <= known <= frames:
+                raise ValueError(f"first_frame must be [B, C, K, H, W] with C, H, W = {expected} and 1 <= K <= "
+                                 f"{frames} latent frames, got {tuple(self.first_frame.shape)}")
         if self.subjects is not None:
             self._validate_subjects(latent)
         if not 0 <= self.vace_trim_frames < frames:
@@ -143,16 +144,16 @@ class WanConditioning:
         return (self.pad_context or self.negative_context is None
                 or self.negative_context.shape[1] == self.context.shape[1])
 
-    # --- TI2V-5B: clean first frame with per-token timesteps --------------------------------
+    # --- TI2V-5B: clean first frame(s) with per-token timesteps -----------------------------
 
     def frame_mask(self, latent: torch.Tensor) -> torch.Tensor:
-        """``[1, 1, F, H, W]``: 0 on the known first latent frame, 1 where the model denoises."""
+        """``[1, 1, F, H, W]``: 0 on the known first latent frame(s), 1 where the model denoises."""
         mask = torch.ones(1, 1, *latent.shape[2:], dtype=latent.dtype, device=latent.device)
-        mask[:, :, 0] = 0
+        mask[:, :, :self.first_frame.shape[2] if self.first_frame is not None else 1] = 0
         return mask
 
     def impose_first_frame(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` with its first latent frame replaced by the clean ``first_frame`` (TI2V).
+        """``x`` with its first latent frame(s) replaced by the clean ``first_frame`` (TI2V).
 
         The sampler applies it to every model input, to each x0 preview and to the result. The
         official code instead overwrites the latent after each solver step; the solvers act
@@ -161,9 +162,9 @@ class WanConditioning:
         """
         if self.first_frame is None:
             return x
-        mask = self.frame_mask(x)
-        clean = self.first_frame.to(device=x.device, dtype=x.dtype)
-        return (1 - mask) * clean + mask * x
+        known = self.first_frame.shape[2]
+        clean = self.first_frame.to(device=x.device, dtype=x.dtype).expand(x.shape[0], -1, -1, -1, -1)
+        return torch.cat([clean, x[:, :, known:]], dim=2)
 
     def model_timestep(self, t: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
         """The DiT's ``t``: ``[B]``, or ``[B, seq_len]`` per token with t = 0 on the first frame."""
@@ -194,60 +195,77 @@ def _expect_batch(name: str, value: torch.Tensor, batch: int) -> None:
 # --- I2V concat condition (official Wan 2.1 / 2.2 I2V and FLF2V) ------------------------------
 
 def i2v_mask(num_frames: int, latent_height: int, latent_width: int, *, batch: int = 1,
-             first_frame: bool = True, last_frame: bool = False) -> torch.Tensor:
+             start_frames: int = 1, end_frames: int = 0) -> torch.Tensor:
     """The 4-channel "known frame" mask ``[B, 4, T_lat, h, w]`` of the I2V condition (1 = known).
 
-    Pixel frame 0 (when ``first_frame``) and the last one (FLF2V, or an end image alone) are
-    known; frame 0 is repeated to 4 so the pixel mask folds into 4 channels per latent frame:
-    latent frame 0 is all ones with a start image, all zeros without one.
+    The first ``start_frames`` pixel frames (one start image, or several to continue a clip) and
+    the last ``end_frames`` (FLF2V, or an end image alone) are known; frame 0 is repeated to 4 so
+    the pixel mask folds into 4 channels per latent frame: latent frame 0 is all ones with a start
+    image, all zeros without one.
     """
     if num_frames < 1 or (num_frames - 1) % VAE_TEMPORAL_STRIDE:
         raise ValueError(f"i2v_mask: num_frames must be 4n+1, got {num_frames}")
+    if not (0 <= start_frames <= num_frames and 0 <= end_frames <= num_frames):
+        raise ValueError(f"i2v_mask: start_frames={start_frames} and end_frames={end_frames} must each be "
+                         f"within the clip's {num_frames} frames")
     mask = torch.zeros(batch, 1, num_frames, latent_height, latent_width)
-    if first_frame:
-        mask[:, :, 0] = 1
-    if last_frame:
-        mask[:, :, -1] = 1
+    mask[:, :, :start_frames] = 1
+    if end_frames:
+        mask[:, :, num_frames - end_frames:] = 1
     first = mask[:, :, :1].repeat_interleave(VAE_TEMPORAL_STRIDE, dim=2)
     mask = torch.cat([first, mask[:, :, 1:]], dim=2)
     mask = mask.view(batch, -1, VAE_TEMPORAL_STRIDE, latent_height, latent_width)
     return mask.transpose(1, 2)
 
 
+def _as_frames(images: Optional[torch.Tensor], name: str) -> Optional[torch.Tensor]:
+    """``[B, 3, H, W]`` (one picture) or ``[B, 3, N, H, W]`` (N frames) as ``[B, 3, N, H, W]``."""
+    if images is None:
+        return None
+    if images.ndim == 4:
+        images = images.unsqueeze(2)
+    if images.ndim != 5 or images.shape[1] != 3 or images.shape[2] < 1:
+        raise ValueError(f"{name} must be [B, 3, H, W] or [B, 3, N, H, W], got "
+                         f"{tuple(images.shape)}")
+    return images
+
+
 def i2v_pixel_video(image: Optional[torch.Tensor], num_frames: int,
                     last_image: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """The pixel clip the VAE encodes for I2V: the image, then zeros (mid-grey), ``[B,3,F,H,W]``.
+    """The pixel clip the VAE encodes for I2V: the image(s), then zeros (mid-grey), ``[B,3,F,H,W]``.
 
-    ``image`` is ``[B, 3, H, W]`` in [−1, 1], already at the output size. With ``last_image``
-    (FLF2V) the last frame is that image; with ``last_image`` alone (``image`` None) the clip is
-    mid-grey up to that last frame, as ComfyUI's WanFirstLastFrameToVideo builds it.
+    ``image`` is ``[B, 3, H, W]`` in [−1, 1], already at the output size, or ``[B, 3, N, H, W]``
+    for N start frames. With ``last_image`` (FLF2V; likewise one picture or N frames) the clip
+    ends with it, and it wins where the two overlap; with ``last_image`` alone (``image`` None)
+    the clip is mid-grey up to it, as ComfyUI's WanFirstLastFrameToVideo builds it.
     """
-    reference = image if image is not None else last_image
+    start, end = _as_frames(image, "image"), _as_frames(last_image, "last_image")
+    reference = start if start is not None else end
     if reference is None:
         raise ValueError("i2v_pixel_video: give an image, a last_image, or both")
-    if reference.ndim != 4 or reference.shape[1] != 3:
-        raise ValueError(f"i2v_pixel_video: images must be [B, 3, H, W], got {tuple(reference.shape)}")
-    if image is not None and last_image is not None and last_image.shape != image.shape:
-        raise ValueError(f"i2v_pixel_video: last_image {tuple(last_image.shape)} must match "
-                         f"image {tuple(image.shape)}")
-    blanks = num_frames - (image is not None) - (last_image is not None)
-    if blanks < 0:
-        raise ValueError(f"i2v_pixel_video: num_frames {num_frames} too small")
-    frames = [] if image is None else [image.unsqueeze(2)]
-    frames.append(reference.new_zeros(reference.shape[0], 3, blanks, *reference.shape[2:]))
-    if last_image is not None:
-        frames.append(last_image.unsqueeze(2))
-    return torch.cat(frames, dim=2)
+    if start is not None and end is not None and (end.shape[:2], end.shape[3:]) != (start.shape[:2], start.shape[3:]):
+        raise ValueError(f"i2v_pixel_video: last_image {tuple(last_image.shape)} must match image "
+                         f"{tuple(image.shape)} in batch and size")
+    for name, frames in (("image", start), ("last_image", end)):
+        if frames is not None and frames.shape[2] > num_frames:
+            raise ValueError(f"i2v_pixel_video: {name} has {frames.shape[2]} frames, more than the clip's "
+                             f"{num_frames}")
+    video = reference.new_zeros(reference.shape[0], 3, num_frames, *reference.shape[3:])
+    if start is not None:
+        video[:, :, :start.shape[2]] = start
+    if end is not None:
+        video[:, :, num_frames - end.shape[2]:] = end
+    return video
 
 
-def i2v_condition(image_latent: torch.Tensor, num_frames: int, *, first_frame: bool = True,
-                  last_frame: bool = False) -> torch.Tensor:
+def i2v_condition(image_latent: torch.Tensor, num_frames: int, *, start_frames: int = 1,
+                  end_frames: int = 0) -> torch.Tensor:
     """``y = [mask(4) | image latent]`` for the DiT (``[B, 4 + C, T_lat, h, w]``).
 
     ``image_latent`` is the normalised VAE latent of :func:`i2v_pixel_video`.
     """
     batch, _, frames, height, width = image_latent.shape
-    mask = i2v_mask(num_frames, height, width, batch=batch, first_frame=first_frame, last_frame=last_frame)
+    mask = i2v_mask(num_frames, height, width, batch=batch, start_frames=start_frames, end_frames=end_frames)
     if mask.shape[2] != frames:
         raise ValueError(f"i2v_condition: image latent has {frames} frames, {num_frames} pixel "
                          f"frames give {mask.shape[2]}")
@@ -262,20 +280,22 @@ def encode_i2v_condition(encode: LatentEncoder, image: Optional[torch.Tensor], n
                          last_image: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The full I2V / FLF2V ``y``: encode the image clip, then prepend the 4-channel mask.
 
-    Used for Wan 2.1 I2V (plus ``clip_fea``), Wan 2.2 I2V-A14B and Wan2.2-Fun-A14B-InP (no CLIP;
-    start image, end image or both) and FLF2V.
+    Used for Wan 2.1 I2V (plus ``clip_fea``), Wan 2.2 I2V-A14B and the Fun-InP models (A14B and
+    5B; no CLIP; start image, end image or both) and FLF2V. ``image`` and ``last_image`` are one
+    picture ``[B, 3, H, W]`` or N frames ``[B, 3, N, H, W]``.
     """
     latent = encode(i2v_pixel_video(image, num_frames, last_image))
-    return i2v_condition(latent, num_frames, first_frame=image is not None,
-                         last_frame=last_image is not None)
+    return i2v_condition(latent, num_frames, start_frames=_frame_count(image),
+                         end_frames=_frame_count(last_image))
+
+
+def _frame_count(images: Optional[torch.Tensor]) -> int:
+    return 0 if images is None else (1 if images.ndim == 4 else images.shape[2])
 
 
 def encode_first_frame(encode: LatentEncoder, image: torch.Tensor) -> torch.Tensor:
-    """TI2V-5B's clean first-frame latent ``[B, C, 1, h, w]`` from one image ``[B, 3, H, W]``."""
-    if image.ndim != 4 or image.shape[1] != 3:
-        raise ValueError(f"encode_first_frame: image must be [B, 3, H, W], got {tuple(image.shape)}")
-    latent = encode(image.unsqueeze(2))
-    if latent.shape[2] != 1:
-        raise ValueError(f"encode_first_frame: one image should give one latent frame, got "
-                         f"{latent.shape[2]}")
-    return latent
+    """TI2V-5B's clean first-frame latent ``[B, C, K, h, w]`` from one image ``[B, 3, H, W]`` (K = 1) or
+    N start frames ``[B, 3, N, H, W]`` (K = the latent frames they encode to, as ComfyUI's
+    Wan22ImageToVideoLatent keeps them)."""
+    frames = _as_frames(image, "image")
+    return encode(frames)

@@ -62,17 +62,23 @@ def test_context_windows_run_in_comfyui(server):
 
 
 
-def _full_size_vae(work: Path) -> Path:
-    """A random Wan 2.1 VAE file at the released size (ComfyUI builds that VAE at that size only)."""
+def _full_size_vae(work: Path, version: str = "2.1") -> Path:
+    """A random Wan VAE file at the released size (ComfyUI builds each Wan VAE at that size only).
+
+    The Wan 2.2 VAE (705M parameters) is written in bf16: 1.4 GB instead of 2.8."""
     import torch
     from safetensors.torch import save_file
 
     from wanflow.wan.vae2_1 import WanVAE21
+    from wanflow.wan.vae2_2 import WanVAE22
 
-    vae_file = work / "wanflow_full_random_wan2.1_vae.safetensors"
+    vae_file = work / f"wanflow_full_random_wan{version}_vae.safetensors"
     if not vae_file.exists():
         torch.manual_seed(0)
-        save_file({k: v.contiguous() for k, v in WanVAE21().state_dict().items()}, str(vae_file))
+        model, dtype = (WanVAE21(), torch.float32) if version == "2.1" else (WanVAE22(), torch.bfloat16)
+        partial = vae_file.with_suffix(".partial")
+        save_file({k: v.to(dtype).contiguous() for k, v in model.state_dict().items()}, str(partial))
+        partial.rename(vae_file)
     return vae_file
 
 
@@ -102,19 +108,25 @@ def test_subject_to_video_matches_core_phantom_and_dual_cfg_guider(server):
         assert report[f"our_dit_max_diff_{steps}"] < tolerance, report
 
 
-def test_first_last_frame_condition_matches_core_flf_and_fun_inpaint_nodes(server):
-    """Core WanFirstLastFrameToVideo and WanFunInpaintToVideo, and our Image to Video on a Wan 2.2
-    I2V-architecture expert (Wan 2.2 I2V-A14B / Fun-InP), give the DiT the same concat condition
-    (4 mask channels + normalised image latent) for a start image, an end image and both."""
-    report = run_in_comfyui(server["work"], "flf_check.py", _full_size_vae(server["work"]), ROOT)
+@pytest.mark.parametrize("kind, vae_version, channels, size", [("a14b", "2.1", 16, 4), ("5b", "2.2", 48, 2)])
+def test_first_last_frame_condition_matches_core_flf_and_fun_inpaint_nodes(server, kind, vae_version, channels, size):
+    """Core WanFirstLastFrameToVideo and WanFunInpaintToVideo, and our Image to Video, give the DiT the
+    same concat condition (4 mask channels + normalised image latent) for a start image, an end image,
+    both, and 6 start + 2 end frames: on a Wan 2.2 I2V-architecture expert (I2V-A14B / Fun-A14B-InP)
+    with the Wan 2.1 VAE, and on a Fun-5B-InP-architecture model with the Wan 2.2 VAE."""
+    report = run_in_comfyui(server["work"], "flf_check.py", _full_size_vae(server["work"], vae_version), ROOT, kind)
     assert report["variant"].startswith("Wan 2.2 I2V"), report["variant"]
-    known = {"start": [1, 0, 0], "end": [0, 0, 1], "start+end": [1, 0, 1]}
-    assert len(report["cases"]) == 6
+    assert report["variant"].endswith("(high-noise expert)") == (kind == "a14b"), report["variant"]  # 5B: one model
+    known = {"start": [1, 0, 0], "end": [0, 0, 1], "start+end": [1, 0, 1], "6 starts+2 ends": [1, 1, 1]}
+    assert len(report["cases"]) == 8
     for name, case in report["cases"].items():
-        assert case["core_shape"] == case["our_shape"] == [1, 20, 3, 4, 4], (name, case)
+        assert case["core_shape"] == case["our_shape"] == [1, channels + 4, 3, size, size], (name, case)
         assert case["known_latent_frames"] == known[name.split(":")[1]], (name, case)
         assert case["mask_max_diff"] == 0.0, (name, case)
         assert case["latent_max_diff"] < 1e-4 * max(1.0, case["latent_scale"]), (name, case)
+    # pixel frames 0-5 and 7-8 of 9 are given; frame 0 fills the first latent frame's 4 slots
+    for node in ("WanFirstLastFrameToVideo", "WanFunInpaintToVideo"):
+        assert report["cases"][f"{node}:6 starts+2 ends"]["known_slots"] == [[1, 1, 1, 1], [1, 1, 1, 1], [1, 0, 1, 1]]
 
 
 def test_template_browser_serves_templates_and_thumbnails(server):

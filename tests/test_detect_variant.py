@@ -68,6 +68,9 @@ RELEASES = [
     ("Wan2.2-Fun-A14B-InP/low_noise_model/diffusion_pytorch_model.safetensors.index.json",
      "wan2.2-i2v-a14b", ("2.2", "i2v", "14B", "low")),
     ("Wan2.2-Fun-A14B-InP-HighNoise-Q4_K_M.gguf", "wan2.2-i2v-a14b", ("2.2", "i2v", "14B", "high")),
+    # Wan2.2-Fun-5B-InP: one model, told apart by its 100 input channels (Comfy-Org's repackaged file)
+    ("wan2.2_fun_inpaint_5B_bf16.safetensors", "wan2.2-fun-5b-inp", ("2.2", "i2v", "5B", None)),
+    ("my_5b_inpaint_finetune.safetensors", "wan2.2-fun-5b-inp", ("2.2", "i2v", "5B", None)),
     # GGUF (loaded by gguf_files.py; the same shapes as the files they were converted from):
     # city96/Wan2.1-*-gguf, QuantStack/Wan2.2-*-GGUF and QuantStack/Wan2.1_14B_VACE-GGUF names
     ("wan2.1-t2v-14b-Q4_K_M.gguf", "wan2.1-t2v-14b", ("2.1", "t2v", "14B", None)),
@@ -91,9 +94,11 @@ def test_release_table(name, preset, expected, prefix):
     assert (variant.family, variant.task, variant.size, variant.expert) == expected
     assert variant.config == dit.PRESETS[preset]  # the exact official architecture
     key = (variant.family, variant.task, variant.size)
-    expected_defaults = FUN_INP_DEFAULTS if is_fun_inp_name(name) else {**OFFICIAL_DEFAULTS, **COMMUNITY_DEFAULTS}[key]
+    fun_a14b_inp = is_fun_inp_name(name) and variant.size == "14B"
+    expected_defaults = FUN_INP_DEFAULTS if fun_a14b_inp else {**OFFICIAL_DEFAULTS, **COMMUNITY_DEFAULTS}[key]
     assert variant.defaults == expected_defaults
-    assert any("Fun-A14B-InP" in note for note in variant.notes) == is_fun_inp_name(name)
+    assert any("Fun-A14B-InP" in note for note in variant.notes) == fun_a14b_inp
+    assert any("Fun-5B-InP" in note for note in variant.notes) == (preset == "wan2.2-fun-5b-inp")
 
 
 def test_fun_inp_names():
@@ -110,6 +115,15 @@ def test_fun_inp_defaults_are_its_authors_settings():
     assert (inp.shift, inp.steps, inp.boundary, inp.vae) == (5.0, 50, 0.9, "2.1")
     assert (inp.guide_scale, inp.guide_scale_low_noise) == (6.0, 6.0)
     assert inp.sizes[0] == (832, 480) and (inp.frames, inp.fps) == (81, 16)
+
+
+def test_fun_5b_inp_is_one_model_with_its_authors_settings():
+    variant = detect_dit_variant(preset_shapes("wan2.2-fun-5b-inp"), "wan2.2_fun_inpaint_5B_bf16.safetensors")
+    assert variant.name == "Wan 2.2 I2V-5B" and variant.expert is None
+    assert (variant.defaults.vae, variant.defaults.frames, variant.defaults.fps) == ("2.2", 121, 24)
+    assert (variant.defaults.guide_scale, variant.defaults.steps, variant.defaults.boundary) == (6.0, 50, None)
+    with pytest.raises(WrongModelError, match="no high/low-noise experts"):
+        detect_dit_variant(preset_shapes("wan2.2-fun-5b-inp"), "wan2.2_fun_inpaint_5B_bf16.safetensors", expert="high")
 
 
 def test_t2v_14b_without_a_telling_name_is_assumed_2_1_with_a_note():

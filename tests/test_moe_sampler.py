@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from wanflow.samplers import schedules as S
-from wanflow.samplers.conditioning import WanConditioning, i2v_condition, i2v_mask
+from wanflow.samplers.conditioning import WanConditioning, i2v_condition, i2v_mask, i2v_pixel_video
 from wanflow.samplers.expert_residency import ExpertResidency
 from wanflow.samplers.guidance import cfg_at, guided_velocity
 from wanflow.samplers.moe import MoESampler, SamplerHooks, SamplingInterrupted, \
@@ -464,12 +464,27 @@ def test_i2v_mask_layout():
     mask = i2v_mask(9, 2, 3)
     assert mask.shape == (1, 4, 3, 2, 3)
     assert torch.all(mask[:, :, 0] == 1) and torch.all(mask[:, :, 1:] == 0)
-    flf = i2v_mask(9, 2, 3, last_frame=True)
+    flf = i2v_mask(9, 2, 3, end_frames=1)
     assert flf[0, :, 2, 0, 0].tolist() == [0, 0, 0, 1]
     y = i2v_condition(torch.randn(1, 16, 3, 2, 3), 9)
     assert y.shape == (1, 20, 3, 2, 3)
     with pytest.raises(ValueError, match="4n\\+1"):
         i2v_mask(8, 2, 3)
+
+
+def test_i2v_mask_and_clip_with_several_start_and_end_frames():
+    """Continuing a clip: N known start frames and M end frames, as ComfyUI's WanFirstLastFrameToVideo
+    marks them (pixel frames 0..N-1 and the last M; frame 0 fills the first latent frame's 4 slots)."""
+    mask = i2v_mask(13, 1, 1, start_frames=6, end_frames=2)
+    assert mask[0, :, :, 0, 0].T.tolist() == [[1, 1, 1, 1], [1, 1, 1, 1], [1, 0, 0, 0], [0, 0, 1, 1]]
+    start, end = torch.rand(1, 3, 6, 2, 2), torch.rand(1, 3, 2, 2, 2)
+    video = i2v_pixel_video(start, 13, end)
+    assert torch.equal(video[:, :, :6], start) and torch.equal(video[:, :, -2:], end)
+    assert torch.all(video[:, :, 6:11] == 0)
+    with pytest.raises(ValueError, match="image has 14 frames, more than the clip's 13"):
+        i2v_pixel_video(torch.rand(1, 3, 14, 2, 2), 13)
+    with pytest.raises(ValueError, match="start_frames=14"):
+        i2v_mask(13, 1, 1, start_frames=14)
 
 
 def test_vace_reference_letterbox_and_mask_folding():

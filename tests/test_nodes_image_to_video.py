@@ -127,6 +127,57 @@ def test_ti2v_first_frame(vaes):
     torch.testing.assert_close(WAN22.normalize(out["samples"])[:, :, :1], expected, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("with_start, with_end", [(True, False), (True, True), (False, True)])
+def test_fun_5b_inp_takes_start_end_or_both_through_the_wan22_vae(vaes, with_start, with_end):
+    """Wan2.2-Fun-5B-InP: 100 input channels = 48 noise + 4 mask + 48 latent channels of the Wan 2.2 VAE."""
+    vae21, vae22 = vaes
+    model = handle("fun-5b-inp", "2.2", "i2v")
+    start, end = image(32, 32, seed=1), image(32, 32, seed=2)
+    cond, latent = WanFlowImageToVideo().build(model, text(), vae22, start if with_start else None, 32, 32, 9,
+                                               end_image=end if with_end else None)["result"]
+    px = lambda img: img.permute(0, 3, 1, 2) * 2 - 1  # noqa: E731
+    expected = encode_i2v_condition(lambda p: WAN22.normalize(vae22.encode(p)), px(start) if with_start else None,
+                                    9, px(end) if with_end else None)
+    torch.testing.assert_close(cond.y, expected)
+    assert cond.y.shape == (1, 52, 3, 2, 2) and cond.first_frame is None and cond.clip_fea is None
+    assert latent["samples"].shape == (1, 48, 3, 2, 2)
+    known = cond.y[0, :4, :, 0, 0].amax(dim=0).tolist()
+    assert known == [float(with_start), 0.0, float(with_end)]
+    (out,) = WanFlowMoESampler().sample(model, cond, latent, 0, 2, 6.0, "unipc", "simple", 6.0, 6.0, 0.0, 1.0)["result"]
+    assert out["samples"].shape == (1, 48, 3, 2, 2) and torch.isfinite(out["samples"]).all()
+    with pytest.raises(ValueError, match="needs 48 .*Fun-InP: Wan 2.2 VAE"):
+        build(model, vae21, image(32, 32), 32, 32)
+
+
+def test_several_start_and_end_frames_continue_a_clip(vaes):
+    """An IMAGE batch is frames, as in core: 6 start frames and 2 end frames are all kept and marked known."""
+    vae21, _ = vaes
+    model = handle("i2v-2.2", "2.2", "i2v")
+    starts = torch.rand(6, 16, 16, 3, generator=torch.Generator().manual_seed(3))
+    ends = torch.rand(2, 16, 16, 3, generator=torch.Generator().manual_seed(4))
+    cond, _ = WanFlowImageToVideo().build(model, text(), vae21, starts, 16, 16, 13, end_image=ends)["result"]
+    clip = lambda frames: (frames.permute(3, 0, 1, 2) * 2 - 1).unsqueeze(0)  # noqa: E731
+    expected = encode_i2v_condition(lambda p: WAN21.normalize(vae21.encode(p)), clip(starts), 13, clip(ends))
+    torch.testing.assert_close(cond.y, expected)
+    assert cond.y[0, :4, :, 0, 0].T.tolist() == [[1, 1, 1, 1], [1, 1, 1, 1], [1, 0, 0, 0], [0, 0, 1, 1]]
+    # more start frames than the video holds: the first `length` are used, as core does
+    cond, _ = WanFlowImageToVideo().build(model, text(), vae21, torch.rand(8, 16, 16, 3), 16, 16, 5)["result"]
+    assert cond.y[0, :4, :, 0, 0].sum() == 8
+
+
+def test_ti2v_keeps_several_start_frames_clean(vaes):
+    """TI2V-5B with 5 start frames: two clean latent frames (t = 0 on their tokens), as core's
+    Wan22ImageToVideoLatent encodes start_image[:length]."""
+    _, vae22 = vaes
+    model = handle("ti2v", "2.2", "ti2v")
+    starts = torch.rand(5, 32, 32, 3, generator=torch.Generator().manual_seed(5))
+    cond, latent = build(model, vae22, starts, 32, 32, 9)
+    assert cond.first_frame.shape == (1, 48, 2, 2, 2)
+    assert cond.model_timestep(torch.tensor(500.0), latent["samples"]).reshape(3, -1)[:, 0].tolist() == [0, 0, 500]
+    (out,) = WanFlowMoESampler().sample(model, cond, latent, 0, 2, 5.0, "unipc", "unipc", 5.0, 5.0, 0.0, 1.0)["result"]
+    torch.testing.assert_close(WAN22.normalize(out["samples"])[:, :, :2], cond.first_frame, atol=1e-4, rtol=1e-4)
+
+
 def test_clear_errors(vaes):
     vae21, vae22 = vaes
     with pytest.raises(ValueError, match="takes no image"):

@@ -13,7 +13,7 @@ import torch
 from wanflow.nodes import comfy_adapter as ca
 from wanflow.runner import execute, node_specs, template_layout, templates, tiny_runs, workflow
 from wanflow.runner.registry import node_classes
-from wanflow.runner.tiny_models import write_tiny_models
+from wanflow.runner.tiny_models import FILES as TINY_FILES, write_tiny_models
 from wanflow.runner.workflow import UI_ONLY_TYPES, load_workflow
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -244,6 +244,21 @@ def test_first_last_frame_template_runs_with_the_end_image_alone(tiny_setup):
     assert len(result.files) == 1
     with pytest.raises(errors.InvalidWorkflow, match=r"node 7 \(WanFlowImageToVideo\).*connect a start_image"):
         _run_without_image_links(tiny_setup, "wan22_a14b_flf2v", ("start_image", "end_image"))
+
+
+def test_fun_5b_inp_runs_in_the_ti2v_template_from_a_start_and_an_end_image(tiny_setup):
+    """Wan2.2-Fun-5B-InP loads where TI2V-5B does; Image to Video reads its kind from the weights and
+    builds the mask + image-latent condition (start and end image) instead of TI2V's clean first frame."""
+    ca.configure_headless(tiny_setup / "models", tiny_setup / "input", tiny_setup / "output" / "fun_5b_inp")
+    ca.set_headless_progress(False)
+    classes = node_classes()
+    flow = workflow.load_workflow(templates.render("wan22_ti2v_5b", classes), classes, "wan22_ti2v_5b")
+    overrides = [o.replace(TINY_FILES.ti2v, TINY_FILES.fun_inp_5b) for o in tiny_runs.TINY_OVERRIDES["wan22_ti2v_5b"]]
+    assert overrides != tiny_runs.TINY_OVERRIDES["wan22_ti2v_5b"]
+    workflow.apply_overrides(flow.prompt, overrides, classes)
+    flow.prompt["7"]["inputs"]["end_image"] = list(flow.prompt["7"]["inputs"]["start_image"])
+    result = execute.run(flow, classes)
+    assert len(result.files) == 1
 
 
 SWAPPED_MODELS = [

@@ -19,7 +19,7 @@ to compute in bf16, fp32 latents for reference runs). The output is always float
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional, Sequence, Union
 
 import torch
@@ -116,6 +116,9 @@ WAN22_I2V_A14B = WanDiTConfig(**_14B, in_dim=36, model_type="i2v")   # no CLIP b
 WAN22_VACE_FUN_A14B = WanDiTConfig(**_14B, model_type="vace", vace_layers=tuple(range(0, 40, 5)))
 WAN22_TI2V_5B = WanDiTConfig(dim=3072, ffn_dim=14336, num_heads=24, num_layers=30,
                              in_dim=48, out_dim=48, model_type="ti2v")
+# Wan2.2-Fun-5B-InP (Alibaba PAI): the TI2V-5B body reading a start/end-frame condition beside the
+# noise, 100 = 48 noise + 4 mask + 48 image-latent channels (the Wan 2.2 VAE's 48-channel latent).
+WAN22_FUN_5B_INP = replace(WAN22_TI2V_5B, in_dim=100, model_type="i2v")
 
 PRESETS: dict[str, WanDiTConfig] = {
     "wan2.1-t2v-1.3b": WAN21_T2V_1_3B,
@@ -127,6 +130,7 @@ PRESETS: dict[str, WanDiTConfig] = {
     "wan2.2-t2v-a14b": WAN22_T2V_A14B,
     "wan2.2-i2v-a14b": WAN22_I2V_A14B,
     "wan2.2-ti2v-5b": WAN22_TI2V_5B,
+    "wan2.2-fun-5b-inp": WAN22_FUN_5B_INP,
     "wan2.2-vace-fun-a14b": WAN22_VACE_FUN_A14B,
 }
 
@@ -140,6 +144,7 @@ TINY_PRESETS: dict[str, WanDiTConfig] = {
                           flf_pos_len=10),
     "i2v-2.2": WanDiTConfig(**_TINY, in_dim=36, model_type="i2v"),
     "ti2v": WanDiTConfig(**_TINY, in_dim=48, out_dim=48, model_type="ti2v"),
+    "fun-5b-inp": WanDiTConfig(**_TINY, in_dim=100, out_dim=48, model_type="i2v"),
     "vace": WanDiTConfig(**_TINY, model_type="vace", vace_layers=(0, 2), vace_in_dim=24),
 }
 
