@@ -55,8 +55,24 @@ def flow_matching_loss(model: Callable[..., torch.Tensor], x0: torch.Tensor, con
                        sigma: torch.Tensor, noise: torch.Tensor, *, y: Optional[torch.Tensor] = None,
                        reduce: bool = True, **extras) -> torch.Tensor:
     """Mean squared velocity error (per sample when ``reduce`` is False)."""
-    x_t = noisy_latent(x0, noise, sigma)
-    velocity = model(x_t, sigma * NUM_TRAIN_TIMESTEPS, context, y=y, **extras)
-    error = F.mse_loss(velocity, noise - x0, reduction="none")
+    error = velocity_error(model, x0, context, sigma, noise, y=y, **extras)
     per_sample = error.flatten(1).mean(1)
     return per_sample.mean() if reduce else per_sample
+
+
+def first_frame_weighted_loss(model: Callable[..., torch.Tensor], x0: torch.Tensor, context: torch.Tensor,
+                              sigma: torch.Tensor, noise: torch.Tensor, weight: float, *,
+                              y: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The flow-matching loss plus ``weight`` times its first latent frame's share: I2V must give
+    back the start picture, and a small error there shows most once decoded."""
+    error = velocity_error(model, x0, context, sigma, noise, y=y)
+    return error.mean() + weight * error[:, :, 0].mean()
+
+
+def velocity_error(model: Callable[..., torch.Tensor], x0: torch.Tensor, context: torch.Tensor,
+                   sigma: torch.Tensor, noise: torch.Tensor, *, y: Optional[torch.Tensor] = None,
+                   **extras) -> torch.Tensor:
+    """Element-wise squared error of the predicted velocity against ``noise - x0``."""
+    x_t = noisy_latent(x0, noise, sigma)
+    velocity = model(x_t, sigma * NUM_TRAIN_TIMESTEPS, context, y=y, **extras)
+    return F.mse_loss(velocity, noise - x0, reduction="none")

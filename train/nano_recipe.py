@@ -30,7 +30,7 @@ from .lora_trainer import save_pair
 from .nano_files import save_dit, save_tensors, save_vae
 from .nano_latents import LatentSet, TextTable, add_i2v_condition, encode_clip_set, text_table
 from .nano_text import text_encoder_file
-from .nano_vae import FIT_CLIPS, fit_latent, polish_decoder, train_vae
+from .nano_vae import FIT_CLIPS, fit_latent, harden_decoder, polish_decoder, train_vae
 
 log = logging.getLogger("wanflow.train")
 
@@ -119,6 +119,8 @@ def stage_vae(ctx: StageContext) -> None:
     vae = train_vae(ctx.work / "vae", ctx.seed, ctx.loops.get("vae"), quiet=ctx.quiet)
     polish_decoder(vae, ctx.work / "vae_decoder", ctx.seed, ctx.loops.get("vae_decoder"), quiet=ctx.quiet)
     fit_latent(vae, ctx.seed, ctx.fit_clips, quiet=ctx.quiet)
+    harden_decoder(vae, ctx.work / "vae_decoder_hardened", ctx.seed + 1000, ctx.loops.get("vae_decoder"),
+                   quiet=ctx.quiet)
     save_vae(vae, ctx.file(NANO.vae))
 
 
@@ -142,6 +144,12 @@ def stage_i2v(ctx: StageContext) -> None:
                                       quiet=ctx.quiet)
     save_dit(pair["high"], ctx.file(NANO.i2v_high), "i2v high-noise expert")
     save_dit(pair["low"], ctx.file(NANO.i2v_low), "i2v low-noise expert")
+    # then the first-frame polish, from the files just written (as the demo will load them)
+    for offset, expert in enumerate(nano_dit.experts("i2v")):
+        name = NANO.i2v_high if expert.name == "high" else NANO.i2v_low
+        model = nano_dit.polish_first_frame(ctx.dit(name, "i2v"), expert, ctx.work, data, table,
+                                            ctx.seed + 900 + offset, ctx.loops.get("expert"), quiet=ctx.quiet)
+        save_dit(model, ctx.file(name), f"i2v {expert.name}-noise expert")
 
 
 def stage_vace(ctx: StageContext) -> None:
@@ -171,8 +179,8 @@ STAGES: dict[str, Callable[[StageContext], None]] = {
 }
 
 
-STAGE_RUNS = {"vae": ("vae", "vae_decoder"), "text": (), "t2v": ("t2v_base", "t2v_high", "t2v_low"),
-              "i2v": ("i2v_high", "i2v_low"), "vace": ("vace",),
+STAGE_RUNS = {"vae": ("vae", "vae_decoder", "vae_decoder_hardened"), "text": (), "t2v": ("t2v_base", "t2v_high", "t2v_low"),
+              "i2v": ("i2v_high", "i2v_low", "i2v_high_first_frame", "i2v_low_first_frame"), "vace": ("vace",),
               "loras": tuple(f"lora_{style}/{expert}" for style in LORA_STYLES for expert in ("high", "low"))}
 """The training runs (folders in ``work``) of each stage."""
 

@@ -14,8 +14,12 @@ from pathlib import Path
 
 from .loss_curve import read_loss_log, smooth
 
-STAGE_LOGS = ("vae", "vae_decoder", "t2v_base", "t2v_high", "t2v_low", "i2v_high", "i2v_low", "vace",
+STAGE_LOGS = ("vae", "vae_decoder", "vae_decoder_hardened", "t2v_base", "t2v_high", "t2v_low",
+              "i2v_high", "i2v_high_first_frame", "i2v_low", "i2v_low_first_frame", "vace",
               "lora_outline_high", "lora_outline_low", "lora_night_high", "lora_night_low")
+CONTINUES = {"vae_decoder": "vae", "vae_decoder_hardened": "vae_decoder",
+             "i2v_high_first_frame": "i2v_high", "i2v_low_first_frame": "i2v_low"}
+"""Runs drawn as the continuation of another (same model, trained on)."""
 
 
 def plot(folder: Path, out: Path) -> list[str]:
@@ -29,8 +33,8 @@ def plot(folder: Path, out: Path) -> list[str]:
     ends: dict[str, int] = {}
     for name, path in logs:
         steps, losses = read_loss_log(path)
-        if name == "vae_decoder":  # the decoder pass continues the VAE run
-            steps = [s + ends.get("vae", 0) for s in steps]
+        if name in CONTINUES:
+            steps = [s + ends.get(CONTINUES[name], 0) for s in steps]
         ends[name] = steps[-1] + 1 if steps else 0
         axis = axes[0] if name.startswith("vae") else axes[1]
         axis.plot(steps, smooth(losses), label=name)
