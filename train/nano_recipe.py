@@ -179,7 +179,8 @@ STAGES: dict[str, Callable[[StageContext], None]] = {
 }
 
 
-STAGE_RUNS = {"vae": ("vae", "vae_decoder", "vae_decoder_hardened"), "text": (), "t2v": ("t2v_base", "t2v_high", "t2v_low"),
+STAGE_RUNS = {"vae": ("vae", "vae_decoder", "vae_decoder_hardened"), "text": (),
+              "t2v": ("t2v_base", "t2v_high", "t2v_low"),
               "i2v": ("i2v_high", "i2v_low", "i2v_high_first_frame", "i2v_low_first_frame"), "vace": ("vace",),
               "loras": tuple(f"lora_{style}/{expert}" for style in LORA_STYLES for expert in ("high", "low"))}
 """The training runs (folders in ``work``) of each stage."""

@@ -82,31 +82,27 @@ def train_vae(work: Path, seed: int, loop: LoopConfig | None = None, quiet: bool
 def polish_decoder(vae: WanVAE21, work: Path, seed: int, loop: LoopConfig | None = None,
                    quiet: bool = False) -> WanVAE21:
     """Train (or resume) the decoder-only pass in ``work``; the encoder is left untouched."""
-    data_gen = torch.Generator().manual_seed(seed + 3)
-    noise_gen = torch.Generator().manual_seed(seed + 4)
-    decoder = [*vae.conv2.parameters(), *vae.decoder.parameters()]
-
-    def loss_fn(step: int):
-        return decoder_loss(vae, vae_batch(data_gen, 8, frames=1, crop=64), DECODER_WEIGHTS, noise_gen)
-
-    train("vae decoder", vae, decoder, loss_fn, loop or DECODER_LOOP, work, {"data": data_gen, "noise": noise_gen},
-          quiet)
-    return vae
+    return _decoder_pass("vae decoder", vae, DECODER_WEIGHTS, work, seed, loop, quiet)
 
 
 def harden_decoder(vae: WanVAE21, work: Path, seed: int, loop: LoopConfig | None = None,
                    quiet: bool = False) -> WanVAE21:
     """A decoder-only pass with :data:`HARDENED_WEIGHTS` (run after :func:`fit_latent`, so the
     noise is in the latent the DiTs see); like :func:`polish_decoder`, no latent moves."""
+    return _decoder_pass("vae decoder hardened", vae, HARDENED_WEIGHTS, work, seed, loop, quiet)
+
+
+def _decoder_pass(name: str, vae: WanVAE21, weights: VAELossWeights, work: Path, seed: int,
+                  loop: LoopConfig | None, quiet: bool) -> WanVAE21:
+    """Whole 64x64 single frames, batch 8, through the decoder only (resumable in ``work``)."""
     data_gen = torch.Generator().manual_seed(seed + 3)
     noise_gen = torch.Generator().manual_seed(seed + 4)
     decoder = [*vae.conv2.parameters(), *vae.decoder.parameters()]
 
     def loss_fn(step: int):
-        return decoder_loss(vae, vae_batch(data_gen, 8, frames=1, crop=64), HARDENED_WEIGHTS, noise_gen)
+        return decoder_loss(vae, vae_batch(data_gen, 8, frames=1, crop=64), weights, noise_gen)
 
-    train("vae decoder hardened", vae, decoder, loss_fn, loop or DECODER_LOOP, work,
-          {"data": data_gen, "noise": noise_gen}, quiet)
+    train(name, vae, decoder, loss_fn, loop or DECODER_LOOP, work, {"data": data_gen, "noise": noise_gen}, quiet)
     return vae
 
 
