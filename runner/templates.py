@@ -83,6 +83,19 @@ def _text_nodes(prompt: str, repo: str = REPO_22, te_id: int = 4, enc_id: int = 
     ]
 
 
+def _expert_loaders(high: dict, low: dict) -> list[Node]:
+    """Nodes 2 and 3: the high- and low-noise experts of a Wan 2.2 A14B pair (``_model`` entries)."""
+    return [Node(2, "WanFlowModelLoader", {"model_name": high["name"]}, title="High-noise expert", models=[high]),
+            Node(3, "WanFlowModelLoader", {"model_name": low["name"]}, title="Low-noise expert", models=[low])]
+
+
+def _decode_and_save(prefix: str, fps: float = 16.0) -> list[Node]:
+    """Nodes 9 and 10: decode the sampler's latent (node 8) with the VAE (node 6), save the video."""
+    return [Node(9, "WanFlowVAEDecode", links={"samples": (8, 0), "vae": (6, 0)}),
+            Node(10, "WanFlowSaveVideo", {"filename_prefix": prefix, "fps": fps}, links={"images": (9, 0)},
+                 size=(420.0, 420.0))]
+
+
 def t2v_a14b() -> Template:
     high, low = _model(REPO_22, "diffusion_models", T2V_HIGH), _model(REPO_22, "diffusion_models", T2V_LOW)
     vae, umt5 = _model(REPO_22, "vae", VAE_21), _model(REPO_22, "text_encoders", UMT5)
@@ -90,8 +103,7 @@ def t2v_a14b() -> Template:
         _files_note(1, "Wan 2.2 A14B text-to-video", [_row(m) for m in (high, low, umt5, vae)],
                     "Official settings: 1280x720, 81 frames at 16 fps, 40 UniPC steps, shift 12, guidance 4.0 "
                     "(high-noise expert) / 3.0 (low-noise expert), expert switch at t = 875 (boundary 0 = automatic)."),
-        Node(2, "WanFlowModelLoader", {"model_name": T2V_HIGH}, title="High-noise expert", models=[high]),
-        Node(3, "WanFlowModelLoader", {"model_name": T2V_LOW}, title="Low-noise expert", models=[low]),
+        *_expert_loaders(high, low),
         *_text_nodes(T2V_PROMPT),
         Node(6, "WanFlowVAELoader", {"vae_name": VAE_21}, models=[vae]),
         Node(7, "WanFlowEmptyVideoLatent", {"width": 1280, "height": 720, "length": 81},
@@ -99,9 +111,7 @@ def t2v_a14b() -> Template:
         Node(8, "WanFlowMoESampler", {"seed": 42, "steps": 40, "shift": 12.0, "solver": "unipc", "scheduler": "unipc",
               "cfg_high": 4.0, "cfg_low": 3.0, "boundary": 0.0, "denoise": 1.0},
              links={"model_high": (2, 0), "model_low": (3, 0), "conditioning": (5, 0), "latent": (7, 0)}),
-        Node(9, "WanFlowVAEDecode", links={"samples": (8, 0), "vae": (6, 0)}),
-        Node(10, "WanFlowSaveVideo", {"filename_prefix": "WanFlow/t2v_a14b", "fps": 16.0},
-             links={"images": (9, 0)}, size=(420.0, 420.0)),
+        *_decode_and_save("WanFlow/t2v_a14b"),
     ]
     return "Wan 2.2 A14B text-to-video", nodes, [Column("Load models", [2, 3, 4, 6]), Column("Prompt", [5, 7]), Column("Sample", [8]),
                    Column("Decode and save", [9, 10])]
@@ -116,8 +126,7 @@ def i2v_a14b() -> Template:
                     "1280x720, 81 frames at 16 fps, 40 UniPC steps, shift 5, guidance 3.5 on both experts, switch at "
                     "t = 900. The picture is scaled to cover the size and centre-cropped: for a portrait picture "
                     "set 720x1280. Wan 2.2 I2V needs no CLIP vision model."),
-        Node(2, "WanFlowModelLoader", {"model_name": I2V_HIGH}, title="High-noise expert", models=[high]),
-        Node(3, "WanFlowModelLoader", {"model_name": I2V_LOW}, title="Low-noise expert", models=[low]),
+        *_expert_loaders(high, low),
         *_text_nodes(I2V_PROMPT),
         Node(6, "WanFlowVAELoader", {"vae_name": VAE_21}, models=[vae]),
         Node(11, "LoadImage", {"image": "start_image.png"}, title="Start image", size=(320.0, 340.0)),
@@ -126,9 +135,7 @@ def i2v_a14b() -> Template:
         Node(8, "WanFlowMoESampler", {"seed": 42, "steps": 40, "shift": 5.0, "solver": "unipc", "scheduler": "unipc",
               "cfg_high": 3.5, "cfg_low": 3.5, "boundary": 0.0, "denoise": 1.0},
              links={"model_high": (2, 0), "model_low": (3, 0), "conditioning": (7, 0), "latent": (7, 1)}),
-        Node(9, "WanFlowVAEDecode", links={"samples": (8, 0), "vae": (6, 0)}),
-        Node(10, "WanFlowSaveVideo", {"filename_prefix": "WanFlow/i2v_a14b", "fps": 16.0},
-             links={"images": (9, 0)}, size=(420.0, 420.0)),
+        *_decode_and_save("WanFlow/i2v_a14b"),
     ]
     return "Wan 2.2 A14B image-to-video", nodes, [Column("Load models", [2, 3, 4, 6]), Column("Prompt", [5, 11, 7]), Column("Sample", [8]),
                    Column("Decode and save", [9, 10])]
@@ -147,8 +154,7 @@ def flf_a14b() -> Template:
                     "example: 832x480, 81 frames at 16 fps, 50 steps, shift 5, guidance 6 on both experts, switch at "
                     "t = 900. The Wan 2.2 I2V-A14B pair (wan2.2_i2v_high/low_noise_14B) runs in the same graph with "
                     "its own settings (40 steps, guidance 3.5)."),
-        Node(2, "WanFlowModelLoader", {"model_name": FUN_INP_HIGH}, title="High-noise expert", models=[high]),
-        Node(3, "WanFlowModelLoader", {"model_name": FUN_INP_LOW}, title="Low-noise expert", models=[low]),
+        *_expert_loaders(high, low),
         *_text_nodes(FLF_PROMPT),
         Node(6, "WanFlowVAELoader", {"vae_name": VAE_21}, models=[vae]),
         Node(11, "LoadImage", {"image": "start_image.png"}, title="First frame", size=(320.0, 340.0)),
@@ -159,9 +165,7 @@ def flf_a14b() -> Template:
         Node(8, "WanFlowMoESampler", {"seed": 42, "steps": 50, "shift": 5.0, "solver": "unipc", "scheduler": "unipc",
               "cfg_high": 6.0, "cfg_low": 6.0, "boundary": 0.0, "denoise": 1.0},
              links={"model_high": (2, 0), "model_low": (3, 0), "conditioning": (7, 0), "latent": (7, 1)}),
-        Node(9, "WanFlowVAEDecode", links={"samples": (8, 0), "vae": (6, 0)}),
-        Node(10, "WanFlowSaveVideo", {"filename_prefix": "WanFlow/flf_a14b", "fps": 16.0},
-             links={"images": (9, 0)}, size=(420.0, 420.0)),
+        *_decode_and_save("WanFlow/flf_a14b"),
     ]
     return "Wan 2.2 A14B first-last-frame (Fun-InP)", nodes, [
         Column("Load models", [2, 3, 4, 6]), Column("Prompt", [5, 11, 12]), Column("Sample", [7, 8]),
@@ -186,9 +190,7 @@ def ti2v_5b() -> Template:
         Node(8, "WanFlowMoESampler", {"seed": 42, "steps": 50, "shift": 5.0, "solver": "unipc", "scheduler": "unipc",
               "cfg_high": 5.0, "cfg_low": 5.0, "boundary": 0.0, "denoise": 1.0},
              links={"model_high": (2, 0), "conditioning": (7, 0), "latent": (7, 1)}),
-        Node(9, "WanFlowVAEDecode", links={"samples": (8, 0), "vae": (6, 0)}),
-        Node(10, "WanFlowSaveVideo", {"filename_prefix": "WanFlow/ti2v_5b", "fps": 24.0},
-             links={"images": (9, 0)}, size=(420.0, 420.0)),
+        *_decode_and_save("WanFlow/ti2v_5b", fps=24.0),
     ]
     return "Wan 2.2 TI2V-5B", nodes, [Column("Load models", [2, 4, 6]), Column("Prompt", [5, 11, 7]), Column("Sample", [8]),
                    Column("Decode and save", [9, 10])]
@@ -212,9 +214,7 @@ def r2v_vace() -> Template:
         Node(8, "WanFlowMoESampler", {"seed": 42, "steps": 50, "shift": 16.0, "solver": "unipc", "scheduler": "unipc",
               "cfg_high": 5.0, "cfg_low": 5.0, "boundary": 0.0, "denoise": 1.0},
              links={"model_high": (2, 0), "conditioning": (7, 0), "latent": (7, 1)}),
-        Node(9, "WanFlowVAEDecode", links={"samples": (8, 0), "vae": (6, 0)}),
-        Node(10, "WanFlowSaveVideo", {"filename_prefix": "WanFlow/r2v_vace", "fps": 16.0},
-             links={"images": (9, 0)}, size=(420.0, 420.0)),
+        *_decode_and_save("WanFlow/r2v_vace"),
     ]
     return "Wan 2.1 VACE reference-to-video", nodes, [Column("Load models and pictures", [2, 4, 6, 11, 12]), Column("Prompt", [5, 7]), Column("Sample", [8]),
                    Column("Decode and save", [9, 10])]
@@ -234,8 +234,7 @@ def r2v_vace_a14b() -> Template:
                     "the video size and trimmed from the result before decoding. Settings of its authors' "
                     "subject-to-video example: 832x480, 81 frames at 16 fps, 50 UniPC steps, shift 12, guidance 5 "
                     "on both experts, expert switch at t = 875 (boundary 0 = automatic)."),
-        Node(2, "WanFlowModelLoader", {"model_name": VACE_FUN_HIGH}, title="High-noise expert", models=[high]),
-        Node(3, "WanFlowModelLoader", {"model_name": VACE_FUN_LOW}, title="Low-noise expert", models=[low]),
+        *_expert_loaders(high, low),
         *_text_nodes(R2V_PROMPT),
         Node(6, "WanFlowVAELoader", {"vae_name": VAE_21}, models=[vae]),
         Node(11, "LoadImage", {"image": "reference_1.png"}, title="Reference 1", size=(320.0, 320.0)),
@@ -245,9 +244,7 @@ def r2v_vace_a14b() -> Template:
         Node(8, "WanFlowMoESampler", {"seed": 42, "steps": 50, "shift": 12.0, "solver": "unipc", "scheduler": "unipc",
               "cfg_high": 5.0, "cfg_low": 5.0, "boundary": 0.0, "denoise": 1.0},
              links={"model_high": (2, 0), "model_low": (3, 0), "conditioning": (7, 0), "latent": (7, 1)}),
-        Node(9, "WanFlowVAEDecode", links={"samples": (8, 0), "vae": (6, 0)}),
-        Node(10, "WanFlowSaveVideo", {"filename_prefix": "WanFlow/r2v_vace_a14b", "fps": 16.0},
-             links={"images": (9, 0)}, size=(420.0, 420.0)),
+        *_decode_and_save("WanFlow/r2v_vace_a14b"),
     ]
     # Two experts and two pictures make one column too tall to open readable: the pictures go
     # with the prompt, the VACE conditioning beside the sampler it feeds.
@@ -277,9 +274,7 @@ def s2v_phantom() -> Template:
         Node(8, "WanFlowMoESampler", {"seed": 42, "steps": 50, "shift": 5.0, "solver": "unipc", "scheduler": "unipc",
               "cfg_high": 7.5, "cfg_low": 7.5, "boundary": 0.0, "denoise": 1.0},
              links={"model_high": (2, 0), "conditioning": (7, 0), "latent": (7, 1)}),
-        Node(9, "WanFlowVAEDecode", links={"samples": (8, 0), "vae": (6, 0)}),
-        Node(10, "WanFlowSaveVideo", {"filename_prefix": "WanFlow/s2v_phantom", "fps": 16.0},
-             links={"images": (9, 0)}, size=(420.0, 420.0)),
+        *_decode_and_save("WanFlow/s2v_phantom"),
     ]
     return "Wan 2.1 Phantom subject-to-video", nodes, [
         Column("Load models and pictures", [2, 4, 6, 11, 12]), Column("Prompt", [5, 7]), Column("Sample", [8]),
