@@ -17,18 +17,14 @@ from . import comfy_adapter
 from .image_to_video import latent_encoder
 from .sizes import fit_video_size
 from .types import CONDITIONING, CONDITIONING_MENU, IMAGE, LATENT, MASK, VAE
+from .vae_nodes import image_pictures
 
 MAX_REFERENCES = 4
 
 
 def reference_frames(images: list[Optional[torch.Tensor]]) -> list[torch.Tensor]:
     """Each frame of each connected IMAGE as ``[1, 3, h, w]`` in [-1, 1]."""
-    frames = []
-    for image in images:
-        if image is None:
-            continue
-        for frame in image[..., :3]:
-            frames.append(frame.permute(2, 0, 1).unsqueeze(0).float() * 2.0 - 1.0)
+    frames = image_pictures(images)
     if len(frames) > MAX_REFERENCES:
         raise ValueError(f"reference-to-video: {len(frames)} reference frames given; VACE takes at most {MAX_REFERENCES}")
     return frames

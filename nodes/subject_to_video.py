@@ -18,6 +18,7 @@ from . import comfy_adapter
 from .image_to_video import latent_encoder
 from .sizes import fit_video_size
 from .types import CONDITIONING, CONDITIONING_MENU, IMAGE, LATENT, VAE
+from .vae_nodes import image_pictures
 
 WHAT = "subject-to-video"
 
@@ -25,8 +26,7 @@ WHAT = "subject-to-video"
 def subject_pictures(images: list[Optional[torch.Tensor]]) -> list[torch.Tensor]:
     """Each frame of each connected IMAGE as ``[1, 3, h, w]`` in [-1, 1] (a batch of pictures counts
     as that many subjects, like ComfyUI's ``images`` input)."""
-    pictures = [frame[..., :3].permute(2, 0, 1).unsqueeze(0).float() * 2.0 - 1.0
-                for image in images if image is not None for frame in image]
+    pictures = image_pictures(images)
     if len(pictures) > MAX_SUBJECTS:
         raise ValueError(f"{WHAT}: {len(pictures)} subject pictures given; Phantom takes at most {MAX_SUBJECTS}")
     return pictures

@@ -6,6 +6,8 @@ output IMAGE on the offload device, so video memory does not grow with the clip 
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from ..wan.compute_dtype import module_compute_dtype
@@ -18,6 +20,13 @@ def image_to_pixels(images: torch.Tensor) -> torch.Tensor:
     if images.ndim != 4 or images.shape[-1] < 3:
         raise ValueError(f"expected an IMAGE [frames, height, width, 3], found shape {tuple(images.shape)}")
     return images[..., :3].permute(3, 0, 1, 2).unsqueeze(0) * 2.0 - 1.0
+
+
+def image_pictures(images: list[Optional[torch.Tensor]]) -> list[torch.Tensor]:
+    """Each frame of each connected IMAGE (None = not connected) as one picture ``[1, 3, h, w]`` in
+    [-1, 1]; pictures from different inputs may differ in size."""
+    return [frame[..., :3].permute(2, 0, 1).unsqueeze(0).float() * 2.0 - 1.0
+            for image in images if image is not None for frame in image]
 
 
 def pixels_to_image(pixels: torch.Tensor) -> torch.Tensor:
