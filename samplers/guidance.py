@@ -69,15 +69,7 @@ def guided_velocity(model: ModelFn, x: torch.Tensor, t: torch.Tensor, context: t
     extras = extras or {}
     if scale == 1.0 or negative_context is None:
         return model(x, t, context, **extras)
-    if not batched:
-        cond = model(x, t, context, **extras)
-        uncond = model(x, t, negative_context, **extras)
-        return combine(cond, uncond, scale)
-    length = max(context.shape[1], negative_context.shape[1])
-    both = torch.cat([_pad_tokens(context, length), _pad_tokens(negative_context, length)], dim=0)
-    batch_extras = {k: _repeat_batch(v) for k, v in extras.items()}
-    out = model(_repeat_batch(x), _repeat_batch(t), both, **batch_extras)
-    cond, uncond = out.chunk(2, dim=0)
+    cond, uncond = _passes(model, t, [(x, context), (x, negative_context)], batched, extras)
     return combine(cond, uncond, scale)
 
 
