@@ -185,7 +185,7 @@ class WanFlowMoESampler:
         if result.cache is not None:
             note = f"{note}; {result.cache.note()}"
         if windows is not None:
-            note = f"{note}; {context_windows_note(windows, raw.shape[2] - cond.vace_trim_frames)}"
+            note = f"{note}; {windows.describe(raw.shape[2] - cond.vace_trim_frames)}"
         log.info("MoE sampler: %s", note)
         return {"ui": {"text": [note]}, "result": ({"samples": out},)}
 
@@ -199,16 +199,6 @@ def context_windows_for(window: int, overlap: int, blend: str, drift_control: bo
         raise ValueError(f"MoE sampler: context_blend {blend!r} is not one of {', '.join(BLENDS)}")
     return ContextWindows.from_pixel_frames(window, overlap, blend, bool(drift_control), bool(anchor),
                                             where="MoE sampler")
-
-
-def context_windows_note(windows: ContextWindows, latent_frames: int) -> str:
-    """What the node shows about its windows after a run."""
-    if windows.covers(latent_frames):
-        return f"context windows off: {latent_frames} latent frames fit one window of {windows.length}"
-    starts, _ = windows.plan(latent_frames)
-    return (f"{len(starts)} context windows of {windows.length} latent frames (overlap {windows.overlap}, "
-            f"{windows.blend}, drift control {'on' if windows.drift_control else 'off'}, "
-            f"{'anchored to frame 0' if windows.anchor else 'no anchor'})")
 
 
 def expert_parking(handles: Mapping[str, Optional[ModelHandle]]) -> dict[str, Parking]:

@@ -173,6 +173,15 @@ class ContextWindows:
         """True when one window holds the whole clip (the model then runs unchanged)."""
         return frames <= self.length
 
+    def describe(self, frames: int) -> str:
+        """What these windows do to a clip of ``frames`` latent frames, for logs and the node."""
+        if self.covers(frames):
+            return f"context windows off: {frames} latent frames fit one window of {self.length}"
+        starts, _ = self.plan(frames)
+        return (f"{len(starts)} context windows of {self.length} latent frames (overlap {self.overlap}, "
+                f"{self.blend}, drift control {'on' if self.drift_control else 'off'}, "
+                f"{'anchored to frame 0' if self.anchor else 'no anchor'})")
+
     def model_for(self, model: ModelFn, sigma: float, pinned: int = 0) -> ModelFn:
         """``model`` over the whole latent, run window by window at a step with noise level ``sigma``.
 

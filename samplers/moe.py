@@ -165,12 +165,8 @@ class MoESampler:
         split = {HIGH: switch, LOW: schedule.steps - switch} if self.has_low else {HIGH: switch}
         step_cache = start_cache(cache, schedule.steps, switch)
         logger.info("sampling %d steps with %s: %s", schedule.steps, solver, split)
-        if context_windows is not None and not context_windows.covers(noise.shape[2] - cond.vace_trim_frames):
-            starts, _ = context_windows.plan(noise.shape[2] - cond.vace_trim_frames)
-            logger.info("context windows: %d windows of %d latent frames (overlap %d, %s blend, drift control %s, "
-                        "anchor %s)", len(starts), context_windows.length, context_windows.overlap,
-                        context_windows.blend, "on" if context_windows.drift_control else "off",
-                        "on" if context_windows.anchor else "off")
+        if context_windows is not None:
+            logger.info("%s", context_windows.describe(noise.shape[2] - cond.vace_trim_frames))
 
         cond = cond.to(self.device)
         sigmas = schedule.sigmas.to(self.device)
