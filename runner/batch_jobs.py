@@ -151,9 +151,11 @@ def run_job(job: Job, settings: Settings, cache: Optional[LoaderCache] = None) -
         loads = cache.loads if cache is not None else 0
         if cache is not None:
             cache.begin_run()
-        result = execute.run(flow, classes, loader_cache=cache)
-        if cache is not None:
-            cache.end_run()
+        try:
+            result = execute.run(flow, classes, loader_cache=cache)
+        finally:  # a failed job too leaves only the models it used
+            if cache is not None:
+                cache.end_run()
         record.update(status="ok", files=[os.path.relpath(f, settings.output) for f in result.files],
                       models_loaded=None if cache is None else cache.loads - loads)  # 0: all were warm
     except errors.RunInterrupted:

@@ -66,9 +66,8 @@ def worker_options(ray: Any, settings: Settings) -> dict:
 
 def default_workers(ray: Any, settings: Settings, jobs: int) -> int:
     """As many workers as GPUs (or CPUs on a CPU-only cluster), at most one per job."""
-    resources = ray.cluster_resources()
-    key = "num_gpus" if worker_options(ray, settings)["num_gpus"] else "num_cpus"
-    count = int(resources.get("GPU" if key == "num_gpus" else "CPU", 1))
+    on_gpu = worker_options(ray, settings)["num_gpus"] > 0
+    count = int(ray.cluster_resources().get("GPU" if on_gpu else "CPU", 1))
     return max(1, min(jobs, count))
 
 
