@@ -26,6 +26,7 @@ from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor
 
 from ..wan.dit import WanDiT
+from ..wan.lora import local_tensor
 from ..wan.ops import FP8_DTYPES
 from .sequence_parallel import world_size
 
@@ -91,11 +92,6 @@ def local_bytes(module: nn.Module) -> int:
     """Bytes of the parameters and buffers this rank holds (a sharded weight: its local shard)."""
     tensors = list(module.parameters()) + list(module.buffers())
     return sum(local_tensor(t).numel() * t.element_size() for t in tensors)
-
-
-def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
-    """This rank's part of a sharded tensor (a ``DTensor``); a plain tensor itself."""
-    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
 # --------------------------------------------------------------------------------------------

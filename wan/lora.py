@@ -356,7 +356,7 @@ def _scale_of(slot: _Slot) -> Optional[torch.Tensor]:
     return None
 
 
-def _local(tensor: torch.Tensor) -> torch.Tensor:
+def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
     """This rank's shard of a weight sharded across ranks (a ``DTensor``); a plain tensor itself."""
     return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
@@ -404,7 +404,7 @@ def _bake(baked: _Baked) -> None:
     if not active:
         return
     stored = baked.slot.tensor  # the backup, back on the model's device
-    original = _local(stored)
+    original = local_tensor(stored)
     scale = None if baked.original_scale is None else baked.original_scale.to(original.device)
     value = ops.dequantize(original, torch.float32, scale)
     for s, delta in active:
@@ -414,7 +414,7 @@ def _bake(baked: _Baked) -> None:
 
 def _restore(baked: _Baked) -> None:
     param = baked.slot.tensor
-    _write(param, baked.original.to(_local(param).device, copy=True))
+    _write(param, baked.original.to(local_tensor(param).device, copy=True))
     if baked.original_scale is not None:
         baked.slot.owner.set_scale_weight(baked.original_scale.to(param.device))
 
@@ -578,7 +578,7 @@ class AppliedLoras:
         if key not in self._baked:
             scale = _scale_of(slot)
             self._baked[key] = _Baked(
-                slot, [], _local(slot.tensor).detach().to(self._backup_device, copy=True),
+                slot, [], local_tensor(slot.tensor).detach().to(self._backup_device, copy=True),
                 None if scale is None else scale.detach().to(self._backup_device, copy=True))
         self._baked[key].deltas.append((strength, delta))
 
