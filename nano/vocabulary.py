@@ -85,6 +85,13 @@ def held_out_scenes() -> list[Scene]:
     return [scene for scene in all_scenes() if scene.combination in HELD_OUT]
 
 
+EVAL_SCENES: tuple[Scene, ...] = (
+    *[s for s in held_out_scenes() if s.speed == "normal"][:6],
+    *training_scenes()[5::29][:6],
+)
+"""The 12 T2V evaluation prompts: 6 held-out combinations (never seen in training), both speeds."""
+
+
 _KNOWN_WORDS = frozenset(itertools.chain(
     COLOURS, SHAPES, DIRECTIONS, BACKGROUNDS, ("a", "moving", "on", "background", "slowly")))
 

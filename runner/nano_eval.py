@@ -16,14 +16,9 @@ import numpy as np
 from PIL import Image
 
 from ..nano.measure import Reading, read_video
-from ..nano.vocabulary import Scene, held_out_scenes, training_scenes
+from ..nano.vocabulary import EVAL_SCENES, Scene
 from .nano_runs import LORA_TEMPLATE, TEMPLATE_FOR_TASK, lora_overrides, run_template_on_nano
 
-# 12 T2V prompts, 6 of them held-out combinations (never seen in training), both speeds.
-EVAL_SCENES: tuple[Scene, ...] = (
-    *[s for s in held_out_scenes() if s.speed == "normal"][:6],
-    *[s for s in training_scenes()][5::29][:6],
-)
 
 
 @dataclass(frozen=True)
