@@ -20,7 +20,6 @@ from ..nano.vocabulary import EVAL_SCENES, Scene
 from .nano_runs import LORA_TEMPLATE, TEMPLATE_FOR_TASK, lora_overrides, run_template_on_nano
 
 
-
 @dataclass(frozen=True)
 class Scored:
     scene: Scene
