@@ -44,8 +44,9 @@ class NanoFiles:
             return "loras"
         return "diffusion_models"
 
-    def path(self, name: str) -> Path:
-        return MODELS_DIR / self.folder_of(name) / name
+    def path(self, name: str, root: Path = MODELS_DIR) -> Path:
+        """Where ``name`` lies in a models folder laid out as ComfyUI's (default: the pack's)."""
+        return root / self.folder_of(name) / name
 
 
 NANO = NanoFiles()

@@ -53,7 +53,7 @@ class StageContext:
     _cache: dict = field(default_factory=dict)
 
     def file(self, name: str) -> Path:
-        return self.out / NANO.folder_of(name) / name
+        return NANO.path(name, self.out)
 
     def vae(self) -> WanVAE21:
         if "vae" not in self._cache:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..nano.clips import random_placement, render_clip, to_model_pixels
+from ..model_loaders.detect import NANO_DEFAULTS
 from ..nano.files import MODELS_DIR, NANO
 from ..nano.measure import read_video
 from ..nano.vocabulary import EVAL_SCENES, Scene
@@ -30,10 +31,10 @@ from ..samplers.noise import seeded_noise
 from ..samplers.schedules import build_schedule
 from ..wan.latent_stats import WAN21
 from ..wan.vae2_1 import WanVAE21
-from .nano_latents import TextTable
+from .nano_latents import TextTable, normalised_encoder
 
-STEPS, SHIFT, CFG_HIGH, CFG_LOW = 20, 3.0, 4.0, 3.0
-"""The nano T2V defaults (20 UniPC steps at shift 3, guidance 4 / 3)."""
+T2V = NANO_DEFAULTS[("2.2", "t2v", "nano")]
+"""The settings the nano T2V template runs with (steps, shift, guidance per expert)."""
 
 
 @dataclass(frozen=True)
@@ -55,18 +56,19 @@ def shape_score(sampler: MoESampler, vae: WanVAE21, text: TextTable, scenes: Seq
                 denoise: float) -> ShapeScore:
     """Shape readings of ``scenes`` restarted from their own latents at ``denoise`` (0: no sampling)."""
     hits, fills, start = 0, {}, 0.0
+    encode = normalised_encoder(vae)
     for index, scene in enumerate(scenes):
         clip = render_clip(scene, random_placement(scene, np.random.default_rng(index)))
         with torch.no_grad():
-            latent = WAN21.normalize(vae.encode(torch.from_numpy(to_model_pixels(clip))[None]))
+            latent = encode(torch.from_numpy(to_model_pixels(clip))[None])
         if denoise > 0:
-            schedule = build_schedule("unipc", STEPS, SHIFT, denoise)
+            schedule = build_schedule("unipc", T2V.steps, T2V.shift, denoise)
             start = float(schedule.sigmas[0])
             cond = WanConditioning(context=text.contexts[text.index(scene.caption)][None],
                                    negative_context=text.uncond[:1])
             latent = sampler.sample(seeded_noise(latent.shape, index), schedule, cond,
                                     latent=latent if denoise < 1 else None,
-                                    cfg_high=CFG_HIGH, cfg_low=CFG_LOW).latent
+                                    cfg_high=T2V.guide_scale, cfg_low=T2V.guide_scale_low_noise).latent
         reading = read_video(decode_video(vae, latent))
         hits += reading.shape == scene.shape
         fills.setdefault(scene.shape, []).append(round(reading.fill_ratio, 2))
@@ -80,12 +82,9 @@ def load_nano_t2v(models: Path) -> tuple[MoESampler, WanVAE21, TextTable]:
     from ..model_loaders.vae_loader import load_vae
     from .nano_latents import text_table
 
-    def path(name: str) -> Path:
-        return models / NANO.folder_of(name) / name
-
-    high, low = (load_dit(path(n)).model.float().eval() for n in (NANO.t2v_high, NANO.t2v_low))
-    encoder = load_text_encoder(path(NANO.umt5))
-    vae = load_vae(path(NANO.vae)).model.float().eval()
+    high, low = (load_dit(NANO.path(n, models)).model.float().eval() for n in (NANO.t2v_high, NANO.t2v_low))
+    encoder = load_text_encoder(NANO.path(NANO.umt5, models))
+    vae = load_vae(NANO.path(NANO.vae, models)).model.float().eval()
     return MoESampler(high, low), vae, text_table(encoder.model, encoder.tokenizer)
 
 
