@@ -87,7 +87,8 @@ def vace_context(references: torch.Tensor, video: torch.Tensor) -> torch.Tensor:
     return torch.cat([*refs, video.expand(batch, -1, -1, -1, -1)], dim=2)
 
 
-def _mislabelled(caption: str, rng: random.Random) -> str:
+def mislabelled_caption(caption: str, rng: random.Random) -> str:
+    """``caption`` with its colour and shape words replaced by random ones (may draw the same)."""
     scene_words = caption.split()
     scene_words[1] = rng.choice(list(COLOURS))
     scene_words[2] = rng.choice(SHAPES)
@@ -114,7 +115,7 @@ def train_vace(t2v_low: WanDiT, vae, work: Path, data: LatentSet, text: TextTabl
         refs = torch.stack([torch.stack([bank[f"{s.colour} {s.shape}"][rng.randrange(len(REFERENCE_SIZES) * 2)]
                                          for _ in range(count)]) for s in scenes])
         x0 = torch.cat([refs[:, :, :, 0].transpose(1, 2), data.latents[index]], dim=2)
-        prompts = [_mislabelled(s.caption, rng) if rng.random() < MISLABELLED else s.caption for s in scenes]
+        prompts = [mislabelled_caption(s.caption, rng) if rng.random() < MISLABELLED else s.caption for s in scenes]
         context = text.contexts[[captions[p] for p in prompts]].clone()
         drop = torch.rand(BATCH, generator=g) < CFG_DROPOUT
         context[drop] = text.uncond[0]
