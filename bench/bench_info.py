@@ -4,6 +4,7 @@ Bench scripts run from this folder (``python bench/NAME.py``), so they import it
 """
 from __future__ import annotations
 
+import platform
 import subprocess
 from pathlib import Path
 
@@ -17,3 +18,12 @@ def commit() -> str:
                               check=True, cwd=ROOT).stdout.strip() or "unknown"
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (the machine class matters for every CPU time)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            return next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
