@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 
 import torch
-from bench_info import commit  # noqa: F401 - also gguf_load's
+from bench_info import commit, cpu_model  # noqa: F401 - commit is also gguf_load's
 
 CASES = {  # case -> (file kind, loader)
     "ours bf16": ("bf16", "ours"),
@@ -176,12 +176,7 @@ def run_case(loader: str, path: Path) -> dict:
 
 
 def machine() -> str:
-    cpu = platform.processor() or "cpu"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     with open("/proc/meminfo") as f:
         mem_gib = int(f.readline().split()[1]) / 2**20
     return (f"{cpu}, {os.cpu_count()} cores, {mem_gib:.0f} GiB RAM, Python {platform.python_version()}, "

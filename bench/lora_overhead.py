@@ -17,7 +17,6 @@ import argparse
 import copy
 import datetime
 import os
-import platform
 import statistics
 import time
 from typing import Callable
@@ -27,7 +26,7 @@ import torch
 from wanflow.model_loaders import dit_keys
 from wanflow.wan.dit import WanDiT, WanDiTConfig
 from wanflow.wan.lora import LoraStack
-from bench_info import commit
+from bench_info import commit, cpu_model
 
 LINEAR_TARGETS = ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o",
                   "cross_attn.q", "cross_attn.k", "cross_attn.v", "cross_attn.o", "ffn.0", "ffn.2")
@@ -111,13 +110,7 @@ CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time
 def machine_description(device: str) -> str:
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(0)
-    model = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{model}, {os.cpu_count()} logical CPUs, load average {os.getloadavg()[0]:.1f} at start"
+    return f"{cpu_model()}, {os.cpu_count()} logical CPUs, load average {os.getloadavg()[0]:.1f} at start"
 
 
 

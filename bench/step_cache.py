@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -49,7 +48,7 @@ from wanflow.samplers import step_cache
 from wanflow.samplers.guidance import OFFICIAL_NEGATIVE_PROMPT
 from wanflow.samplers.step_cache import CacheLevel
 from wanflow.wan.dit import WanDiT
-from bench_info import commit
+from bench_info import commit, cpu_model
 
 SCENES = (Scene("red", "circle", "left", "white"), Scene("blue", "square", "up", "black"),
           Scene("yellow", "triangle", "right", "black"), Scene("green", "circle", "down", "white"))
@@ -220,15 +219,7 @@ def table(rows: list[Row]) -> str:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{cpu}, {os.cpu_count()} logical CPUs, load average {os.getloadavg()[0]:.1f} at start; "
+    return (f"{cpu_model()}, {os.cpu_count()} logical CPUs, load average {os.getloadavg()[0]:.1f} at start; "
             f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), float32 on CPU")
 
 

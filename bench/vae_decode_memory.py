@@ -38,7 +38,7 @@ import platform
 import subprocess
 import sys
 import time
-from bench_info import commit
+from bench_info import commit, cpu_model
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "vae_decode_memory.md"
@@ -147,16 +147,6 @@ def time_interleaved(version: str, dim: int, latent_frames: int, height: int, wi
 
 
 
-def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _child(impl: str, args: argparse.Namespace, latent_frames: int, malloc: str) -> dict:
     cmd = [sys.executable, __file__, "--child", impl, "--latent-frames", str(latent_frames), "--version", args.version,
            "--dim", str(args.dim), "--height", str(args.height), "--width", str(args.width)]
@@ -221,7 +211,7 @@ def main() -> int:
         "",
         f"- date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}",
         f"- commit: {commit()}",
-        f"- machine: {_cpu_name()}, {os.cpu_count()} cores (shared with other jobs: times are noisy), "
+        f"- machine: {cpu_model()}, {os.cpu_count()} cores (shared with other jobs: times are noisy), "
         f"Linux {platform.release()}, Python {platform.python_version()}",
         f"- torch {__import__('torch').__version__}, diffusers {__import__('diffusers').__version__}",
         f"- model: Wan {args.version} VAE, random weights, base dim {model_dims}, fp32, batch 1; "

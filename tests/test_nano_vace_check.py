@@ -13,10 +13,18 @@ from nano_testing import need_nano
 pytestmark = pytest.mark.slow
 
 
+SIGMAS = (0.95, 0.6, 0.2)
+
+
 @pytest.fixture(scope="module")
-def rows():
+def models():
     need_nano(NANO.vace, NANO.vae, NANO.umt5)
-    return reference_use(*load_nano_vace(), clips=16, sigmas=(0.95, 0.6, 0.2))
+    return load_nano_vace()
+
+
+@pytest.fixture(scope="module")
+def rows(models):
+    return reference_use(*models, clips=16, sigmas=SIGMAS)
 
 
 def test_wrong_references_cost_the_vace_model_at_every_noise_level(rows):
@@ -30,9 +38,8 @@ def test_the_colour_and_shape_words_hardly_matter_to_it(rows):
         assert abs(row.right_random_words - row.right) < 0.25 * (row.wrong - row.right), row
 
 
-def test_teeth_without_the_vace_hints_the_references_stop_mattering(monkeypatch):
+def test_teeth_without_the_vace_hints_the_references_stop_mattering(models, monkeypatch):
     """The check reads the VACE path: with the hints never added, wrong references cost nothing."""
-    need_nano(NANO.vace, NANO.vae, NANO.umt5)
     monkeypatch.setattr(WanDiT, "_add_vace_hints", lambda self, h, *args, **kwargs: h)
-    for row in reference_use(*load_nano_vace(), clips=16, sigmas=(0.95, 0.6, 0.2)):
+    for row in reference_use(*models, clips=16, sigmas=SIGMAS):
         assert abs(row.wrong - row.right) < 0.02, row

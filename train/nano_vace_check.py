@@ -28,7 +28,7 @@ from ..model_loaders.dit_loader import load_dit
 from ..model_loaders.text_encoder_loader import load_text_encoder
 from ..model_loaders.vae_loader import load_vae
 from ..nano.files import MODELS_DIR, NANO
-from ..nano.vocabulary import COLOURS, training_scenes
+from ..nano.vocabulary import COLOURS, FRAMES, HEIGHT, WIDTH, training_scenes
 from ..wan.dit import WanDiT
 from .flow_matching import velocity_error
 from .nano_data import clip_set
@@ -58,7 +58,7 @@ def reference_use(model: WanDiT, vae, table: TextTable, clips: int = 24, seed: i
     scenes = rng.sample(training_scenes(), clips)
     data = encode_clip_set(vae, clip_set(seed + 999, 1, scenes), table, quiet=True)
     bank = reference_bank(vae)
-    video = video_part(vae, data.latents.shape[2] * 4 - 3, data.latents.shape[3] * 8, data.latents.shape[4] * 8)
+    video = video_part(vae, FRAMES, HEIGHT, WIDTH)
 
     def refs(colours: list[str]) -> torch.Tensor:
         return torch.stack([bank[f"{c} {s.shape}"][REFERENCE_VARIANT][None] for c, s in zip(colours, scenes)])
