@@ -164,3 +164,19 @@ def test_colour_separation_tells_a_colour_blind_latent_from_a_colour_one():
     for background in ("white", "black"):
         assert seeing[background]["min"] > 3 * blind[background]["min"], (seeing, blind)
         assert seeing[background]["min"] > 0.3, seeing
+
+
+def _object_colour(pixels: torch.Tensor) -> torch.Tensor:
+    """A shape-blind stand-in encoder: the mean colour of the pixels that differ from the corner
+    pixel (the object), one latent cell per frame."""
+    differs = ((pixels - pixels[..., :1, :1]).abs().sum(dim=1, keepdim=True) > 0.1).float()
+    return (pixels * differs).sum(dim=(-2, -1), keepdim=True) / differs.sum(dim=(-2, -1), keepdim=True).clamp(min=1)
+
+
+def test_shape_separation_tells_a_shape_blind_latent_from_one_that_sees_shapes():
+    from wanflow.train.nano_checks import shape_separation
+
+    seeing = shape_separation(lambda px: _pooled(px, True), places=1)
+    blind = shape_separation(_object_colour, places=1)
+    assert seeing["square"] > 0.2 * seeing["close colour"], seeing
+    assert blind["square"] < 0.05 * blind["close colour"] and blind["close colour"] > 0.3, blind
