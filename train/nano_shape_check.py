@@ -30,6 +30,7 @@ from ..samplers.moe import MoESampler
 from ..samplers.noise import seeded_noise
 from ..samplers.schedules import build_schedule
 from ..wan.latent_stats import WAN21
+from ..wan.dit import WanDiT
 from ..wan.vae2_1 import WanVAE21
 from .nano_latents import TextTable, normalised_encoder
 
@@ -75,17 +76,24 @@ def shape_score(sampler: MoESampler, vae: WanVAE21, text: TextTable, scenes: Seq
     return ShapeScore(denoise, start, hits, fills)
 
 
-def load_nano_t2v(models: Path) -> tuple[MoESampler, WanVAE21, TextTable]:
-    """The T2V pair, VAE and caption table from a nano models folder."""
+def load_t2v_parts(models: Path = MODELS_DIR) -> tuple[dict[str, WanDiT], WanVAE21, TextTable]:
+    """The T2V experts (``high``, ``low``), VAE and caption table from a nano models folder."""
     from ..model_loaders.dit_loader import load_dit
     from ..model_loaders.text_encoder_loader import load_text_encoder
     from ..model_loaders.vae_loader import load_vae
     from .nano_latents import text_table
 
-    high, low = (load_dit(NANO.path(n, models)).model.float().eval() for n in (NANO.t2v_high, NANO.t2v_low))
+    experts = {name: load_dit(NANO.path(file, models)).model.float().eval()
+               for name, file in (("high", NANO.t2v_high), ("low", NANO.t2v_low))}
     encoder = load_text_encoder(NANO.path(NANO.umt5, models))
     vae = load_vae(NANO.path(NANO.vae, models)).model.float().eval()
-    return MoESampler(high, low), vae, text_table(encoder.model, encoder.tokenizer)
+    return experts, vae, text_table(encoder.model, encoder.tokenizer)
+
+
+def load_nano_t2v(models: Path) -> tuple[MoESampler, WanVAE21, TextTable]:
+    """The T2V pair as a sampler, the VAE and the caption table from a nano models folder."""
+    experts, vae, table = load_t2v_parts(models)
+    return MoESampler(experts["high"], experts["low"]), vae, table
 
 
 def main(argv: Sequence[str] | None = None) -> int:
