@@ -73,11 +73,10 @@ def shape_separation(encode: Encoder, places: int = 3, seed: int = 0) -> dict[st
         for colour in COLOURS:
             for _ in range(places):
                 cx, cy = rng.uniform(20, 44, 2)
-                frames = [render_frame(Scene(colour, "circle", "left", background), cx, cy, 28.0),
-                          render_frame(Scene(colour, "square", "left", background), cx, cy, 28.0),
-                          render_frame(Scene(colour, "triangle", "left", background), cx, cy, 28.0),
-                          render_frame(Scene(colour, "circle", "left", background), cx + 2, cy, 28.0),
-                          render_frame(Scene(CLOSE_COLOUR[colour], "circle", "left", background), cx, cy, 28.0)]
+                variants = (("circle", colour, 0.0), ("square", colour, 0.0), ("triangle", colour, 0.0),
+                            ("circle", colour, 2.0), ("circle", CLOSE_COLOUR[colour], 0.0))
+                frames = [render_frame(Scene(paint, shape, "left", background), cx + dx, cy, 28.0)
+                          for shape, paint, dx in variants]
                 with torch.no_grad():
                     z = encode(torch.from_numpy(np.stack([to_model_pixels(f[None]) for f in frames])))[:, :, 0].float()
                 rows.append([float((z[i] - z[0]).norm()) for i in range(1, 5)])
