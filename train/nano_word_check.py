@@ -8,7 +8,8 @@ wrong; a word it ignores costs nothing.
 For generation 3 (32 clips, σ 0.95 to 0.1): a wrong direction costs 0.03-0.17, a wrong colour
 0.04-0.08, a wrong background far more, but a wrong shape only 0.005-0.022, although the VAE puts
 a square and a circle at the same place further apart in the latent (11.4) than two close colours
-(8.2; `python -m wanflow.train.nano_checks`). The experts hardly draw the shape the caption names (docs/nano.md).
+(8.2; ``python -m wanflow.train.nano_checks``). Reading the word is needed, not enough: two trial
+experts that paid 2-3 times more for a wrong shape drew the same round squares (docs/nano.md).
 
 ``python -m wanflow.train.nano_word_check [--clips N]`` prints one line per expert and σ.
 """
@@ -63,7 +64,8 @@ def word_use(experts: dict[str, WanDiT], data: LatentSet, table: TextTable, scen
     for name, model in experts.items():
         model.collapse_text_padding = True      # same maths, half the time (wan/text_padding.py)
         for sigma in sigmas:
-            noise = torch.randn(data.latents.shape, generator=torch.Generator().manual_seed(int(sigma * 1000) + seed))
+            generator = torch.Generator().manual_seed(int(sigma * 1000) + seed)
+            noise = torch.randn(data.latents.shape, generator=generator)
             with torch.no_grad():
                 losses = {k: float(velocity_error(model, data.latents, c, batch + sigma, noise).mean())
                           for k, c in contexts.items()}
@@ -81,6 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="which caption words the nano T2V experts use")
     parser.add_argument("--clips", type=int, default=32, help="training clips to score (default 32)")
     args = parser.parse_args(argv)
+    scenes = len(training_scenes())
+    if not 1 <= args.clips <= scenes:
+        parser.error(f"--clips: got {args.clips}, expected 1 to {scenes} (one clip per training scene)")
     experts, vae, table = load_t2v_parts()
     scenes, data = training_clips(vae, table, args.clips)
     for row in word_use(experts, data, table, scenes):
