@@ -70,8 +70,8 @@ def main() -> int:
         f"Machine: {cpu_model()}, {os.cpu_count()} CPUs, "
         f"{torch.get_num_threads()} torch threads, torch {torch.__version__}; commit {commit()}; "
         f"{datetime.date.today().isoformat()}. `python bench/nano_vae_width.py`: seconds per training step "
-        "(median of {0}, after a warm-up), the ratio to width 8 in brackets, and the main loop's "
-        "minutes at the recipe's step counts (the decoder passes and the latent fit come on top).".format(args.repeats),
+        f"(median of {args.repeats}, after a warm-up), the ratio to width 8 in brackets, and the main loop's "
+        "minutes at the recipe's step counts (the decoder passes and the latent fit come on top).",
         "",
         f"| width | parameters | {head} | main loop |",
         "|---|---|" + "---|" * len(phases) + "---|",

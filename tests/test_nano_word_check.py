@@ -6,7 +6,8 @@ import pytest
 
 from wanflow.nano.files import NANO
 from wanflow.train.nano_shape_check import load_t2v_parts
-from wanflow.train.nano_word_check import training_clips, word_use
+from wanflow.train.nano_latents import scoring_clips
+from wanflow.train.nano_word_check import word_use
 from wanflow.wan.dit import WanDiT
 
 from nano_testing import need_nano
@@ -20,7 +21,7 @@ SIGMAS = (0.85, 0.55, 0.25)
 def loaded():
     need_nano(NANO.t2v_high, NANO.t2v_low, NANO.vae, NANO.umt5)
     experts, vae, table = load_t2v_parts()
-    scenes, data = training_clips(vae, table, clips=16)
+    scenes, data = scoring_clips(vae, table, clips=16)
     return experts, data, table, scenes
 
 

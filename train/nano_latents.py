@@ -6,6 +6,7 @@ nodes use at inference (``WAN21.normalize`` after ``vae.encode``, ``encode_promp
 """
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -14,14 +15,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..nano.vocabulary import FRAMES, Scene, all_scenes
+from ..nano.vocabulary import FRAMES, Scene, all_scenes, training_scenes
 from ..samplers.conditioning import encode_i2v_condition
 from ..samplers.guidance import OFFICIAL_NEGATIVE_PROMPT
 from ..wan.latent_stats import WAN21
 from ..wan.tokenizer import UMT5Tokenizer
 from ..wan.umt5 import UMT5Encoder, encode_prompts
 from ..wan.vae2_1 import WanVAE21
-from .nano_data import ClipSet
+from .nano_data import ClipSet, clip_set
 
 UNCOND_PROMPTS = ("", OFFICIAL_NEGATIVE_PROMPT)
 """What classifier-free-guidance dropout replaces a caption with: the empty prompt and the
@@ -83,6 +84,14 @@ def encode_clip_set(vae: WanVAE21, clips: ClipSet, table: TextTable, batch: int 
     latents = [encode(clips.pixels(index)) for index in _batches(len(clips.scenes), batch, "encode clips", quiet)]
     caption_index = torch.tensor([table.index(s.caption) for s in clips.scenes])
     return LatentSet(torch.cat(latents), caption_index, None, clips.scenes)
+
+
+def scoring_clips(vae: WanVAE21, table: TextTable, clips: int, seed: int = 0,
+                  rng: Optional[random.Random] = None) -> tuple[list[Scene], LatentSet]:
+    """``clips`` training scenes drawn with ``rng`` (default: seeded with ``seed``), one fresh clip
+    each (a clip seed the training set does not use), encoded: what the stage checks score on."""
+    scenes = (rng or random.Random(seed)).sample(training_scenes(), clips)
+    return scenes, encode_clip_set(vae, clip_set(seed + 999, 1, scenes), table, quiet=True)
 
 
 @torch.no_grad()

@@ -28,11 +28,10 @@ from ..model_loaders.dit_loader import load_dit
 from ..model_loaders.text_encoder_loader import load_text_encoder
 from ..model_loaders.vae_loader import load_vae
 from ..nano.files import MODELS_DIR, NANO
-from ..nano.vocabulary import COLOURS, FRAMES, HEIGHT, WIDTH, training_scenes
+from ..nano.vocabulary import COLOURS, FRAMES, HEIGHT, WIDTH
 from ..wan.dit import WanDiT
 from .flow_matching import velocity_error
-from .nano_data import clip_set
-from .nano_latents import TextTable, encode_clip_set, text_table
+from .nano_latents import TextTable, scoring_clips, text_table
 from .nano_vace import mislabelled_caption, reference_bank, vace_context, video_part
 
 SIGMAS = (0.95, 0.8, 0.6, 0.4, 0.2)
@@ -55,8 +54,7 @@ def reference_use(model: WanDiT, vae, table: TextTable, clips: int = 24, seed: i
                   sigmas: Sequence[float] = SIGMAS) -> list[ReferenceUse]:
     """Score ``clips`` training scenes (one clip each) with right and wrong references."""
     rng = random.Random(seed)
-    scenes = rng.sample(training_scenes(), clips)
-    data = encode_clip_set(vae, clip_set(seed + 999, 1, scenes), table, quiet=True)
+    scenes, data = scoring_clips(vae, table, clips, seed, rng)
     bank = reference_bank(vae)
     video = video_part(vae, FRAMES, HEIGHT, WIDTH)
 

@@ -26,8 +26,7 @@ import torch
 from ..nano.vocabulary import BACKGROUNDS, COLOURS, DIRECTIONS, SHAPES, Scene, training_scenes
 from ..wan.dit import WanDiT
 from .flow_matching import velocity_error
-from .nano_data import clip_set
-from .nano_latents import LatentSet, TextTable, encode_clip_set
+from .nano_latents import LatentSet, TextTable, scoring_clips
 from .nano_shape_check import load_t2v_parts
 
 SIGMAS = (0.95, 0.85, 0.7, 0.55, 0.4, 0.25, 0.1)
@@ -59,7 +58,6 @@ def word_use(experts: dict[str, WanDiT], data: LatentSet, table: TextTable, scen
     contexts = {"true": table.contexts[[table.index(s.caption) for s in scenes]]}
     for slot in WORDS:
         contexts[slot] = table.contexts[[table.index(swapped_caption(s, slot, rng)) for s in scenes]]
-    batch = torch.full((len(scenes),), 0.0)
     rows = []
     for name, model in experts.items():
         model.collapse_text_padding = True      # same maths, half the time (wan/text_padding.py)
@@ -67,16 +65,10 @@ def word_use(experts: dict[str, WanDiT], data: LatentSet, table: TextTable, scen
             generator = torch.Generator().manual_seed(int(sigma * 1000) + seed)
             noise = torch.randn(data.latents.shape, generator=generator)
             with torch.no_grad():
-                losses = {k: float(velocity_error(model, data.latents, c, batch + sigma, noise).mean())
+                losses = {k: float(velocity_error(model, data.latents, c, torch.full((len(scenes),), sigma), noise).mean())
                           for k, c in contexts.items()}
             rows.append(WordUse(name, sigma, losses["true"], {s: losses[s] - losses["true"] for s in WORDS}))
     return rows
-
-
-def training_clips(vae, table: TextTable, clips: int = 32, seed: int = 0) -> tuple[list[Scene], LatentSet]:
-    """``clips`` training scenes, one clip each, encoded (a seed the training set does not use)."""
-    scenes = random.Random(seed).sample(training_scenes(), clips)
-    return scenes, encode_clip_set(vae, clip_set(seed + 999, 1, scenes), table, quiet=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -87,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not 1 <= args.clips <= scenes:
         parser.error(f"--clips: got {args.clips}, expected 1 to {scenes} (one clip per training scene)")
     experts, vae, table = load_t2v_parts()
-    scenes, data = training_clips(vae, table, args.clips)
+    scenes, data = scoring_clips(vae, table, args.clips)
     for row in word_use(experts, data, table, scenes):
         costs = "  ".join(f"wrong {slot} {cost:+.4f}" for slot, cost in row.cost.items())
         print(f"{row.expert:4s} expert, sigma {row.sigma:.2f}: loss {row.loss:.4f}  {costs}")
