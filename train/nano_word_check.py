@@ -64,8 +64,9 @@ def word_use(experts: dict[str, WanDiT], data: LatentSet, table: TextTable, scen
         for sigma in sigmas:
             generator = torch.Generator().manual_seed(int(sigma * 1000) + seed)
             noise = torch.randn(data.latents.shape, generator=generator)
+            batch_sigma = torch.full((len(scenes),), sigma)
             with torch.no_grad():
-                losses = {k: float(velocity_error(model, data.latents, c, torch.full((len(scenes),), sigma), noise).mean())
+                losses = {k: float(velocity_error(model, data.latents, c, batch_sigma, noise).mean())
                           for k, c in contexts.items()}
             rows.append(WordUse(name, sigma, losses["true"], {s: losses[s] - losses["true"] for s in WORDS}))
     return rows
