@@ -56,24 +56,41 @@ def decode_video(vae: WanVAE21, normalised: torch.Tensor) -> np.ndarray:
 def shape_score(sampler: MoESampler, vae: WanVAE21, text: TextTable, scenes: Sequence[Scene],
                 denoise: float) -> ShapeScore:
     """Shape readings of ``scenes`` restarted from their own latents at ``denoise`` (0: no sampling)."""
-    hits, fills, start = 0, {}, 0.0
+    hits, fills = 0, {}
     encode = normalised_encoder(vae)
     for index, scene in enumerate(scenes):
-        clip = render_clip(scene, random_placement(scene, np.random.default_rng(index)))
-        with torch.no_grad():
-            latent = encode(torch.from_numpy(to_model_pixels(clip))[None])
+        _, latent = scene_latent(encode, scene, index)
         if denoise > 0:
-            schedule = build_schedule("unipc", T2V.steps, T2V.shift, denoise)
-            start = float(schedule.sigmas[0])
-            cond = WanConditioning(context=text.contexts[text.index(scene.caption)][None],
-                                   negative_context=text.uncond[:1])
-            latent = sampler.sample(seeded_noise(latent.shape, index), schedule, cond,
-                                    latent=latent if denoise < 1 else None,
-                                    cfg_high=T2V.guide_scale, cfg_low=T2V.guide_scale_low_noise).latent
+            latent = restart(sampler, text, scene, latent, denoise, seed=index)
         reading = read_video(decode_video(vae, latent))
         hits += reading.shape == scene.shape
         fills.setdefault(scene.shape, []).append(round(reading.fill_ratio, 2))
-    return ShapeScore(denoise, start, hits, fills)
+    return ShapeScore(denoise, start_sigma(denoise), hits, fills)
+
+
+def scene_latent(encode, scene: Scene, index: int) -> tuple[np.ndarray, torch.Tensor]:
+    """The drawn clip ``uint8 [F, H, W, 3]`` of evaluation scene number ``index`` and its
+    normalised latent (the placement is seeded by ``index``, so every check draws the same clip)."""
+    clip = render_clip(scene, random_placement(scene, np.random.default_rng(index)))
+    with torch.no_grad():
+        return clip, encode(torch.from_numpy(to_model_pixels(clip))[None])
+
+
+def start_sigma(denoise: float) -> float:
+    """The σ a run with ``denoise`` starts from (0 for no sampling)."""
+    return float(build_schedule("unipc", T2V.steps, T2V.shift, denoise).sigmas[0]) if denoise > 0 else 0.0
+
+
+def restart(sampler: MoESampler, text: TextTable, scene: Scene, latent: torch.Tensor, denoise: float,
+            seed: int) -> torch.Tensor:
+    """``latent`` noised to the start of a ``denoise`` run and sampled back with the scene's
+    caption at the template's settings (``denoise 1``: from pure noise, ``latent`` unused)."""
+    schedule = build_schedule("unipc", T2V.steps, T2V.shift, denoise)
+    cond = WanConditioning(context=text.contexts[text.index(scene.caption)][None],
+                           negative_context=text.uncond[:1])
+    return sampler.sample(seeded_noise(latent.shape, seed), schedule, cond,
+                          latent=latent if denoise < 1 else None,
+                          cfg_high=T2V.guide_scale, cfg_low=T2V.guide_scale_low_noise).latent
 
 
 def load_t2v_parts(models: Path = MODELS_DIR) -> tuple[dict[str, WanDiT], WanVAE21, TextTable]:
