@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -68,7 +68,8 @@ def shape_score(sampler: MoESampler, vae: WanVAE21, text: TextTable, scenes: Seq
     return ShapeScore(denoise, start_sigma(denoise), hits, fills)
 
 
-def scene_latent(encode, scene: Scene, index: int) -> tuple[np.ndarray, torch.Tensor]:
+def scene_latent(encode: Callable[[torch.Tensor], torch.Tensor], scene: Scene,
+                 index: int) -> tuple[np.ndarray, torch.Tensor]:
     """The drawn clip ``uint8 [F, H, W, 3]`` of evaluation scene number ``index`` and its
     normalised latent (the placement is seeded by ``index``, so every check draws the same clip)."""
     clip = render_clip(scene, random_placement(scene, np.random.default_rng(index)))
