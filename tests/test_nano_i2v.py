@@ -8,7 +8,7 @@ from PIL import Image
 
 from wanflow.nano.clips import random_placement, render_clip
 from wanflow.nano.files import NANO
-from wanflow.nano.measure import read_video
+from wanflow.nano.measure import psnr, read_video
 from wanflow.nano.vocabulary import Scene
 from wanflow.runner import nano_eval
 from wanflow.samplers import conditioning
@@ -19,11 +19,6 @@ pytestmark = pytest.mark.slow
 
 I2V_SCENES = (Scene("red", "circle", "up", "black"), Scene("yellow", "square", "left", "white"),
               Scene("blue", "triangle", "right", "black"), Scene("green", "square", "down", "white"))
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float(10 * np.log10(255.0 ** 2 / max(mse, 1e-10)))
 
 
 def render_i2v(scene: Scene, seed: int, folder: Path) -> tuple[np.ndarray, np.ndarray]:
