@@ -3,7 +3,7 @@ stage (single frames at batch 8, 9-frame clips at batch 8, 17-frame clips at bat
 ``train/nano_vae.py``) for several base widths, side by side with the shipped width 8, and the
 stage time that follows from the recipe's step counts.
 
-The shipped width-8 VAE cannot draw a 2 px outline of a 26-30 px triangle (docs/nano.md), so the
+The shipped width-8 VAE cannot draw a 2 px outline of a 26-30 px triangle (docs/nano_findings.md), so the
 next VAE may have to be wider; this says how much of the 3-hour budget that takes.
 
     python bench/nano_vae_width.py --out bench/results/nano_vae_width.md

@@ -9,7 +9,7 @@ pays for wrong ones; one that reads the words pays for random ones.
 
 For generation 3 (24 clips): right references 0.29/0.26/0.21/0.23/0.39 at σ 0.95/0.8/0.6/0.4/0.2,
 wrong ones 0.35/0.33/0.26/0.28/0.43, random words +0.001-0.005: the model uses its references,
-and the colour is lost in sampling (docs/nano.md). With the VACE hints switched off, wrong
+and the colour is lost in sampling (docs/nano_findings.md). With the VACE hints switched off, wrong
 references cost nothing (within 0.012).
 
 ``python -m wanflow.train.nano_vace_check [VACE_FILE]`` prints one line per noise level.

@@ -9,7 +9,7 @@ For generation 3 (32 clips, σ 0.95 to 0.1): a wrong direction costs 0.03-0.17, 
 0.04-0.08, a wrong background far more, but a wrong shape only 0.005-0.022, although the VAE puts
 a square and a circle at the same place further apart in the latent (11.4) than two close colours
 (8.2; ``python -m wanflow.train.nano_checks``). Reading the word is needed, not enough: two trial
-experts that paid 2-3 times more for a wrong shape drew the same round squares (docs/nano.md).
+experts that paid 2-3 times more for a wrong shape drew the same round squares (docs/nano_findings.md).
 
 ``python -m wanflow.train.nano_word_check [--clips N]`` prints one line per expert and σ.
 """
