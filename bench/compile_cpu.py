@@ -33,7 +33,8 @@ from wanflow.model_loaders import dit_keys
 from wanflow.model_loaders.dit_loader import load_dit
 from wanflow.nano.files import NANO
 from wanflow.wan.compiled_blocks import compile_blocks
-from wanflow.wan.dit import WanDiT, WanDiTConfig
+from wanflow.wan.dit import WanDiT
+from wanflow.wan.dit_config import WanDiTConfig
 
 SLICE = WanDiTConfig(dim=1536, ffn_dim=8960, num_heads=12, num_layers=2)
 EAGER, COMPILED, PEER, PEER_COMPILED = ("ours, eager", "ours, compiled", "diffusers, eager",

@@ -25,7 +25,8 @@ from lora_overhead import CLOCKS, git_commit, machine_description, randomize, ti
 from wanflow.model_loaders.storage import quantize_fp8
 from wanflow.wan import ops
 from wanflow.wan.compute_dtype import compute_dtype_for, cpu_has_native_bf16
-from wanflow.wan.dit import WanDiT, WanDiTConfig
+from wanflow.wan.dit import WanDiT
+from wanflow.wan.dit_config import WanDiTConfig
 
 AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 

@@ -51,7 +51,7 @@ DEFAULT_TYPES = ("Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q3_K")
 
 
 def config(blocks: int):
-    from wanflow.wan.dit import WanDiTConfig
+    from wanflow.wan.dit_config import WanDiTConfig
 
     return WanDiTConfig(dim=1536, ffn_dim=8960, num_heads=12, num_layers=blocks, model_type="t2v")
 

@@ -60,7 +60,8 @@ SAFETENSORS_DTYPE = {torch.bfloat16: "BF16", torch.float32: "F32", torch.float8_
 
 def _planned_tensors(kind: str) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
     """(key, dtype, shape) of every tensor of the file, from the real 1.3B architecture."""
-    from wanflow.wan.dit import WAN21_T2V_1_3B, WanDiT
+    from wanflow.wan.dit import WanDiT
+    from wanflow.wan.dit_config import WAN21_T2V_1_3B
 
     with torch.device("meta"):
         model = WanDiT(WAN21_T2V_1_3B)
@@ -136,7 +137,8 @@ def run_case(loader: str, path: Path) -> dict:
     from safetensors.torch import load_file
 
     from wanflow.model_loaders.dit_loader import load_dit
-    from wanflow.wan.dit import WAN21_T2V_1_3B, WanDiT
+    from wanflow.wan.dit import WanDiT
+    from wanflow.wan.dit_config import WAN21_T2V_1_3B
 
     baseline = _rss_kib("VmRSS")  # before the warm-up build, so its imports count as before
     start = time.perf_counter()

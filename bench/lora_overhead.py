@@ -24,7 +24,8 @@ from typing import Callable
 import torch
 
 from wanflow.model_loaders import dit_keys
-from wanflow.wan.dit import WanDiT, WanDiTConfig
+from wanflow.wan.dit import WanDiT
+from wanflow.wan.dit_config import WanDiTConfig
 from wanflow.wan.lora import LoraStack
 from bench_info import commit, cpu_model
 

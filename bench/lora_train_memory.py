@@ -55,7 +55,7 @@ ALLOCATORS = {"mmap threshold 64 KiB": {"MALLOC_MMAP_THRESHOLD_": "65536"}, "gli
 
 
 def slice_config():
-    from wanflow.wan.dit import WAN21_T2V_1_3B
+    from wanflow.wan.dit_config import WAN21_T2V_1_3B
 
     return dataclasses.replace(WAN21_T2V_1_3B, num_layers=2)
 

@@ -39,7 +39,8 @@ MODES = {"keep in RAM, two experts": ("keep", True), "reload from disk, two expe
 def write_experts(folder: Path) -> None:
     from safetensors.torch import save_file
 
-    from wanflow.wan.dit import WAN21_T2V_1_3B, WanDiT
+    from wanflow.wan.dit import WanDiT
+    from wanflow.wan.dit_config import WAN21_T2V_1_3B
 
     for seed, name in enumerate((HIGH, LOW)):
         torch.manual_seed(seed)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional, Union
 
-from ..wan.dit import WanDiTConfig
+from ..wan.dit_config import WanDiTConfig
 from .errors import UnsupportedModelError, WrongModelError
 
 Shapes = Mapping[str, tuple[int, ...]]

@@ -19,7 +19,8 @@ from safetensors.torch import save_file
 
 from ..model_loaders import clip_keys, umt5_keys
 from ..wan.clip_vision import CLIPVisionConfig, CLIPVisionTower
-from ..wan.dit import WanDiT, WanDiTConfig
+from ..wan.dit import WanDiT
+from ..wan.dit_config import WanDiTConfig
 from ..wan.tokenizer import UMT5Tokenizer
 from ..wan.umt5 import UMT5Config, UMT5Encoder
 from ..wan.vae2_1 import TINY_WAN21_VAE, WanVAE21

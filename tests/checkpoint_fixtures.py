@@ -21,7 +21,8 @@ from safetensors.torch import save_file
 
 from wanflow.model_loaders import clip_keys, dit_keys, umt5_keys, vae_keys
 from wanflow.wan.clip_vision import CLIPVisionConfig, CLIPVisionTower
-from wanflow.wan.dit import WanDiT, WanDiTConfig
+from wanflow.wan.dit import WanDiT
+from wanflow.wan.dit_config import WanDiTConfig
 from wanflow.wan.umt5 import UMT5Config, UMT5Encoder
 from wanflow.wan.vae2_1 import TINY_WAN21_VAE, WanVAE21
 from wanflow.wan.vae2_2 import TINY_WAN22_VAE, WanVAE22

@@ -5,7 +5,8 @@ import torch
 import torch.nn as nn
 
 from wanflow.model_loaders import dit_keys
-from wanflow.wan.dit import WanDiT, WanDiTConfig
+from wanflow.wan.dit import WanDiT
+from wanflow.wan.dit_config import WanDiTConfig
 
 
 def randomize_(model: nn.Module, seed: int) -> None:

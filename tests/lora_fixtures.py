@@ -13,7 +13,8 @@ import torch
 import torch.nn as nn
 
 from wanflow.model_loaders import dit_keys
-from wanflow.wan.dit import WanDiT, WanDiTConfig, TINY_PRESETS
+from wanflow.wan.dit import WanDiT
+from wanflow.wan.dit_config import TINY_PRESETS, WanDiTConfig
 
 Tensors = dict[str, torch.Tensor]
 

@@ -16,7 +16,8 @@ from lora_fixtures import (default_targets, dit_inputs, make_spec, random_dit, r
                            write_comfyui_ab)
 from wanflow.model_loaders.parking import DiskBacked
 from wanflow.wan.block_swap import BlockSwap, BudgetTooSmall, _slots, plan_residency
-from wanflow.wan.dit import TINY_PRESETS, WanDiT, WanDiTConfig
+from wanflow.wan.dit import WanDiT
+from wanflow.wan.dit_config import TINY_PRESETS, WanDiTConfig
 from wanflow.wan.lora import LoraStack
 
 CPU = torch.device("cpu")

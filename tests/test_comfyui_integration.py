@@ -226,7 +226,8 @@ def test_trained_lora_loads_in_core_lora_loader_with_every_key(server, tmp_path)
     from wanflow.model_loaders.dit_loader import load_dit
     from wanflow.train.loop import LoopConfig
     from wanflow.train.lora_trainer import LoraTrainConfig, train_lora
-    from wanflow.wan.dit import WanDiT, WanDiTConfig
+    from wanflow.wan.dit import WanDiT
+    from wanflow.wan.dit_config import WanDiTConfig
 
     models = server["work"] / "ComfyUI" / "models"
     # core ComfyUI builds Wan with umT5-XXL's text width, so the tiny model needs text_dim 4096

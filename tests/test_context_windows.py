@@ -12,7 +12,8 @@ from wanflow.samplers.context_windows import (ContextWindows, frame_weights, lat
 from wanflow.samplers.moe import MoESampler
 from wanflow.samplers.noise import seeded_noise
 from wanflow.samplers.schedules import official_unipc
-from wanflow.wan.dit import TINY_PRESETS, WanDiT
+from wanflow.wan.dit import WanDiT
+from wanflow.wan.dit_config import TINY_PRESETS
 
 from test_nodes_sampler import conditioning, experts  # noqa: F401,F811  (experts: a fixture)
 from moe_testing import single_thread  # noqa: F401  (autouse: one thread for tiny tensors)

@@ -13,13 +13,13 @@ import torch
 from wanflow.model_loaders.detect import (COMMUNITY_DEFAULTS, FUN_INP_DEFAULTS, OFFICIAL_DEFAULTS, classify,
                                           detect_dit_variant, expert_from_name, family_from_name, is_fun_inp_name)
 from wanflow.model_loaders.errors import UnsupportedModelError, WrongModelError
-from wanflow.wan import dit
+from wanflow.wan import dit, dit_config
 
 
 @functools.lru_cache(maxsize=None)
 def preset_shapes(preset: str) -> dict[str, tuple[int, ...]]:
     with torch.device("meta"):
-        model = dit.WanDiT(dit.PRESETS[preset])
+        model = dit.WanDiT(dit_config.PRESETS[preset])
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
@@ -92,7 +92,7 @@ def test_release_table(name, preset, expected, prefix):
         assert classify({prefix + k: v for k, v in shapes.items()}).kind == "wan_dit"
     variant = detect_dit_variant(shapes, name)
     assert (variant.family, variant.task, variant.size, variant.expert) == expected
-    assert variant.config == dit.PRESETS[preset]  # the exact official architecture
+    assert variant.config == dit_config.PRESETS[preset]  # the exact official architecture
     key = (variant.family, variant.task, variant.size)
     fun_a14b_inp = is_fun_inp_name(name) and variant.size == "14B"
     expected_defaults = FUN_INP_DEFAULTS if fun_a14b_inp else {**OFFICIAL_DEFAULTS, **COMMUNITY_DEFAULTS}[key]

@@ -11,7 +11,8 @@ import torch.nn as nn
 from wanflow.model_loaders import dit_keys
 from wanflow.wan import attention as attention_mod
 from wanflow.wan import ops
-from wanflow.wan.dit import PRESETS, TINY_PRESETS, WanDiT
+from wanflow.wan.dit import WanDiT
+from wanflow.wan.dit_config import PRESETS, TINY_PRESETS
 
 from dit_testing import diffusers_twin, randomize_
 

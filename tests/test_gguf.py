@@ -23,7 +23,8 @@ from wanflow.model_loaders.errors import CheckpointError, CorruptCheckpointError
 from wanflow.model_loaders.files import open_checkpoint
 from wanflow.model_loaders.parking import is_parked, park
 from wanflow.wan import gguf_ops
-from wanflow.wan.dit import WanDiT, WanDiTConfig
+from wanflow.wan.dit import WanDiT
+from wanflow.wan.dit_config import WanDiTConfig
 from wanflow.wan.lora import LoraStack
 
 # Wide enough for the 256-value K blocks (in_features 256 and 512), small enough to be quick.

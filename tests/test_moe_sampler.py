@@ -417,7 +417,8 @@ def test_stacked_vace_contexts_go_to_both_cfg_passes():
 
 def test_compute_dtype_reaches_the_dit_and_solver_state_stays_float32(monkeypatch):
     from dit_testing import randomize_
-    from wanflow.wan.dit import TINY_PRESETS, WanDiT
+    from wanflow.wan.dit import WanDiT
+    from wanflow.wan.dit_config import TINY_PRESETS
 
     cfg = TINY_PRESETS["t2v"]
     model = WanDiT(cfg).eval()

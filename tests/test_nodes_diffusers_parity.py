@@ -16,7 +16,7 @@ from wanflow.nodes.image_to_video import WanFlowImageToVideo
 from wanflow.nodes.reference_to_video import WanFlowReferenceToVideo
 from wanflow.samplers.conditioning import WanConditioning
 from wanflow.wan.clip_vision import CLIPVisionConfig, CLIPVisionTower, preprocess
-from wanflow.wan.dit import TINY_PRESETS
+from wanflow.wan.dit_config import TINY_PRESETS
 from wanflow.wan.vae2_1 import TINY_WAN21_VAE, WanVAE21
 from wanflow.wan.vae2_2 import TINY_WAN22_VAE, WanVAE22
 

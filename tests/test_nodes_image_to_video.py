@@ -9,7 +9,8 @@ from wanflow.nodes.image_to_video import WanFlowImageToVideo, fit_image
 from wanflow.nodes.sampler_nodes import WanFlowMoESampler
 from wanflow.samplers.conditioning import WanConditioning, encode_first_frame, encode_i2v_condition
 from wanflow.wan.clip_vision import CLIPVisionConfig, CLIPVisionTower, preprocess
-from wanflow.wan.dit import TINY_PRESETS, WanDiT
+from wanflow.wan.dit import WanDiT
+from wanflow.wan.dit_config import TINY_PRESETS
 from wanflow.wan.latent_stats import WAN21, WAN22
 from wanflow.wan.vae2_1 import TINY_WAN21_VAE, WanVAE21
 from wanflow.wan.vae2_2 import TINY_WAN22_VAE, WanVAE22

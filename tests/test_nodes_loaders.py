@@ -5,7 +5,8 @@ from safetensors.torch import save_file
 
 from wanflow.nodes import comfy_adapter as ca
 from wanflow.nodes.loader_nodes import WanFlowModelLoader
-from wanflow.wan.dit import WanDiT, WanDiTConfig
+from wanflow.wan.dit import WanDiT
+from wanflow.wan.dit_config import WanDiTConfig
 
 TINY_DIT = WanDiTConfig(dim=128, ffn_dim=64, num_heads=1, num_layers=2, text_dim=32, model_type="t2v")
 

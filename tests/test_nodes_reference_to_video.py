@@ -8,7 +8,8 @@ from wanflow.nodes.reference_to_video import WanFlowReferenceToVideo
 from wanflow.nodes.sampler_nodes import WanFlowMoESampler
 from wanflow.samplers.conditioning import WanConditioning
 from wanflow.samplers.vace_conditioning import build_vace_context
-from wanflow.wan.dit import WanDiT, WanDiTConfig
+from wanflow.wan.dit import WanDiT
+from wanflow.wan.dit_config import WanDiTConfig
 from wanflow.wan.latent_stats import WAN21
 from wanflow.wan.vae2_1 import TINY_WAN21_VAE, WanVAE21
 from wanflow.wan.vae2_2 import TINY_WAN22_VAE, WanVAE22

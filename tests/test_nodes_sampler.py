@@ -9,7 +9,8 @@ from wanflow.nodes.handles import ModelHandle
 from wanflow.nodes.lora_nodes import LoraChoice, WanFlowLoraSelect
 from wanflow.nodes.sampler_nodes import WanFlowMoESampler
 from wanflow.samplers.conditioning import WanConditioning
-from wanflow.wan.dit import TINY_PRESETS, WanDiT
+from wanflow.wan.dit import WanDiT
+from wanflow.wan.dit_config import TINY_PRESETS
 from wanflow.wan.latent_stats import WAN21
 
 

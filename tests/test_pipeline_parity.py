@@ -18,7 +18,7 @@ from wanflow.samplers.conditioning import WanConditioning, encode_first_frame, e
 from wanflow.samplers.moe import MoESampler
 from wanflow.samplers.noise import seeded_noise
 from wanflow.wan import latent_stats
-from wanflow.wan.dit import TINY_PRESETS
+from wanflow.wan.dit_config import TINY_PRESETS
 from wanflow.wan.vae2_1 import TINY_WAN21_VAE, WanVAE21
 from wanflow.wan.vae2_2 import TINY_WAN22_VAE, WanVAE22
 

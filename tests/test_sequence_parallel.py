@@ -18,7 +18,8 @@ from dit_testing import randomize_
 from wanflow.distributed import launch
 from wanflow.distributed.sequence_parallel import (SequenceParallelDiT, SequenceParallelError,
                                                    TokenSplit, check_heads, local_groups)
-from wanflow.wan.dit import TINY_PRESETS, WanDiT
+from wanflow.wan.dit import WanDiT
+from wanflow.wan.dit_config import TINY_PRESETS
 from wanflow.wan.lora import LoraStack
 
 TOL = 1e-5

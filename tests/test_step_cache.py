@@ -22,7 +22,8 @@ from wanflow.samplers.moe import MoESampler
 from wanflow.samplers.noise import seeded_noise
 from wanflow.samplers.schedules import official_unipc
 from wanflow.samplers.step_cache import CacheLevel, StepCache
-from wanflow.wan.dit import TINY_PRESETS, WanDiT
+from wanflow.wan.dit import WanDiT
+from wanflow.wan.dit_config import TINY_PRESETS
 from wanflow.wan.latent_stats import WAN21
 from wanflow.wan.umt5 import encode_prompts
 

@@ -14,7 +14,8 @@ from wanflow.samplers.moe import MoESampler
 from wanflow.samplers.schedules import build_schedule
 from wanflow.samplers.subject_conditioning import crop_to_cover, encode_subjects, fit_subject, with_subjects
 from wanflow.samplers.vace_conditioning import fit_reference
-from wanflow.wan.dit import WanDiT, WanDiTConfig
+from wanflow.wan.dit import WanDiT
+from wanflow.wan.dit_config import WanDiTConfig
 from wanflow.wan.latent_stats import WAN21
 from wanflow.wan.vae2_1 import TINY_WAN21_VAE, WanVAE21
 from wanflow.wan.vae2_2 import TINY_WAN22_VAE, WanVAE22

@@ -22,7 +22,7 @@ from wanflow.samplers.moe import MoESampler
 from wanflow.samplers.noise import seeded_noise
 from wanflow.samplers.vace_conditioning import build_vace_context
 from wanflow.wan import latent_stats
-from wanflow.wan.dit import PRESETS
+from wanflow.wan.dit_config import PRESETS
 from wanflow.wan.vae2_1 import TINY_WAN21_VAE, WanVAE21
 
 from dit_testing import diffusers_twin

@@ -22,7 +22,8 @@ from typing import Callable, Optional
 import torch
 
 from ..samplers.moe import DEFAULT_BOUNDARY
-from ..wan.dit import WanDiT, WanDiTConfig
+from ..wan.dit import WanDiT
+from ..wan.dit_config import WanDiTConfig
 from .flow_matching import SigmaRange, expert_sigmas, first_frame_weighted_loss, flow_matching_loss
 from .loop import LoopConfig, train
 from .nano_latents import LatentSet, TextTable

@@ -13,7 +13,8 @@ import torch
 import torch.nn as nn
 
 from wanflow.wan import ops
-from wanflow.wan.dit import WanDiT, WanDiTConfig
+from wanflow.wan.dit import WanDiT
+from wanflow.wan.dit_config import WanDiTConfig
 from wanflow.wan.vae2_1 import WAN21_VAE, WanVAE21, WanVAE21Config
 
 from .plan import TEXT_TOKENS, Resolution

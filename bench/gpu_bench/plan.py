@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
-from wanflow.wan.dit import WAN22_T2V_A14B, WanDiTConfig
+from wanflow.wan.dit_config import WAN22_T2V_A14B, WanDiTConfig
 from wanflow.wan.vae2_1 import TINY_WAN21_VAE, WAN21_VAE, WanVAE21Config
 
 EXPERT = WAN22_T2V_A14B

@@ -19,7 +19,8 @@ from nodes import KSamplerAdvanced, LoraLoaderModelOnly  # noqa: E402  (ComfyUI'
 from wanflow_pack.model_loaders.dit_loader import load_dit  # noqa: E402
 from wanflow_pack.nodes import NODE_CLASS_MAPPINGS as N  # noqa: E402
 from wanflow_pack.samplers.schedules import build_schedule  # noqa: E402
-from wanflow_pack.wan.dit import WanDiT, WanDiTConfig  # noqa: E402
+from wanflow_pack.wan.dit import WanDiT  # noqa: E402
+from wanflow_pack.wan.dit_config import WanDiTConfig  # noqa: E402
 
 STEPS, SWITCH, SHIFT, SEED, CFG_HIGH, CFG_LOW = 6, 2, 8.0, 7, 4.0, 3.0
 # core ComfyUI builds Wan with umT5-XXL's text width, so the tiny experts need text_dim 4096

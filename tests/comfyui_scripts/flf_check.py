@@ -30,7 +30,8 @@ from wanflow_pack.model_loaders.vae_loader import load_vae  # noqa: E402
 from wanflow_pack.nodes.handles import ModelHandle  # noqa: E402
 from wanflow_pack.nodes.image_to_video import WanFlowImageToVideo  # noqa: E402
 from wanflow_pack.samplers.conditioning import WanConditioning  # noqa: E402
-from wanflow_pack.wan.dit import WanDiT, WanDiTConfig  # noqa: E402
+from wanflow_pack.wan.dit import WanDiT  # noqa: E402
+from wanflow_pack.wan.dit_config import WanDiTConfig  # noqa: E402
 
 WIDTH = HEIGHT = 32
 LENGTH = 9  # 3 latent frames: start, a free middle one, end

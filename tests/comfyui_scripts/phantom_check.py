@@ -25,7 +25,8 @@ from wanflow_pack.model_loaders.dit_loader import load_dit  # noqa: E402
 from wanflow_pack.model_loaders.vae_loader import load_vae  # noqa: E402
 from wanflow_pack.nodes import NODE_CLASS_MAPPINGS as N  # noqa: E402
 from wanflow_pack.nodes.handles import ModelHandle  # noqa: E402
-from wanflow_pack.wan.dit import WanDiT, WanDiTConfig  # noqa: E402
+from wanflow_pack.wan.dit import WanDiT  # noqa: E402
+from wanflow_pack.wan.dit_config import WanDiTConfig  # noqa: E402
 from wanflow_pack.wan.latent_stats import WAN21  # noqa: E402
 
 torch.set_grad_enabled(False)  # as ComfyUI runs nodes
