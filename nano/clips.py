@@ -106,6 +106,27 @@ def random_placement(scene: Scene, rng: np.random.Generator, frames: int = FRAME
     return Placement(along(ux), along(uy), size)
 
 
+PATH_JITTER = 2.0
+"""Pixels a centred path may be off the centre line, each way (a quarter of a latent cell)."""
+
+
+def centred_placement(scene: Scene, rng: np.random.Generator, frames: int = FRAMES) -> Placement:
+    """A start position whose path is centred in the frame (jittered by ``PATH_JITTER``), and a
+    random size: the placement of the T2V, R2V and style-LoRA clips.
+
+    A caption names no place, so with :func:`random_placement` a prompt stands for objects
+    anywhere on a 32 px stretch across their path (four latent cells), and the tiny experts
+    drew the average of those places: rounded squares that break into lobes. Centred paths leave
+    the prompt one place to draw. I2V clips keep :func:`random_placement`: the first frame says
+    where the object is."""
+    size = float(rng.uniform(*SIZE_RANGE))
+    travel = SPEEDS[scene.speed] * (frames - 1)
+    ux, uy = DIRECTIONS[scene.direction]
+    x = WIDTH / 2 - ux * travel / 2 + rng.uniform(-PATH_JITTER, PATH_JITTER)
+    y = HEIGHT / 2 - uy * travel / 2 + rng.uniform(-PATH_JITTER, PATH_JITTER)
+    return Placement(float(x), float(y), size)
+
+
 def reference_picture(scene: Scene, size: float = 28.0, background: tuple[int, int, int] = (128, 128, 128)) -> np.ndarray:
     """The object alone, centred on a plain grey picture ``[H, W, 3]`` uint8 (an R2V reference)."""
     return render_frame(scene, WIDTH / 2, HEIGHT / 2, size, background=background)

@@ -46,6 +46,19 @@ def test_clips_are_deterministic_and_stay_in_frame():
         assert np.all(border == background)  # the whole shape is inside the frame
 
 
+@pytest.mark.parametrize("scene", vocabulary.all_scenes()[::5], ids=lambda s: s.caption)
+def test_centred_paths_pass_through_the_middle_of_the_frame(scene):
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        start = clips.centred_placement(scene, rng)
+        first, last = clips.centre_at(scene, start, 0), clips.centre_at(scene, start, vocabulary.FRAMES - 1)
+        middle = [(a + b) / 2 for a, b in zip(first, last)]
+        assert np.allclose(middle, (vocabulary.WIDTH / 2, vocabulary.HEIGHT / 2), atol=clips.PATH_JITTER)
+        half = start.size / 2
+        for x, y in (first, last):
+            assert half <= x <= vocabulary.WIDTH - half and half <= y <= vocabulary.HEIGHT - half
+
+
 @pytest.mark.parametrize("shape", vocabulary.SHAPES)
 def test_fill_ratio_and_outline_area(shape):
     filled = clips.coverage(shape, 32, 32, 20)

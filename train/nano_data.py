@@ -9,11 +9,13 @@ Held-out combinations are never drawn.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 
-from ..nano.clips import centre_at, random_placement, render_clip, render_frame, to_model_pixels
+from ..nano.clips import (Placement, centre_at, centred_placement, random_placement, render_clip, render_frame,
+                          to_model_pixels)
 from ..nano.vocabulary import BACKGROUNDS, FRAMES, NIGHT_BACKGROUND, Scene, training_scenes
 
 VAE_BACKGROUNDS = (*BACKGROUNDS.values(), NIGHT_BACKGROUND, (128, 128, 128))
@@ -60,10 +62,15 @@ class ClipSet:
         return torch.from_numpy(np.stack([to_model_pixels(self.clips[i]) for i in np.atleast_1d(index)]))
 
 
-def clip_set(seed: int, per_scene: int, scenes: list[Scene] | None = None, style: str = "plain") -> ClipSet:
-    """``per_scene`` clips of each scene (training scenes by default), random placements."""
+Placer = Callable[[Scene, np.random.Generator], Placement]
+
+
+def clip_set(seed: int, per_scene: int, scenes: list[Scene] | None = None, style: str = "plain",
+             placement: Placer = centred_placement) -> ClipSet:
+    """``per_scene`` clips of each scene (training scenes by default). Paths are centred (what the
+    T2V, R2V and LoRA models learn); the I2V stage passes ``random_placement``."""
     rng = np.random.default_rng(seed)
     scenes = training_scenes() if scenes is None else scenes
     listed = [scene for scene in scenes for _ in range(per_scene)]
-    clips = np.stack([render_clip(scene, random_placement(scene, rng), style) for scene in listed])
+    clips = np.stack([render_clip(scene, placement(scene, rng), style) for scene in listed])
     return ClipSet(clips, listed)

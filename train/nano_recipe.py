@@ -19,6 +19,7 @@ from typing import Callable, Optional
 from ..model_loaders.dit_loader import load_dit
 from ..model_loaders.text_encoder_loader import LoadedTextEncoder, load_text_encoder
 from ..model_loaders.vae_loader import load_vae
+from ..nano.clips import centred_placement, random_placement
 from ..nano.files import LORA_STYLES, MODELS_DIR, NANO
 from ..nano.vocabulary import Scene
 from ..wan.dit import WanDiT
@@ -35,6 +36,8 @@ from .nano_vae import FIT_CLIPS, fit_latent, harden_decoder, polish_decoder, tra
 log = logging.getLogger("wanflow.train")
 
 CLIPS_PER_SCENE = 16
+LATENT_SETS = {"t2v": "latents", "i2v": "i2v_latents"}
+"""The cached latent sets in ``work`` (file stems), by the task whose clips they hold."""
 
 
 @dataclass
@@ -74,38 +77,39 @@ class StageContext:
             self._cache["table"] = text_table(loaded.model, loaded.tokenizer)
         return self._cache["table"]
 
-    def latents(self, with_i2v: bool = False) -> LatentSet:
-        """The encoded training clips, cached in ``work`` (rebuilt when the VAE file changed);
-        ``with_i2v`` adds the I2V first-frame conditions (encoded once, then cached too)."""
-        if "latents" not in self._cache:
-            path, stamp = self.work / "latents.pt", self.work / "latents.stamp"
-            key = self._latents_key()
+    def latents(self, task: str = "t2v") -> LatentSet:
+        """The encoded training clips of ``task``, cached in ``work`` (rebuilt when the VAE or text
+        file changed): ``"t2v"`` (also VACE's) on centred paths, ``"i2v"`` on paths anywhere in the
+        frame with each clip's I2V first-frame condition."""
+        if task not in LATENT_SETS:
+            raise ValueError(f"train-nano: no latent set for task {task!r}; expected one of {list(LATENT_SETS)}")
+        if task not in self._cache:
+            path, stamp = self.work / f"{LATENT_SETS[task]}.pt", self.work / f"{LATENT_SETS[task]}.stamp"
+            key = self._latents_key(task)
             if path.exists() and stamp.exists() and stamp.read_text() == key:
-                self._cache["latents"] = LatentSet.load(path)
+                self._cache[task] = LatentSet.load(path)
             else:
-                self._cache["latents"] = encode_clip_set(self.vae(), self._clips(), self.text_table(), quiet=self.quiet)
-                self._save_latents(key)
-        data = self._cache["latents"]
-        if with_i2v and data.i2v_y is None:
-            add_i2v_condition(data, self.vae(), self._clips(), quiet=self.quiet)
-            self._save_latents(self._latents_key())
-        return data
+                clips = self._clips(task)
+                data = encode_clip_set(self.vae(), clips, self.text_table(), quiet=self.quiet)
+                if task == "i2v":
+                    add_i2v_condition(data, self.vae(), clips, quiet=self.quiet)
+                self.work.mkdir(parents=True, exist_ok=True)
+                data.save(path)
+                stamp.write_text(key)
+                self._cache[task] = data
+        return self._cache[task]
 
-    def _latents_key(self) -> str:
+    def _latents_key(self, task: str) -> str:
         """What the cached latents depend on: the VAE and text files' contents and the clip set."""
         digest = hashlib.sha256()
         for name, stage in ((NANO.vae, "vae"), (NANO.umt5, "text")):
             digest.update(self._need(name, stage).read_bytes())
-        digest.update(f"{self.seed} {self.clips_per_scene} {self.scenes}".encode())
+        digest.update(f"{task} {self.seed} {self.clips_per_scene} {self.scenes}".encode())
         return digest.hexdigest()
 
-    def _clips(self) -> ClipSet:
-        return clip_set(self.seed + 100, self.clips_per_scene, self.scenes)
-
-    def _save_latents(self, key: str) -> None:
-        self.work.mkdir(parents=True, exist_ok=True)
-        self._cache["latents"].save(self.work / "latents.pt")
-        (self.work / "latents.stamp").write_text(key)
+    def _clips(self, task: str) -> ClipSet:
+        placement = random_placement if task == "i2v" else centred_placement
+        return clip_set(self.seed + 100, self.clips_per_scene, self.scenes, placement=placement)
 
     def _need(self, name: str, stage: str) -> Path:
         path = self.file(name)
@@ -138,7 +142,7 @@ def stage_t2v(ctx: StageContext) -> None:
 
 
 def stage_i2v(ctx: StageContext) -> None:
-    data, table = ctx.latents(with_i2v=True), ctx.text_table()
+    data, table = ctx.latents("i2v"), ctx.text_table()
     starts = {"high": ctx.dit(NANO.t2v_high, "t2v"), "low": ctx.dit(NANO.t2v_low, "t2v")}
     pair = nano_dit.train_i2v_experts(starts, ctx.work, data, table, ctx.seed + 500, ctx.loops.get("expert"),
                                       quiet=ctx.quiet)

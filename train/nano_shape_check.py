@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..nano.clips import random_placement, render_clip, to_model_pixels
+from ..nano.clips import centred_placement, render_clip, to_model_pixels
 from ..model_loaders.detect import NANO_DEFAULTS
 from ..nano.files import MODELS_DIR, NANO
 from ..nano.measure import read_video
@@ -71,8 +71,9 @@ def shape_score(sampler: MoESampler, vae: WanVAE21, text: TextTable, scenes: Seq
 def scene_latent(encode: Callable[[torch.Tensor], torch.Tensor], scene: Scene,
                  index: int) -> tuple[np.ndarray, torch.Tensor]:
     """The drawn clip ``uint8 [F, H, W, 3]`` of evaluation scene number ``index`` and its
-    normalised latent (the placement is seeded by ``index``, so every check draws the same clip)."""
-    clip = render_clip(scene, random_placement(scene, np.random.default_rng(index)))
+    normalised latent, on a centred path as the T2V clips are (seeded by ``index``, so every check
+    draws the same clip)."""
+    clip = render_clip(scene, centred_placement(scene, np.random.default_rng(index)))
     with torch.no_grad():
         return clip, encode(torch.from_numpy(to_model_pixels(clip))[None])
 
