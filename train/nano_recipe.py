@@ -25,7 +25,7 @@ from ..nano.vocabulary import Scene
 from ..wan.dit import WanDiT
 from ..wan.vae2_1 import WanVAE21
 from . import nano_dit, nano_loras, nano_vace
-from .nano_data import ClipSet, clip_set
+from .nano_data import Placer, clip_set
 from .loop import LoopConfig
 from .lora_trainer import save_pair
 from .nano_files import save_dit, save_tensors, save_vae
@@ -36,8 +36,21 @@ from .nano_vae import FIT_CLIPS, fit_latent, harden_decoder, polish_decoder, tra
 log = logging.getLogger("wanflow.train")
 
 CLIPS_PER_SCENE = 16
-LATENT_SETS = {"t2v": "latents", "i2v": "i2v_latents"}
-"""The cached latent sets in ``work`` (file stems), by the task whose clips they hold."""
+
+
+@dataclass(frozen=True)
+class LatentSetSpec:
+    """One cached training set: its file stem in ``work``, where its clips place the object, and
+    whether it carries the I2V first-frame conditions."""
+
+    stem: str
+    placement: Placer
+    with_i2v: bool = False
+
+
+LATENT_SETS = {"t2v": LatentSetSpec("latents", centred_placement),
+               "i2v": LatentSetSpec("i2v_latents", random_placement, with_i2v=True)}
+"""The cached latent sets by the task whose clips they hold (VACE reads the ``t2v`` one)."""
 
 
 @dataclass
@@ -81,23 +94,26 @@ class StageContext:
         """The encoded training clips of ``task``, cached in ``work`` (rebuilt when the VAE or text
         file changed): ``"t2v"`` (also VACE's) on centred paths, ``"i2v"`` on paths anywhere in the
         frame with each clip's I2V first-frame condition."""
-        if task not in LATENT_SETS:
+        spec = LATENT_SETS.get(task)
+        if spec is None:
             raise ValueError(f"train-nano: no latent set for task {task!r}; expected one of {list(LATENT_SETS)}")
-        if task not in self._cache:
-            path, stamp = self.work / f"{LATENT_SETS[task]}.pt", self.work / f"{LATENT_SETS[task]}.stamp"
-            key = self._latents_key(task)
-            if path.exists() and stamp.exists() and stamp.read_text() == key:
-                self._cache[task] = LatentSet.load(path)
-            else:
-                clips = self._clips(task)
-                data = encode_clip_set(self.vae(), clips, self.text_table(), quiet=self.quiet)
-                if task == "i2v":
-                    add_i2v_condition(data, self.vae(), clips, quiet=self.quiet)
-                self.work.mkdir(parents=True, exist_ok=True)
-                data.save(path)
-                stamp.write_text(key)
-                self._cache[task] = data
-        return self._cache[task]
+        cache_key = f"latents:{task}"
+        if cache_key in self._cache:
+            return self._cache[cache_key]
+        path, stamp = self.work / f"{spec.stem}.pt", self.work / f"{spec.stem}.stamp"
+        key = self._latents_key(task)
+        if path.exists() and stamp.exists() and stamp.read_text() == key:
+            data = LatentSet.load(path)
+        else:
+            clips = clip_set(self.seed + 100, self.clips_per_scene, self.scenes, placement=spec.placement)
+            data = encode_clip_set(self.vae(), clips, self.text_table(), quiet=self.quiet)
+            if spec.with_i2v:
+                add_i2v_condition(data, self.vae(), clips, quiet=self.quiet)
+            self.work.mkdir(parents=True, exist_ok=True)
+            data.save(path)
+            stamp.write_text(key)
+        self._cache[cache_key] = data
+        return data
 
     def _latents_key(self, task: str) -> str:
         """What the cached latents depend on: the VAE and text files' contents and the clip set."""
@@ -106,10 +122,6 @@ class StageContext:
             digest.update(self._need(name, stage).read_bytes())
         digest.update(f"{task} {self.seed} {self.clips_per_scene} {self.scenes}".encode())
         return digest.hexdigest()
-
-    def _clips(self, task: str) -> ClipSet:
-        placement = random_placement if task == "i2v" else centred_placement
-        return clip_set(self.seed + 100, self.clips_per_scene, self.scenes, placement=placement)
 
     def _need(self, name: str, stage: str) -> Path:
         path = self.file(name)
