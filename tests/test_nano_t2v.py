@@ -1,9 +1,11 @@
 """Semantic tests of the WanNano T2V expert pair: render through the real template, read the frames.
 
 Thresholds are the WanNano issue's: background 12/12, colour >= 11/12, direction >= 10/12 on 12
-prompts (6 of them combinations never seen in training). The shape test still waits in
-``nano_pending/`` (generation 3 reads 5/12 shapes); the exchanged-experts teeth are in test_nano_moe.py.
+prompts (6 of them combinations never seen in training), and the shape recognisable by its fill
+ratio (generation 4 reads 9/12; generation 3 read 5/12). The exchanged-experts teeth are in
+test_nano_moe.py.
 """
+import numpy as np
 import pytest
 
 from wanflow.nano.files import NANO
@@ -33,6 +35,18 @@ def test_background_colour_and_direction_follow_the_prompt(scored):
     assert totals["background"] == 12, report
     assert totals["colour"] >= 11, report
     assert totals["direction"] >= 10, report
+
+
+def test_shapes_are_recognisable_by_their_fill_ratio(scored):
+    """The object's area in its bounding box is nearest to its own shape's (circle pi/4,
+    square 1, triangle 1/2) for most prompts, and the mean per shape is ordered as the shapes'."""
+    by_shape: dict[str, list[float]] = {}
+    for item in scored:
+        by_shape.setdefault(item.scene.shape, []).append(item.reading.fill_ratio)
+    hits = sum(item.hits["shape"] for item in scored)
+    means = {shape: float(np.mean(v)) for shape, v in by_shape.items()}
+    assert hits >= 8, means
+    assert means["triangle"] < means["circle"] < means["square"], means
 
 
 def test_teeth_swapped_rope_axes_break_the_direction(monkeypatch):

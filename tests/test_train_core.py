@@ -108,6 +108,17 @@ def test_nano_tokenizer_has_one_token_per_word_and_loads_like_comfyui_umt5(tmp_p
     assert loaded.tokenizer(["A Blue SQUARE"]).ids[0, :3].tolist() == loaded.tokenizer(["a blue square"]).ids[0, :3].tolist()
 
 
+@pytest.mark.parametrize("dropout", [nano_dit.CFG_DROPOUT, nano_dit.UNCOND_DROPOUT])
+def test_batches_drop_about_their_share_of_captions_to_an_unconditional_prompt(dropout):
+    from wanflow.train.nano_latents import LatentSet, TextTable
+    data = LatentSet(torch.zeros(4, 16, 1, 2, 2), torch.tensor([0, 1, 0, 1]), None, [])
+    text = TextTable(["a", "b"], torch.ones(2, 3, 4), -torch.ones(2, 3, 4))
+    batches = nano_dit.Batches(data, text, torch.Generator().manual_seed(0), with_y=False, dropout=dropout)
+    _, context, _ = batches(4000)
+    dropped = (context[:, 0, 0] < 0).float().mean().item()
+    assert abs(dropped - dropout) < 0.03
+
+
 def test_i2v_starts_as_the_t2v_model():
     torch.manual_seed(0)
     t2v = WanDiT(nano_dit.NANO_DIT).eval()

@@ -23,7 +23,7 @@ def test_every_stage_runs_and_writes_loadable_nano_files(tmp_path):
     ctx = nano_recipe.StageContext(out=tmp_path / "models", work=tmp_path / "work", quiet=True, clips_per_scene=1,
                                    scenes=training_scenes()[:4],
                                    loops={"vae": few(3), "vae_decoder": few(2), "t2v_base": few(2), "expert": few(2),
-                                          "vace": few(2), "lora": few(2)},
+                                          "uncond": few(2), "vace": few(2), "lora": few(2)},
                                    fit_clips=16)
     timings = nano_recipe.run(list(nano_recipe.STAGES), ctx)
     assert list(timings) == list(nano_recipe.STAGES)

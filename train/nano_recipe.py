@@ -62,8 +62,8 @@ class StageContext:
     clips_per_scene: int = CLIPS_PER_SCENE
     scenes: Optional[list[Scene]] = None      # default: every training scene
     loops: dict[str, LoopConfig] = field(default_factory=dict)
-    """Per-stage loop overrides (``"vae"``, ``"vae_decoder"``, ``"t2v_base"``, ``"expert"``, ``"vace"``,
-    ``"lora"``), e.g. for smoke tests."""
+    """Per-stage loop overrides (``"vae"``, ``"vae_decoder"``, ``"t2v_base"``, ``"expert"``, ``"uncond"``,
+    ``"vace"``, ``"lora"``), e.g. for smoke tests."""
     fit_clips: int = FIT_CLIPS
     """Clips encoded to fit the VAE's latent (fewer in smoke tests)."""
     _cache: dict = field(default_factory=dict)
@@ -149,6 +149,8 @@ def stage_t2v(ctx: StageContext) -> None:
     base = nano_dit.t2v_base(ctx.work, data, table, ctx.seed + 300, ctx.loops.get("t2v_base"), quiet=ctx.quiet)
     pair = nano_dit.train_t2v_experts(base, ctx.work, data, table, ctx.seed + 400, ctx.loops.get("expert"),
                                       quiet=ctx.quiet)
+    pair = nano_dit.sharpen_unconditional(pair, ctx.work, data, table, ctx.seed + 77, ctx.loops.get("uncond"),
+                                          quiet=ctx.quiet)
     save_dit(pair["high"], ctx.file(NANO.t2v_high), "t2v high-noise expert")
     save_dit(pair["low"], ctx.file(NANO.t2v_low), "t2v low-noise expert")
 
@@ -196,7 +198,7 @@ STAGES: dict[str, Callable[[StageContext], None]] = {
 
 
 STAGE_RUNS = {"vae": ("vae", "vae_decoder", "vae_decoder_hardened"), "text": (),
-              "t2v": ("t2v_base", "t2v_high", "t2v_low"),
+              "t2v": ("t2v_base", "t2v_high", "t2v_low", "t2v_high_uncond", "t2v_low_uncond"),
               "i2v": ("i2v_high", "i2v_low", "i2v_high_first_frame", "i2v_low_first_frame"), "vace": ("vace",),
               "loras": tuple(f"lora_{style}/{expert}" for style in LORA_STYLES for expert in ("high", "low"))}
 """The training runs (folders in ``work``) of each stage."""
