@@ -213,7 +213,7 @@ def test_template_on_the_nano_models_shows_the_prompt(server, task):
     reading = read_video(frames)
     assert (reading.background, reading.colour, reading.direction) == (background, colour, direction), reading
     if task == "i2v":  # the start picture carries the shape; T2V and R2V shapes are not reliable yet
-        assert reading.shape == shape, reading  # (tests/nano_pending/: 5/12 and 1/4 in generation 3)
+        assert reading.shape == shape, reading  # (T2V 8/12 in generation 4; R2V 1/4, tests/nano_pending/)
 
 
 def test_trained_lora_loads_in_core_lora_loader_with_every_key(server, tmp_path):

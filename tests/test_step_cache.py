@@ -132,7 +132,8 @@ def test_a_cached_nano_run_skips_forwards_and_stays_close_to_the_exact_video(nan
     schedule = official_unipc(30, defaults.shift)
     noise = seeded_noise((1, 16, 5, 8, 8), 0)
     sampler = MoESampler(high, low)
-    runs = {level: sampler.sample(noise, schedule, cond, cfg_high=4.0, cfg_low=3.0, boundary=0.875, cache=level)
+    runs = {level: sampler.sample(noise, schedule, cond, cfg_high=defaults.guide_scale,
+                                  cfg_low=defaults.guide_scale_low_noise, boundary=defaults.boundary, cache=level)
             for level in ("off", "balanced")}
     stats = runs["balanced"].cache
     assert sum(stats.skipped.values()) >= 8 and stats.skipped.get("low", 0) > 0
