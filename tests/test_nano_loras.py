@@ -1,6 +1,6 @@
 """Semantic tests of the WanNano style LoRAs (trained by the pack's LoRA trainer), rendered through
 the LoRA-stack template: ``night`` makes the background dark blue, and strength 0 is bit for bit
-the plain template. (The ``outline`` tests wait in ``nano_pending/``: generation 3's outline LoRA
+the plain template. (The ``outline`` tests wait in ``nano_pending/``: generation 4's outline LoRA
 does not halve the filled area yet.)"""
 import numpy as np
 import pytest

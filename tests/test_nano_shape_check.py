@@ -1,7 +1,7 @@
 """The shape check of the nano T2V stage (``train/nano_shape_check.py``) on the shipped models:
 the VAE alone reads every evaluation shape back, and the expert pair keeps them when a run starts
-close to the clip (σ 0.25). Where it stops keeping them (σ ≈ 0.57 and above for generation 3) is
-what the pending shape test in ``nano_pending/`` waits on."""
+close to the clip (σ 0.25). Where it stopped keeping them (σ ≈ 0.57 and above for generation 3) is
+what the T2V shape test waited on until generation 4."""
 import pytest
 
 from wanflow.nano.files import MODELS_DIR, NANO
