@@ -2,7 +2,7 @@
 
 Thresholds are the WanNano issue's: background 12/12, colour >= 11/12, direction >= 10/12 on 12
 prompts (6 of them combinations never seen in training), and the shape recognisable by its fill
-ratio (generation 4 reads 9/12; generation 3 read 5/12). The exchanged-experts teeth are in
+ratio (generation 4 reads 8/12 at its guidance 2/2; generation 3 read 5/12). The exchanged-experts teeth are in
 test_nano_moe.py.
 """
 import numpy as np

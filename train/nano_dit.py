@@ -45,8 +45,9 @@ UNCOND_DROPOUT = 0.4
 """The T2V experts' last pass. With 10% dropout the unconditional prediction stayed poor (a red
 triangle noised to sigma 0.6 came back blue), and guidance from it overshot: the candidate pair's
 samples sat 1.10-1.18x as far from the background's latent as encoded clips, and in the nano
-VAE's latent a red object scaled 1.3x is yellow. After this pass the pair beats the high expert
-alone again (the MoE test) and the long-video colour drift is back under its bound."""
+VAE's latent a red object scaled 1.3x is yellow. After this pass the pair samples at least as well
+as the high expert alone again (the MoE test) and the long-video colour drift is back under its
+bound."""
 
 BASE_LOOP = LoopConfig(steps=7000, lr=6e-4, warmup=300, weight_decay=0.01)
 EXPERT_LOOP = LoopConfig(steps=3000, lr=3e-4, warmup=100, weight_decay=0.01)
