@@ -2,8 +2,8 @@
 
 Thresholds are the WanNano issue's: background 12/12, colour >= 11/12, direction >= 10/12 on 12
 prompts (6 of them combinations never seen in training), and the shape recognisable by its fill
-ratio (generation 4 reads 8/12 at its guidance 2/2; generation 3 read 5/12). The exchanged-experts teeth are in
-test_nano_moe.py.
+ratio on two thirds of 24 videos (generation 4 reads 18 at its guidance 2/2; generation 3 read 5
+of 12 on one seed). The exchanged-experts teeth are in test_nano_moe.py.
 """
 import numpy as np
 import pytest
@@ -39,13 +39,16 @@ def test_background_colour_and_direction_follow_the_prompt(scored):
 
 def test_shapes_are_recognisable_by_their_fill_ratio(scored):
     """The object's area in its bounding box is nearest to its own shape's (circle pi/4,
-    square 1, triangle 1/2) for most prompts, and the mean per shape is ordered as the shapes'."""
+    square 1, triangle 1/2) for two thirds of the prompts, and the mean per shape is ordered as the
+    shapes'. Two seeds (24 videos), so that one video more or less does not decide it (generation
+    4 reads 8 of 12 on seed 0 and 10 on seed 1)."""
+    videos = list(scored) + nano_eval.score_t2v(seed=1)
     by_shape: dict[str, list[float]] = {}
-    for item in scored:
+    for item in videos:
         by_shape.setdefault(item.scene.shape, []).append(item.reading.fill_ratio)
-    hits = sum(item.hits["shape"] for item in scored)
+    hits = sum(item.hits["shape"] for item in videos)
     means = {shape: float(np.mean(v)) for shape, v in by_shape.items()}
-    assert hits >= 8, means
+    assert hits >= 16, (hits, means)
     assert means["triangle"] < means["circle"] < means["square"], means
 
 
