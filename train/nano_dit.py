@@ -156,7 +156,7 @@ def sharpen_unconditional(pair: dict[str, WanDiT], work: Path, data: LatentSet, 
     """Each T2V expert of ``pair`` trained on its range with :data:`UNCOND_DROPOUT` of the
     captions dropped (resumable in ``work``); returns the pair."""
     for expert in experts("t2v"):
-        data_seed = seed + (expert.name == "high")
+        data_seed = seed + ("low", "high").index(expert.name)
         batches = Batches(data, text, torch.Generator().manual_seed(data_seed), with_y=False, dropout=UNCOND_DROPOUT)
         model = pair[expert.name].train().requires_grad_(True)
         pair[expert.name] = fit(f"t2v {expert.name} unconditional", model, batches, expert.sigmas, loop or UNCOND_LOOP,

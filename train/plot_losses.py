@@ -13,10 +13,10 @@ import argparse
 from pathlib import Path
 
 from .loss_curve import read_loss_log, smooth
+from .nano_recipe import STAGE_RUNS
 
-STAGE_LOGS = ("vae", "vae_decoder", "vae_decoder_hardened", "t2v_base", "t2v_high", "t2v_low",
-              "t2v_high_uncond", "t2v_low_uncond", "i2v_high", "i2v_high_first_frame", "i2v_low", "i2v_low_first_frame", "vace",
-              "lora_outline_high", "lora_outline_low", "lora_night_high", "lora_night_low")
+STAGE_LOGS = tuple(run.replace("/", "_") for runs in STAGE_RUNS.values() for run in runs)
+"""The logs ``train-nano`` copies next to the models, one per training run, in stage order."""
 CONTINUES = {"vae_decoder": "vae", "vae_decoder_hardened": "vae_decoder",
              "t2v_high_uncond": "t2v_high", "t2v_low_uncond": "t2v_low",
              "i2v_high_first_frame": "i2v_high", "i2v_low_first_frame": "i2v_low"}
