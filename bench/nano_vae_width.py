@@ -33,7 +33,7 @@ def step_seconds(dim: int, frames: int, batch: int, repeats: int) -> float:
     data, noise = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
     times = []
     for _ in range(repeats + 1):
-        pixels = vae_batch(data, batch, frames=frames)
+        pixels = vae_batch(data, batch, frames=frames).pixels
         start = time.perf_counter()
         loss, _ = autoencoder_loss(vae, pixels, VAELossWeights(), noise)
         optimiser.zero_grad()

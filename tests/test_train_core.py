@@ -97,6 +97,32 @@ def test_the_decoder_pass_trains_the_decoder_and_leaves_the_encoder():
     assert vae.conv2.weight.grad is not None and vae.decoder.head[-1].weight.grad is not None
 
 
+def test_rescaling_about_the_background_keeps_the_background_and_stays_in_range():
+    anchor, latent = torch.randn(64, 16, 1, 2, 2), torch.randn(64, 16, 1, 2, 2)
+    moved = vae_training.rescaled_about(latent, anchor, 1.25, torch.Generator().manual_seed(0))
+    k = ((moved - anchor) / (latent - anchor)).flatten(1)
+    assert torch.allclose(k, k[:, :1], atol=1e-4)                 # one factor per sample
+    assert k.min() >= 0.8 - 1e-4 and k.max() <= 1.25 + 1e-4 and k.min() < 0.9 and k.max() > 1.1
+    assert torch.equal(vae_training.rescaled_about(anchor, anchor, 1.25, torch.Generator()), anchor)
+    assert torch.allclose(vae_training.rescaled_about(latent, anchor, 1.0, torch.Generator()), latent, atol=1e-6)
+
+
+def test_the_latent_scale_needs_the_backgrounds_and_draws_them_from_the_batch():
+    from wanflow.train.nano_data import VAE_BACKGROUNDS, vae_batch
+
+    torch.manual_seed(0)
+    vae = WanVAE21(WanVAE21Config(dim=8))
+    batch = vae_batch(torch.Generator().manual_seed(0), 4, frames=1, crop=16)
+    allowed = torch.tensor(VAE_BACKGROUNDS, dtype=torch.float32) / 127.5 - 1
+    assert all((allowed == row).all(dim=1).any() for row in batch.backgrounds)
+    weights = vae_training.VAELossWeights(latent_scale=1.25)
+    with pytest.raises(ValueError, match="background"):
+        vae_training.autoencoder_loss(vae, batch.pixels, weights, torch.Generator())
+    loss, _ = vae_training.autoencoder_loss(vae, batch.pixels, weights, torch.Generator(), batch.backgrounds)
+    loss.backward()
+    assert vae.encoder.conv1.weight.grad is not None
+
+
 def test_nano_tokenizer_has_one_token_per_word_and_loads_like_comfyui_umt5(tmp_path):
     spiece = nano_text.train_tokenizer(0)
     assert spiece == nano_text.train_tokenizer(0)

@@ -9,7 +9,7 @@ Held-out combinations are never drawn.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -25,13 +25,21 @@ def _numpy_rng(generator: torch.Generator) -> np.random.Generator:
     return np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
 
 
-def vae_batch(generator: torch.Generator, batch: int, frames: int = 9, crop: int = 32) -> torch.Tensor:
+class VAEBatch(NamedTuple):
+    """A VAE training batch: ``pixels`` ``[B, 3, F, H, W]`` and each clip's plain background
+    colour ``backgrounds`` ``[B, 3]``, both in model pixels ([-1, 1])."""
+
+    pixels: torch.Tensor
+    backgrounds: torch.Tensor
+
+
+def vae_batch(generator: torch.Generator, batch: int, frames: int = 9, crop: int = 32) -> VAEBatch:
     """Pixels ``[B, 3, frames, crop, crop]`` in [-1, 1]: random scenes and looks; half of the crops
     around the object (most of a frame is background, learnt early), half anywhere (so empty
     stretches of background, away from any object, decode clean too)."""
     rng = _numpy_rng(generator)
     scenes = training_scenes()
-    clips = []
+    clips, backgrounds = [], []
     for _ in range(batch):
         scene = scenes[rng.integers(len(scenes))]
         start = random_placement(scene, rng)
@@ -47,7 +55,8 @@ def vae_batch(generator: torch.Generator, batch: int, frames: int = 9, crop: int
         else:
             top, left = (int(v) for v in rng.integers(0, clip.shape[1] - crop + 1, size=2))
         clips.append(to_model_pixels(clip[:, top:top + crop, left:left + crop]))
-    return torch.from_numpy(np.stack(clips))
+        backgrounds.append(bg)
+    return VAEBatch(torch.from_numpy(np.stack(clips)), torch.tensor(backgrounds, dtype=torch.float32) / 127.5 - 1.0)
 
 
 @dataclass

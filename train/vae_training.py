@@ -16,9 +16,10 @@ decoder learns on slightly noisy latents so that imperfect samples still decode 
 """
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Optional
 
 import torch
 import torch.nn as nn
@@ -37,6 +38,11 @@ class VAELossWeights:
     moments: float = 0.05
     latent_noise: float = 0.05
     """Std of the noise added to the normalised latent before decoding."""
+    latent_scale: float = 1.0
+    """Before decoding, each latent is moved away from (or towards) its background's latent by a
+    factor drawn log-uniformly from ``[1 / latent_scale, latent_scale]``. Guided samples overshoot
+    that way (1.1-1.2x), and a VAE trained without it put yellow where a red object's latent
+    lands at 1.3x, so a colour flipped with the guidance. 1: off."""
 
 
 class _RelaxedRMSNorm(RMSNorm):
@@ -112,26 +118,55 @@ def reconstruction_terms(recon: torch.Tensor, pixels: torch.Tensor,
     return (weight * (recon - pixels).abs()).mean(), (weight * (recon - pixels).pow(2)).mean()
 
 
-def autoencoder_loss(vae: WanVAE21, pixels: torch.Tensor, weights: VAELossWeights,
-                     generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-    """Reconstruction + latent-moment loss of one batch; returns the loss and its parts."""
+@torch.no_grad()
+def background_latents(vae: WanVAE21, backgrounds: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Normalised latents of plain clips shaped like ``like`` ``[B, 3, F, H, W]``, each filled
+    with its row of ``backgrounds`` ``[B, 3]`` (model pixels, [-1, 1])."""
+    plain = backgrounds[:, :, None, None, None].expand_as(like).contiguous()
+    return WAN21.normalize(encode_with_grad(vae, plain))
+
+
+def rescaled_about(normalised: torch.Tensor, anchor: torch.Tensor, latent_scale: float,
+                   generator: torch.Generator) -> torch.Tensor:
+    """``anchor + k * (normalised - anchor)``, one ``k`` per sample, log-uniform in
+    ``[1 / latent_scale, latent_scale]`` (see :attr:`VAELossWeights.latent_scale`)."""
+    spread = math.log(latent_scale)
+    k = torch.exp((torch.rand(normalised.shape[0], generator=generator) * 2 - 1) * spread)
+    return anchor + k.view(-1, *[1] * (normalised.ndim - 1)) * (normalised - anchor)
+
+
+def _decoder_input(vae: WanVAE21, normalised: torch.Tensor, pixels: torch.Tensor, weights: VAELossWeights,
+                   generator: torch.Generator, backgrounds: Optional[torch.Tensor]) -> torch.Tensor:
+    """The raw latent the decoder learns from: ``normalised``, rescaled about the background's
+    latent when ``weights.latent_scale`` asks for it, plus ``weights.latent_noise``."""
+    if weights.latent_scale != 1.0:
+        if backgrounds is None:
+            raise ValueError("VAE loss: latent_scale needs each clip's background colour (backgrounds=[B, 3])")
+        anchor = background_latents(vae, backgrounds, pixels)
+        normalised = rescaled_about(normalised, anchor, weights.latent_scale, generator)
+    noise = torch.randn(normalised.shape, generator=generator) * weights.latent_noise
+    return WAN21.denormalize(normalised + noise)
+
+
+def autoencoder_loss(vae: WanVAE21, pixels: torch.Tensor, weights: VAELossWeights, generator: torch.Generator,
+                     backgrounds: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Reconstruction + latent-moment loss of one batch; returns the loss and its parts.
+    ``backgrounds`` ``[B, 3]``: each clip's background colour (needed for ``latent_scale``)."""
     mu = encode_with_grad(vae, pixels)
     normalised = WAN21.normalize(mu)
-    noise = torch.randn(normalised.shape, generator=generator) * weights.latent_noise
-    recon = decode_with_grad(vae, WAN21.denormalize(normalised + noise))
+    recon = decode_with_grad(vae, _decoder_input(vae, normalised, pixels, weights, generator, backgrounds))
     l1, mse = reconstruction_terms(recon, pixels, weights)
     moments = moment_penalty(normalised)
     loss = weights.l1 * l1 + weights.mse * mse + weights.moments * moments
     return loss, {"l1": l1.item(), "mse": mse.item(), "moments": moments.item()}
 
 
-def decoder_loss(vae: WanVAE21, pixels: torch.Tensor, weights: VAELossWeights,
-                 generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+def decoder_loss(vae: WanVAE21, pixels: torch.Tensor, weights: VAELossWeights, generator: torch.Generator,
+                 backgrounds: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Reconstruction loss through the decoder only: the encoder runs without gradients, so its
     latents (the ones the diffusion models learn) stay exactly as they are."""
     with torch.no_grad():
         normalised = WAN21.normalize(encode_with_grad(vae, pixels))
-    noise = torch.randn(normalised.shape, generator=generator) * weights.latent_noise
-    recon = decode_with_grad(vae, WAN21.denormalize(normalised + noise))
+    recon = decode_with_grad(vae, _decoder_input(vae, normalised, pixels, weights, generator, backgrounds))
     l1, mse = reconstruction_terms(recon, pixels, weights)
     return weights.l1 * l1 + weights.mse * mse, {"l1": l1.item(), "mse": mse.item()}
