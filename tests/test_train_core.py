@@ -123,6 +123,17 @@ def test_the_latent_scale_needs_the_backgrounds_and_draws_them_from_the_batch():
     assert vae.encoder.conv1.weight.grad is not None
 
 
+def test_the_background_cache_gives_the_encoders_latents_once_per_colour():
+    torch.manual_seed(0)
+    vae = WanVAE21(WanVAE21Config(dim=8)).eval()
+    like = torch.zeros(3, 3, 5, 16, 16)
+    backgrounds = torch.tensor([[1.0, 1.0, 1.0], [-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
+    cache = vae_training.BackgroundLatentCache(vae)
+    cached = cache(backgrounds, like)
+    assert torch.allclose(cached, vae_training.background_latents(vae, backgrounds, like), atol=1e-5)
+    assert len(cache._latents) == 2 and torch.equal(cache(backgrounds, like), cached)
+
+
 def test_nano_tokenizer_has_one_token_per_word_and_loads_like_comfyui_umt5(tmp_path):
     spiece = nano_text.train_tokenizer(0)
     assert spiece == nano_text.train_tokenizer(0)

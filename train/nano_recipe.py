@@ -31,7 +31,7 @@ from .lora_trainer import save_pair
 from .nano_files import save_dit, save_tensors, save_vae
 from .nano_latents import LatentSet, TextTable, add_i2v_condition, encode_clip_set, text_table
 from .nano_text import text_encoder_file
-from .nano_vae import FIT_CLIPS, fit_latent, harden_decoder, polish_decoder, train_vae
+from .nano_vae import FIT_CLIPS, fit_latent, harden_decoder, polish_decoder, rescale_decoder, train_vae
 
 log = logging.getLogger("wanflow.train")
 
@@ -137,6 +137,8 @@ def stage_vae(ctx: StageContext) -> None:
     fit_latent(vae, ctx.seed, ctx.fit_clips, quiet=ctx.quiet)
     harden_decoder(vae, ctx.work / "vae_decoder_hardened", ctx.seed + 1000, ctx.loops.get("vae_decoder"),
                    quiet=ctx.quiet)
+    rescale_decoder(vae, ctx.work / "vae_decoder_rescaled", ctx.seed + 2000, ctx.loops.get("vae_decoder"),
+                    quiet=ctx.quiet)
     save_vae(vae, ctx.file(NANO.vae))
 
 
@@ -197,7 +199,8 @@ STAGES: dict[str, Callable[[StageContext], None]] = {
 }
 
 
-STAGE_RUNS = {"vae": ("vae", "vae_decoder", "vae_decoder_hardened"), "text": (),
+STAGE_RUNS = {"vae": ("vae", "vae_decoder", "vae_decoder_hardened",
+                      "vae_decoder_rescaled/clips", "vae_decoder_rescaled/frames"), "text": (),
               "t2v": ("t2v_base", "t2v_high", "t2v_low", "t2v_high_uncond", "t2v_low_uncond"),
               "i2v": ("i2v_high", "i2v_low", "i2v_high_first_frame", "i2v_low_first_frame"), "vace": ("vace",),
               "loras": tuple(f"lora_{style}/{expert}" for style in LORA_STYLES for expert in ("high", "low"))}

@@ -135,14 +135,33 @@ def rescaled_about(normalised: torch.Tensor, anchor: torch.Tensor, latent_scale:
     return anchor + k.view(-1, *[1] * (normalised.ndim - 1)) * (normalised - anchor)
 
 
+class BackgroundLatentCache:
+    """:func:`background_latents` for a *frozen* encoder: each (colour, clip shape) is encoded once
+    (a decoder-only pass on whole clips otherwise spends a third of each step on it)."""
+
+    def __init__(self, vae: WanVAE21):
+        self.vae = vae
+        self._latents: dict[tuple, torch.Tensor] = {}
+
+    def __call__(self, backgrounds: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        rows = []
+        for colour in backgrounds:
+            key = (tuple(colour.tolist()), tuple(like.shape[1:]))
+            if key not in self._latents:
+                self._latents[key] = background_latents(self.vae, colour[None], like[:1])
+            rows.append(self._latents[key])
+        return torch.cat(rows)
+
+
 def _decoder_input(vae: WanVAE21, normalised: torch.Tensor, pixels: torch.Tensor, weights: VAELossWeights,
-                   generator: torch.Generator, backgrounds: Optional[torch.Tensor]) -> torch.Tensor:
+                   generator: torch.Generator, backgrounds: Optional[torch.Tensor],
+                   anchors: Optional[BackgroundLatentCache] = None) -> torch.Tensor:
     """The raw latent the decoder learns from: ``normalised``, rescaled about the background's
     latent when ``weights.latent_scale`` asks for it, plus ``weights.latent_noise``."""
     if weights.latent_scale != 1.0:
         if backgrounds is None:
             raise ValueError("VAE loss: latent_scale needs each clip's background colour (backgrounds=[B, 3])")
-        anchor = background_latents(vae, backgrounds, pixels)
+        anchor = anchors(backgrounds, pixels) if anchors is not None else background_latents(vae, backgrounds, pixels)
         normalised = rescaled_about(normalised, anchor, weights.latent_scale, generator)
     noise = torch.randn(normalised.shape, generator=generator) * weights.latent_noise
     return WAN21.denormalize(normalised + noise)
@@ -162,11 +181,13 @@ def autoencoder_loss(vae: WanVAE21, pixels: torch.Tensor, weights: VAELossWeight
 
 
 def decoder_loss(vae: WanVAE21, pixels: torch.Tensor, weights: VAELossWeights, generator: torch.Generator,
-                 backgrounds: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict[str, float]]:
+                 backgrounds: Optional[torch.Tensor] = None,
+                 anchors: Optional[BackgroundLatentCache] = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Reconstruction loss through the decoder only: the encoder runs without gradients, so its
-    latents (the ones the diffusion models learn) stay exactly as they are."""
+    latents (the ones the diffusion models learn) stay exactly as they are. ``anchors``: a cache of
+    the background latents (optional; the encoder is frozen here, so it may)."""
     with torch.no_grad():
         normalised = WAN21.normalize(encode_with_grad(vae, pixels))
-    recon = decode_with_grad(vae, _decoder_input(vae, normalised, pixels, weights, generator, backgrounds))
+    recon = decode_with_grad(vae, _decoder_input(vae, normalised, pixels, weights, generator, backgrounds, anchors))
     l1, mse = reconstruction_terms(recon, pixels, weights)
     return weights.l1 * l1 + weights.mse * mse, {"l1": l1.item(), "mse": mse.item()}
