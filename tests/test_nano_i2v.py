@@ -38,7 +38,8 @@ def test_i2v_moves_the_pictured_object_as_asked(tmp_path):
 
 def test_i2v_frame_0_keeps_the_picture(tmp_path):
     """>= 25 dB PSNR on black and on white backgrounds (white reached only 19.5-21.3 dB before the
-    I2V first-frame pass and the hardened VAE decoder; generation 4 with the rescaled decoder: 27.8-28.2, black 30.4-31.7)."""
+    I2V first-frame pass and the hardened VAE decoder; generation 4 with the rescaled decoder:
+    27.8-28.2, black 30.4-31.7)."""
     need_nano(NANO.i2v_high, NANO.i2v_low)
     for index, scene in enumerate(I2V_SCENES):
         start, frames = render_i2v(scene, index, tmp_path / str(index))
