@@ -213,7 +213,7 @@ def test_template_on_the_nano_models_shows_the_prompt(server, task):
     reading = read_video(frames)
     assert (reading.background, reading.colour, reading.direction) == (background, colour, direction), reading
     if task == "i2v":  # the start picture carries the shape; T2V reads 18 of 24 shapes (test_nano_t2v),
-        assert reading.shape == shape, reading  # R2V 2 of 4 (tests/nano_pending/), so one video is no test
+        assert reading.shape == shape, reading  # R2V 3 of 4 (test_nano_r2v), so one video is no test
 
 
 def test_trained_lora_loads_in_core_lora_loader_with_every_key(server, tmp_path):

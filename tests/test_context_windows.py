@@ -1,6 +1,6 @@
 """Context windows: placement, blend weights, conditioning cut per window, drift control, and the
-sampler and node running with them (tiny random DiTs; the nano semantic test is pending, see
-tests/nano_pending/README.md)."""
+sampler and node running with them (tiny random DiTs; the nano semantic tests are in
+tests/test_nano_long_video.py)."""
 import pytest
 import torch
 

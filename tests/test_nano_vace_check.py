@@ -1,7 +1,7 @@
 """The reference check of the nano VACE stage (``train/nano_vace_check.py``) on the shipped model:
 the model reads its reference pictures (wrong ones cost it) and not the colour and shape words
-(random ones cost next to nothing). Where the reference is lost instead, in sampling, is what the
-pending R2V test in ``nano_pending/`` waits on."""
+(random ones cost next to nothing). Where the reference was lost instead, in sampling, is what the
+R2V test (``test_nano_r2v.py``) waited on until the VACE first-frame pass."""
 import pytest
 
 from wanflow.nano.files import NANO

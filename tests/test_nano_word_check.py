@@ -1,7 +1,7 @@
 """The word check of the nano T2V stage (``train/nano_word_check.py``) on the shipped experts: both
 read the colour, direction and background words (a wrong one costs them at every noise level) and
 the shape word a little. How little, against the others, is docs/nano_findings.md's diagnosis of the shape
-test that waits in ``nano_pending/``."""
+test that waited in ``nano_pending/`` (now in ``test_nano_t2v.py``)."""
 import pytest
 
 from wanflow.nano.files import NANO

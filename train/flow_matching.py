@@ -62,11 +62,12 @@ def flow_matching_loss(model: Callable[..., torch.Tensor], x0: torch.Tensor, con
 
 def first_frame_weighted_loss(model: Callable[..., torch.Tensor], x0: torch.Tensor, context: torch.Tensor,
                               sigma: torch.Tensor, noise: torch.Tensor, weight: float, *,
-                              y: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """The flow-matching loss plus ``weight`` times its first latent frame's share: I2V must give
-    back the start picture, and a small error there shows most once decoded."""
-    error = velocity_error(model, x0, context, sigma, noise, y=y)
-    return error.mean() + weight * error[:, :, 0].mean()
+                              y: Optional[torch.Tensor] = None, first: int = 0, **extras) -> torch.Tensor:
+    """The flow-matching loss plus ``weight`` times the share of latent frame ``first``, the video's
+    first (0, or the one after VACE's reference frames): I2V must give back the start picture, and a
+    small error there shows most once decoded; R2V got the colour wrong there most often."""
+    error = velocity_error(model, x0, context, sigma, noise, y=y, **extras)
+    return error.mean() + weight * error[:, :, first].mean()
 
 
 def velocity_error(model: Callable[..., torch.Tensor], x0: torch.Tensor, context: torch.Tensor,

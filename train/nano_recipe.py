@@ -176,6 +176,11 @@ def stage_vace(ctx: StageContext) -> None:
     model = nano_vace.train_vace(ctx.dit(NANO.t2v_low, "t2v"), ctx.vae(), ctx.work, ctx.latents(), ctx.text_table(),
                                  ctx.seed + 600, ctx.loops.get("vace"), quiet=ctx.quiet)
     save_dit(model, ctx.file(NANO.vace), "vace reference-to-video")
+    # then the first-frame polish, from the file just written (as the demo will load it)
+    model = nano_vace.polish_vace_first_frame(ctx.dit(NANO.vace, "vace"), ctx.vae(), ctx.work, ctx.latents(),
+                                              ctx.text_table(), ctx.seed + 1600, ctx.loops.get("vace"),
+                                              quiet=ctx.quiet)
+    save_dit(model, ctx.file(NANO.vace), "vace reference-to-video")
 
 
 def stage_loras(ctx: StageContext) -> None:
@@ -202,7 +207,8 @@ STAGES: dict[str, Callable[[StageContext], None]] = {
 STAGE_RUNS = {"vae": ("vae", "vae_decoder", "vae_decoder_hardened",
                       "vae_decoder_rescaled/clips", "vae_decoder_rescaled/frames"), "text": (),
               "t2v": ("t2v_base", "t2v_high", "t2v_low", "t2v_high_uncond", "t2v_low_uncond"),
-              "i2v": ("i2v_high", "i2v_low", "i2v_high_first_frame", "i2v_low_first_frame"), "vace": ("vace",),
+              "i2v": ("i2v_high", "i2v_low", "i2v_high_first_frame", "i2v_low_first_frame"),
+              "vace": ("vace", "vace_first_frame"),
               "loras": tuple(f"lora_{style}/{expert}" for style in LORA_STYLES for expert in ("high", "low"))}
 """The training runs (folders in ``work``) of each stage."""
 

@@ -21,7 +21,8 @@ CONTINUES = {"vae_decoder": "vae", "vae_decoder_hardened": "vae_decoder",
              "vae_decoder_rescaled_clips": "vae_decoder_hardened",
              "vae_decoder_rescaled_frames": "vae_decoder_rescaled_clips",
              "t2v_high_uncond": "t2v_high", "t2v_low_uncond": "t2v_low",
-             "i2v_high_first_frame": "i2v_high", "i2v_low_first_frame": "i2v_low"}
+             "i2v_high_first_frame": "i2v_high", "i2v_low_first_frame": "i2v_low",
+             "vace_first_frame": "vace"}
 """Runs drawn as the continuation of another (same model, trained on)."""
 
 
