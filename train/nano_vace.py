@@ -135,22 +135,9 @@ def reference_batches(vae, data: LatentSet, text: TextTable,
 
 def train_vace(t2v_low: WanDiT, vae, work: Path, data: LatentSet, text: TextTable, seed: int,
                loop: Optional[LoopConfig] = None, quiet: bool = False) -> WanDiT:
-    model = vace_from_t2v(t2v_low)
-    model.collapse_text_padding = True      # same maths, half the step time (wan/text_padding.py)
-    data_gen = torch.Generator().manual_seed(seed)
-    noise_gen = torch.Generator().manual_seed(seed + 1)
-    batch = reference_batches(vae, data, text, data_gen)
-    sigmas = SigmaRange(NANO_SHIFT)
-
-    def loss_fn(step: int):
-        x0, context, vace, _ = batch()
-        sigma = sigmas.sample(BATCH, noise_gen)
-        noise = torch.randn(x0.shape, generator=noise_gen)
-        return flow_matching_loss(model, x0, context, sigma, noise, vace_context=vace), {}
-
-    train("vace", model, model.parameters(), loss_fn, loop or VACE_LOOP, work / "vace",
-          {"data": data_gen, "noise": noise_gen}, quiet)
-    return model
+    """The VACE model, started from the T2V low-noise expert (resumable in ``work / "vace"``)."""
+    return _train_on_references("vace", vace_from_t2v(t2v_low), vae, work / "vace", data, text, seed,
+                                loop or VACE_LOOP, quiet)
 
 
 def polish_vace_first_frame(model: WanDiT, vae, work: Path, data: LatentSet, text: TextTable, seed: int,
@@ -158,7 +145,15 @@ def polish_vace_first_frame(model: WanDiT, vae, work: Path, data: LatentSet, tex
     """The VACE model trained further with the first video frame's error weighted
     :data:`FIRST_FRAME_WEIGHT` times more (resumable in ``work / "vace_first_frame"``)."""
     model.train().requires_grad_(True)
-    model.collapse_text_padding = True
+    return _train_on_references("vace first frame", model, vae, work / "vace_first_frame", data, text, seed,
+                                loop or FIRST_FRAME_LOOP, quiet, first_frame_weight=FIRST_FRAME_WEIGHT)
+
+
+def _train_on_references(name: str, model: WanDiT, vae, work: Path, data: LatentSet, text: TextTable, seed: int,
+                         loop: LoopConfig, quiet: bool, first_frame_weight: float = 0.0) -> WanDiT:
+    """Train every parameter of ``model`` on :func:`reference_batches` over the whole noise range;
+    ``first_frame_weight`` > 0 weights the first video frame's error up."""
+    model.collapse_text_padding = True      # same maths, half the step time (wan/text_padding.py)
     data_gen = torch.Generator().manual_seed(seed)
     noise_gen = torch.Generator().manual_seed(seed + 1)
     batch = reference_batches(vae, data, text, data_gen)
@@ -168,9 +163,10 @@ def polish_vace_first_frame(model: WanDiT, vae, work: Path, data: LatentSet, tex
         x0, context, vace, count = batch()
         sigma = sigmas.sample(BATCH, noise_gen)
         noise = torch.randn(x0.shape, generator=noise_gen)
-        return first_frame_weighted_loss(model, x0, context, sigma, noise, FIRST_FRAME_WEIGHT, first=count,
-                                         vace_context=vace), {}
+        if first_frame_weight:
+            return first_frame_weighted_loss(model, x0, context, sigma, noise, first_frame_weight, first=count,
+                                             vace_context=vace), {}
+        return flow_matching_loss(model, x0, context, sigma, noise, vace_context=vace), {}
 
-    train("vace first frame", model, model.parameters(), loss_fn, loop or FIRST_FRAME_LOOP, work / "vace_first_frame",
-          {"data": data_gen, "noise": noise_gen}, quiet)
+    train(name, model, model.parameters(), loss_fn, loop, work, {"data": data_gen, "noise": noise_gen}, quiet)
     return model
