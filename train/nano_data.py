@@ -34,9 +34,9 @@ class VAEBatch(NamedTuple):
 
 
 def vae_batch(generator: torch.Generator, batch: int, frames: int = 9, crop: int = 32) -> VAEBatch:
-    """Pixels ``[B, 3, frames, crop, crop]`` in [-1, 1]: random scenes and looks; half of the crops
-    around the object (most of a frame is background, learnt early), half anywhere (so empty
-    stretches of background, away from any object, decode clean too)."""
+    """Pixels ``[B, 3, frames, crop, crop]`` in [-1, 1] and each clip's background colour: random
+    scenes and looks; half of the crops around the object (most of a frame is background, learnt
+    early), half anywhere (so empty stretches of background, away from any object, decode clean too)."""
     rng = _numpy_rng(generator)
     scenes = training_scenes()
     clips, backgrounds = [], []
